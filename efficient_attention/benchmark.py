@@ -295,7 +295,7 @@ def format_records(records: Sequence[Mapping[str, object]], baseline: str = "sdp
             continue
         base = baseline_times.get(r["L"])
         ratio = f"{r['median_s'] / base:.2f}" if base else "-"
-        peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f}"
+        peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.2f}"
         lines.append(f"{r['L']:>7} {r['variant']:>12} {r['median_s'] * 1e3:>11.3f} "
                      f"{r['iqr_s'] * 1e3:>9.3f} {peak:>10} {ratio:>10}")
     return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""Timing, memory, sweeps and the command line of efficient_attention.benchmark."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import efficient_attention as ea
+from efficient_attention import benchmark
+
+
+def test_time_callable_measures_a_known_duration():
+    timing = benchmark.time_callable(time.sleep, 0.01, min_run_time=0.1)
+    assert 0.009 < timing.median_s < 0.05
+    assert timing.runs >= 3 and timing.iqr_s >= 0
+
+
+def test_time_callable_uses_all_threads():
+    seen = []
+    benchmark.time_callable(lambda: seen.append(torch.get_num_threads()), min_run_time=0.01)
+    assert set(seen) == {torch.get_num_threads()}
+
+
+def test_cpu_peak_memory_counts_what_is_alive_at_once():
+    n = 2**20  # 4 MiB of float32
+
+    def one_at_a_time():
+        for _ in range(3):
+            torch.ones(n)
+
+    def three_at_once():
+        return [torch.ones(n) for _ in range(3)]
+
+    single = benchmark.peak_memory_bytes(one_at_a_time)
+    triple = benchmark.peak_memory_bytes(three_at_once)
+    assert 4 * n <= single < 4.5 * n
+    assert 12 * n <= triple < 12.5 * n
+
+
+def test_cpu_peak_memory_sees_the_score_matrix():
+    q, k, v = benchmark.attention_inputs(512, head_dim=16)
+    peak = benchmark.peak_memory_bytes(ea.dense_attention, q, k, v)
+    assert peak >= 2 * ea.cost.score_matrix_bytes(512, 512)  # scores and weights
+    assert benchmark.peak_memory_bytes(F.scaled_dot_product_attention, q, k, v) < peak / 4
+
+
+def test_attention_inputs_are_seeded_and_shaped():
+    first = benchmark.attention_inputs(6, batch=2, heads=3, head_dim=4, seed=7)
+    again = benchmark.attention_inputs(6, batch=2, heads=3, head_dim=4, seed=7)
+    other = benchmark.attention_inputs(6, batch=2, heads=3, head_dim=4, seed=8)
+    assert all(t.shape == (2, 3, 6, 4) for t in first)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], other[0])
+
+
+def test_sweep_returns_plain_records():
+    records = benchmark.sweep(
+        {"sdpa": F.scaled_dot_product_attention, "dense": ea.dense_attention},
+        [16, 32],
+        lambda L: benchmark.attention_inputs(L, head_dim=8),
+        min_run_time=0.01,
+    )
+    assert [(r["L"], r["variant"]) for r in records] == [
+        (16, "sdpa"), (16, "dense"), (32, "sdpa"), (32, "dense")]
+    for record in records:
+        assert record["status"] == "ok" and record["median_s"] > 0 and record["peak_bytes"] > 0
+        assert record["device"] == "cpu" and record["dtype"] == "float32"
+        assert record["threads"] == torch.get_num_threads()
+
+
+def test_sweep_records_out_of_memory_and_reraises_other_errors():
+    def out_of_memory(*args):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 1 TB")
+
+    records = benchmark.sweep({"oom": out_of_memory}, [8], lambda L: (torch.ones(L),),
+                              min_run_time=0.01)
+    assert records[0]["status"] == "out of memory" and records[0]["median_s"] is None
+
+    def broken(*args):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        benchmark.sweep({"broken": broken}, [8], lambda L: (torch.ones(L),), min_run_time=0.01)
+
+
+def test_loglog_slope():
+    xs = [256, 512, 1024, 2048]
+    assert benchmark.loglog_slope(xs, [x**2 for x in xs]) == pytest.approx(2.0)
+    assert benchmark.loglog_slope(xs, [3 * x for x in xs]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="positive values"):
+        benchmark.loglog_slope([1, 2], [0, 1])
+    with pytest.raises(ValueError, match="two or more"):
+        benchmark.loglog_slope([1], [1])
+
+
+def test_describe_hardware_names_device_threads_and_dtype():
+    info = benchmark.describe_hardware("cpu", torch.bfloat16)
+    assert info["device"] == "cpu" and info["threads"] == torch.get_num_threads()
+    assert info["dtype"] == "bfloat16" and info["cpu"]
+    summary = benchmark.hardware_summary("cpu")
+    assert f"{torch.get_num_threads()} CPU threads" in summary and "float32" in summary
+
+
+def test_format_records_gives_ratios_to_the_baseline():
+    records = [
+        {"variant": "sdpa", "L": 8, "median_s": 0.001, "iqr_s": 0.0, "peak_bytes": 2**20, "status": "ok"},
+        {"variant": "dense", "L": 8, "median_s": 0.003, "iqr_s": 0.0, "peak_bytes": None, "status": "ok"},
+        {"variant": "dense", "L": 16, "median_s": None, "iqr_s": None, "peak_bytes": None,
+         "status": "out of memory"},
+    ]
+    table = benchmark.format_records(records).splitlines()
+    assert table[1].split()[-1] == "1.00" and table[2].split()[-1] == "3.00"
+    assert "out of memory" in table[3]
+
+
+def test_command_line(capsys):
+    benchmark.main(["--lengths", "16", "32", "--head-dim", "8", "--min-run-time", "0.01"])
+    out = capsys.readouterr().out
+    assert "CPU threads" in out and "dtype float32" in out
+    rows = [line.split() for line in out.splitlines()[3:]]
+    assert [(row[0], row[1]) for row in rows] == [
+        ("16", "sdpa"), ("16", "dense"), ("32", "sdpa"), ("32", "dense")]
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: benchmark.time_callable("f"), "fn must be callable"),
+        (lambda: benchmark.time_callable(print, min_run_time=0), "min_run_time must be a positive"),
+        (lambda: benchmark.sweep({}, [8], lambda L: ()), "at least one callable"),
+        (lambda: benchmark.sweep({"x": 1}, [8], lambda L: ()), "'x' is not callable"),
+        (lambda: benchmark.sweep({"x": print}, [], lambda L: ()), "at least one sequence length"),
+        (lambda: benchmark.sweep({"x": print}, [0], lambda L: ()), "each length must be a positive"),
+        (lambda: benchmark.attention_inputs(8, heads=0), "heads must be a positive int"),
+    ],
+)
+def test_bad_input_raises_a_clear_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()

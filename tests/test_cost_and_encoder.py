@@ -1,0 +1,101 @@
+"""The FLOP model against PyTorch's FLOP counter, and the encoder layer against PyTorch's."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import efficient_attention as ea
+from efficient_attention import cost
+
+
+def test_attention_flops_by_hand():
+    # Q K^T: 2*L*S*E, A V: 2*L*S*Ev; two heads, batch 3
+    assert cost.attention_flops(4, 5, 8, 2, batch=3, heads=2) == 3 * 2 * (2 * 4 * 5 * 8 + 2 * 4 * 5 * 2)
+    assert cost.attention_flops(4, 5, 8) == cost.attention_flops(4, 5, 8, 8)
+
+
+def test_attention_flops_match_pytorch_flop_counter():
+    q, k, v = (torch.randn(3, 2, n, e) for n, e in ((10, 8), (12, 8), (12, 6)))
+    with FlopCounterMode(display=False) as counter:
+        ea.dense_attention(q, k, v)
+    assert counter.get_total_flops() == cost.attention_flops(10, 12, 8, 6, batch=3, heads=2)
+
+
+def test_encoder_layer_flops_match_pytorch_flop_counter():
+    layer = ea.EncoderLayer(64, 4, 256, attention=ea.dense_attention)
+    with FlopCounterMode(display=False) as counter:
+        layer(torch.randn(2, 10, 64))
+    parts = cost.encoder_layer_flops(10, 64, 4, 256, batch=2)
+    assert counter.get_total_flops() == sum(parts.values())
+    assert parts["attention"] == 2 * 4 * 10 * 10 * 64  # 4 L^2 d per sequence
+
+
+def test_score_matrix_bytes():
+    assert cost.score_matrix_bytes(1024, 1024) == 4 * 2**20
+    assert cost.score_matrix_bytes(8, 4, batch=2, heads=3, dtype=torch.float16) == 8 * 4 * 6 * 2
+
+
+@pytest.mark.parametrize("d_model,d_ff", [(384, 1536), (768, 3072), (64, 100)])
+def test_crossover_length_balances_attention_and_the_rest(d_model, d_ff):
+    L = cost.attention_crossover_length(d_model, d_ff)
+    parts = cost.encoder_layer_flops(L, d_model, 1, d_ff)
+    assert parts["attention"] == parts["projections"] + parts["feed_forward"]
+    below = cost.encoder_layer_flops(L // 2, d_model, 1, d_ff)
+    assert below["attention"] < below["projections"] + below["feed_forward"]
+
+
+def test_cost_bad_input():
+    with pytest.raises(ValueError, match="L must be a positive int"):
+        cost.attention_flops(0, 4, 4)
+    with pytest.raises(ValueError, match="divisible by heads"):
+        cost.encoder_layer_flops(8, 10, 3, 40)
+
+
+def copy_into_torch_layer(layer: ea.EncoderLayer, d_model: int, heads: int, d_ff: int) -> nn.Module:
+    reference = nn.TransformerEncoderLayer(
+        d_model, heads, d_ff, dropout=0.0, activation="gelu", batch_first=True, layer_norm_eps=1e-12
+    )
+    with torch.no_grad():
+        attention = reference.self_attn
+        attention.in_proj_weight.copy_(torch.cat([layer.query.weight, layer.key.weight, layer.value.weight]))
+        attention.in_proj_bias.copy_(torch.cat([layer.query.bias, layer.key.bias, layer.value.bias]))
+        attention.out_proj.load_state_dict(layer.output.state_dict())
+        reference.linear1.load_state_dict(layer.intermediate.state_dict())
+        reference.linear2.load_state_dict(layer.feed_forward_output.state_dict())
+        reference.norm1.load_state_dict(layer.attention_norm.state_dict())
+        reference.norm2.load_state_dict(layer.output_norm.state_dict())
+    return reference.eval()
+
+
+def test_encoder_layer_equals_pytorch_transformer_encoder_layer():
+    torch.manual_seed(0)
+    layer = ea.EncoderLayer(32, 4, 64)
+    reference = copy_into_torch_layer(layer, 32, 4, 64)
+    x = torch.randn(2, 9, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), reference(x))
+
+
+def test_encoder_layer_attention_is_swappable():
+    torch.manual_seed(0)
+    fused = ea.EncoderLayer(32, 4, 64)
+    dense = ea.EncoderLayer(32, 4, 64, attention=ea.dense_attention)
+    dense.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 9, 32)
+    torch.testing.assert_close(fused(x), dense(x))
+    calls = []
+    fused.attention = lambda q, k, v: calls.append(q.shape) or F.scaled_dot_product_attention(q, k, v)
+    fused(x)
+    assert calls == [(2, 4, 9, 8)]
+
+
+def test_encoder_layer_bad_input():
+    with pytest.raises(ValueError, match="divisible by heads"):
+        ea.EncoderLayer(30, 4, 64)
+    with pytest.raises(ValueError, match="attention must be a function"):
+        ea.EncoderLayer(32, 4, 64, attention="sdpa")
+    with pytest.raises(ValueError, match=r"shape \(B, L, 32\)"):
+        ea.EncoderLayer(32, 4, 64)(torch.randn(9, 32))
