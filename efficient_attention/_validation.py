@@ -4,6 +4,7 @@ Each check raises a ``ValueError`` that names the argument, says what it got and
 what would fix it, so a learner never has to decode a shape error from deep
 inside a matmul.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,9 @@ from torch import Tensor
 def check_tensor(name: str, value: object) -> Tensor:
     """Return ``value`` if it is a tensor, else raise a ValueError naming ``name``."""
     if not isinstance(value, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor; got {type(value).__name__}.")
+        raise ValueError(
+            f"{name} must be a torch.Tensor; got {type(value).__name__}."
+        )
     return value
 
 
@@ -50,7 +53,10 @@ def check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
             f"query, key and value must be on one device; got {query.device}, {key.device}, "
             f"{value.device}. Move them with .to(query.device)."
         )
-    if query.shape[:-2] != key.shape[:-2] or key.shape[:-2] != value.shape[:-2]:
+    if (
+        query.shape[:-2] != key.shape[:-2]
+        or key.shape[:-2] != value.shape[:-2]
+    ):
         raise ValueError(
             f"query, key and value must have the same leading (batch, head) dimensions; "
             f"got {shapes}. Expand or reshape them to one leading shape."

@@ -9,6 +9,7 @@ introduces the tools.
 
 Run ``python -m efficient_attention.benchmark --help`` for the command line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,12 @@ VARIANTS: dict[str, Callable[..., Tensor]] = {
 }
 """The attention functions the command line can time, by name; ``sdpa`` is the baseline."""
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64,
-          "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,9 @@ class Timing:
     runs: int
 
 
-def time_callable(fn: Callable[..., object], *args: object, min_run_time: float = 0.2) -> Timing:
+def time_callable(
+    fn: Callable[..., object], *args: object, min_run_time: float = 0.2
+) -> Timing:
     """Time ``fn(*args)`` with ``torch.utils.benchmark`` on all of PyTorch's threads.
 
     Args:
@@ -64,7 +71,9 @@ def time_callable(fn: Callable[..., object], *args: object, min_run_time: float 
     if not callable(fn):
         raise ValueError(f"fn must be callable; got {type(fn).__name__}.")
     if not min_run_time > 0:
-        raise ValueError(f"min_run_time must be a positive number of seconds; got {min_run_time!r}.")
+        raise ValueError(
+            f"min_run_time must be a positive number of seconds; got {min_run_time!r}."
+        )
     timer = torch_benchmark.Timer(
         stmt="fn(*args)",
         globals={"fn": fn, "args": args},
@@ -89,7 +98,9 @@ def peak_memory_bytes(fn: Callable[..., object], *args: object) -> int:
     Raises:
         NotImplementedError: a device other than CPU or CUDA.
     """
-    device = next((a.device for a in args if isinstance(a, Tensor)), torch.device("cpu"))
+    device = next(
+        (a.device for a in args if isinstance(a, Tensor)), torch.device("cpu")
+    )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         start = torch.cuda.memory_allocated(device)
@@ -119,8 +130,10 @@ def _cpu_peak_memory_bytes(fn: Callable[..., object], *args: object) -> int:
             profiler.stop()
     del result
     records = [
-        event for event in profiler.profiler.kineto_results.events()
-        if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU
+        event
+        for event in profiler.profiler.kineto_results.events()
+        if event.name() == "[memory]"
+        and event.device_type() == torch.autograd.DeviceType.CPU
     ]
     records.sort(key=lambda event: event.start_ns())
     allocated = peak = 0
@@ -145,8 +158,10 @@ def _quiet_native_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
-def describe_hardware(device: torch.device | str | None = None,
-                      dtype: torch.dtype = torch.float32) -> dict[str, str | int]:
+def describe_hardware(
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, str | int]:
     """What a timing ran on: device, processor or GPU name, threads, dtype, PyTorch version."""
     device = pick_device(None if device is None else str(device))
     info: dict[str, str | int] = {
@@ -161,13 +176,17 @@ def describe_hardware(device: torch.device | str | None = None,
     return info
 
 
-def hardware_summary(device: torch.device | str | None = None,
-                     dtype: torch.dtype = torch.float32) -> str:
+def hardware_summary(
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> str:
     """``describe_hardware`` as one line, to print above every timing."""
     info = describe_hardware(device, dtype)
     where = f"GPU {info['gpu']}" if "gpu" in info else f"CPU {info['cpu']}"
-    return (f"{where} | {info['threads']} CPU threads | dtype {info['dtype']} "
-            f"| torch {info['torch']}")
+    return (
+        f"{where} | {info['threads']} CPU threads | dtype {info['dtype']} "
+        f"| torch {info['torch']}"
+    )
 
 
 def _cpu_model() -> str:
@@ -192,7 +211,12 @@ def attention_inputs(
     seed: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Random ``query, key, value`` of shape ``(batch, heads, L, head_dim)``, seeded."""
-    for name, value in (("L", L), ("batch", batch), ("heads", heads), ("head_dim", head_dim)):
+    for name, value in (
+        ("L", L),
+        ("batch", batch),
+        ("heads", heads),
+        ("head_dim", head_dim),
+    ):
         check_positive_int(name, value)
     device = pick_device(None if device is None else str(device))
     generator = torch.Generator().manual_seed(seed)
@@ -228,10 +252,14 @@ def sweep(
             not a positive int.
     """
     if not variants:
-        raise ValueError("variants must name at least one callable, e.g. {'sdpa': F.scaled_dot_product_attention}.")
+        raise ValueError(
+            "variants must name at least one callable, e.g. {'sdpa': F.scaled_dot_product_attention}."
+        )
     for name, fn in variants.items():
         if not callable(fn):
-            raise ValueError(f"variant {name!r} is not callable; got {type(fn).__name__}.")
+            raise ValueError(
+                f"variant {name!r} is not callable; got {type(fn).__name__}."
+            )
     if not lengths:
         raise ValueError("lengths must hold at least one sequence length.")
     for L in lengths:
@@ -242,15 +270,29 @@ def sweep(
         first = next((a for a in inputs if isinstance(a, Tensor)), None)
         context = {
             "device": first.device.type if first is not None else "cpu",
-            "dtype": str(first.dtype).removeprefix("torch.") if first is not None else "",
+            "dtype": str(first.dtype).removeprefix("torch.")
+            if first is not None
+            else "",
             "threads": torch.get_num_threads(),
         }
         for name, fn in variants.items():
-            record = {"variant": name, "L": L, "median_s": None, "iqr_s": None,
-                      "runs": 0, "peak_bytes": None, "status": "ok", **context}
+            record = {
+                "variant": name,
+                "L": L,
+                "median_s": None,
+                "iqr_s": None,
+                "runs": 0,
+                "peak_bytes": None,
+                "status": "ok",
+                **context,
+            }
             try:
                 timing = time_callable(fn, *inputs, min_run_time=min_run_time)
-                record.update(median_s=timing.median_s, iqr_s=timing.iqr_s, runs=timing.runs)
+                record.update(
+                    median_s=timing.median_s,
+                    iqr_s=timing.iqr_s,
+                    runs=timing.runs,
+                )
                 if measure_memory:
                     record["peak_bytes"] = peak_memory_bytes(fn, *inputs)
             except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
@@ -266,8 +308,11 @@ def sweep(
 
 def _is_out_of_memory(error: BaseException) -> bool:
     text = str(error).lower()
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in text \
+    return (
+        isinstance(error, torch.cuda.OutOfMemoryError)
+        or "out of memory" in text
         or "can't allocate memory" in text
+    )
 
 
 def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -277,27 +322,46 @@ def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
         ValueError: fewer than two points, lengths that differ, or a value that is not > 0.
     """
     if len(xs) != len(ys) or len(xs) < 2:
-        raise ValueError(f"need two or more (x, y) points of equal count; got {len(xs)} and {len(ys)}.")
+        raise ValueError(
+            f"need two or more (x, y) points of equal count; got {len(xs)} and {len(ys)}."
+        )
     if any(not (v > 0) for v in (*xs, *ys)):
-        raise ValueError("log-log slopes need positive values; drop zeros and failed runs first.")
+        raise ValueError(
+            "log-log slopes need positive values; drop zeros and failed runs first."
+        )
     slope, _ = np.polyfit(np.log(xs), np.log(ys), 1)
     return float(slope)
 
 
-def format_records(records: Sequence[Mapping[str, object]], baseline: str = "sdpa") -> str:
-    """A plain-text table of ``sweep`` records with each time as a ratio to ``baseline``."""
-    baseline_times = {r["L"]: r["median_s"] for r in records if r["variant"] == baseline}
-    lines = [f"{'L':>7} {'variant':>12} {'median ms':>11} {'iqr ms':>9} "
-             f"{'peak MiB':>10} {'x ' + baseline:>10}"]
+def format_records(
+    records: Sequence[Mapping[str, object]], baseline: str = "sdpa"
+) -> str:
+    """A plain-text table of ``sweep`` records, times as ratios to ``baseline``.
+
+    Columns: length, variant, median and interquartile range in ms, timed
+    runs, peak MiB, and the median divided by the baseline's at that length.
+    """
+    base_times = {
+        r["L"]: r["median_s"] for r in records if r["variant"] == baseline
+    }
+    width = max(len("variant"), *(len(str(r["variant"])) for r in records))
+    lines = [
+        f"{'L':>6} {'variant':>{width}} {'median ms':>10} {'iqr ms':>8} "
+        f"{'runs':>5} {'peak MiB':>9} {'x ' + baseline:>{width + 2}}"
+    ]
     for r in records:
+        row = f"{r['L']:>6} {r['variant']:>{width}} "
         if r["status"] != "ok":
-            lines.append(f"{r['L']:>7} {r['variant']:>12} {r['status']:>11}")
+            lines.append(row + str(r["status"]))
             continue
-        base = baseline_times.get(r["L"])
+        base = base_times.get(r["L"])
         ratio = f"{r['median_s'] / base:.2f}" if base else "-"
-        peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.2f}"
-        lines.append(f"{r['L']:>7} {r['variant']:>12} {r['median_s'] * 1e3:>11.3f} "
-                     f"{r['iqr_s'] * 1e3:>9.3f} {peak:>10} {ratio:>10}")
+        peak = r["peak_bytes"]
+        peak = "-" if peak is None else f"{peak / 2**20:.2f}"
+        lines.append(
+            row + f"{r['median_s'] * 1e3:>10.3f} {r['iqr_s'] * 1e3:>8.3f} "
+            f"{r.get('runs', '-'):>5} {peak:>9} {ratio:>{width + 2}}"
+        )
     return "\n".join(lines)
 
 
@@ -306,27 +370,47 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m efficient_attention.benchmark",
         description="Time attention variants against F.scaled_dot_product_attention "
-                    "on this machine, over sequence lengths.",
+        "on this machine, over sequence lengths.",
     )
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--lengths", nargs="+", type=int, default=[256, 512, 1024, 2048, 4096])
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS)
+    )
+    parser.add_argument(
+        "--lengths", nargs="+", type=int, default=[256, 512, 1024, 2048, 4096]
+    )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--heads", type=int, default=1)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="cpu or cuda (default: cuda if available)",
+    )
     parser.add_argument("--min-run-time", type=float, default=0.2)
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip the peak-memory measurement",
+    )
     args = parser.parse_args(argv)
     dtype = DTYPES[args.dtype]
     device = pick_device(args.device)
     print(hardware_summary(device, dtype))
-    print(f"shape (batch, heads, L, head_dim) = ({args.batch}, {args.heads}, L, {args.head_dim})")
+    print(
+        f"shape (batch, heads, L, head_dim) = ({args.batch}, {args.heads}, L, {args.head_dim})"
+    )
     records = sweep(
         {name: VARIANTS[name] for name in args.variants},
         args.lengths,
-        lambda L: attention_inputs(L, batch=args.batch, heads=args.heads,
-                                   head_dim=args.head_dim, dtype=dtype, device=device),
+        lambda L: attention_inputs(
+            L,
+            batch=args.batch,
+            heads=args.heads,
+            head_dim=args.head_dim,
+            dtype=dtype,
+            device=device,
+        ),
         min_run_time=args.min_run_time,
         measure_memory=not args.no_memory,
     )

@@ -5,6 +5,7 @@ against timings and memory measured on the reader's machine. Only matrix product
 are counted (one multiply-add = 2 FLOPs); the softmax, norms and activations add
 ``O(L * S)`` and ``O(L * d)`` terms that matter little next to them.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,7 +14,13 @@ from ._validation import check_positive_int
 
 
 def attention_flops(
-    L: int, S: int, E: int, Ev: int | None = None, *, batch: int = 1, heads: int = 1
+    L: int,
+    S: int,
+    E: int,
+    Ev: int | None = None,
+    *,
+    batch: int = 1,
+    heads: int = 1,
 ) -> int:
     """FLOPs of the two products of attention: ``Q K^T`` (``2 L S E``) and ``A V`` (``2 L S Ev``).
 
@@ -25,21 +32,40 @@ def attention_flops(
         ``2 * L * S * (E + Ev) * batch * heads``.
     """
     Ev = E if Ev is None else Ev
-    for name, value in (("L", L), ("S", S), ("E", E), ("Ev", Ev), ("batch", batch), ("heads", heads)):
+    for name, value in (
+        ("L", L),
+        ("S", S),
+        ("E", E),
+        ("Ev", Ev),
+        ("batch", batch),
+        ("heads", heads),
+    ):
         check_positive_int(name, value)
     return 2 * L * S * (E + Ev) * batch * heads
 
 
 def score_matrix_bytes(
-    L: int, S: int, *, batch: int = 1, heads: int = 1, dtype: torch.dtype = torch.float32
+    L: int,
+    S: int,
+    *,
+    batch: int = 1,
+    heads: int = 1,
+    dtype: torch.dtype = torch.float32,
 ) -> int:
     """Bytes of one ``L x S`` score matrix per (batch, head): what dense attention stores."""
-    for name, value in (("L", L), ("S", S), ("batch", batch), ("heads", heads)):
+    for name, value in (
+        ("L", L),
+        ("S", S),
+        ("batch", batch),
+        ("heads", heads),
+    ):
         check_positive_int(name, value)
     return L * S * batch * heads * torch.empty((), dtype=dtype).element_size()
 
 
-def encoder_layer_flops(L: int, d_model: int, heads: int, d_ff: int, *, batch: int = 1) -> dict[str, int]:
+def encoder_layer_flops(
+    L: int, d_model: int, heads: int, d_ff: int, *, batch: int = 1
+) -> dict[str, int]:
     """FLOPs of one Transformer encoder layer, split into its three parts.
 
     Args:
@@ -54,13 +80,23 @@ def encoder_layer_flops(L: int, d_model: int, heads: int, d_ff: int, *, batch: i
     Raises:
         ValueError: a size that is not a positive int, or ``d_model`` not divisible by ``heads``.
     """
-    for name, value in (("L", L), ("d_model", d_model), ("heads", heads), ("d_ff", d_ff), ("batch", batch)):
+    for name, value in (
+        ("L", L),
+        ("d_model", d_model),
+        ("heads", heads),
+        ("d_ff", d_ff),
+        ("batch", batch),
+    ):
         check_positive_int(name, value)
     if d_model % heads:
-        raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads}).")
+        raise ValueError(
+            f"d_model ({d_model}) must be divisible by heads ({heads})."
+        )
     return {
         "projections": 4 * 2 * L * d_model * d_model * batch,
-        "attention": attention_flops(L, L, d_model // heads, batch=batch, heads=heads),
+        "attention": attention_flops(
+            L, L, d_model // heads, batch=batch, heads=heads
+        ),
         "feed_forward": 2 * 2 * L * d_model * d_ff * batch,
     }
 

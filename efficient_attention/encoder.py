@@ -5,6 +5,7 @@ feed-forward, no dropout (this book times inference). Chapter 1 times it to show
 which share of a layer's time goes to attention; later chapters plug their own
 attention variants into it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -43,12 +44,20 @@ class EncoderLayer(nn.Module):
         layer_norm_eps: float = 1e-12,
     ) -> None:
         super().__init__()
-        for name, value in (("d_model", d_model), ("heads", heads), ("d_ff", d_ff)):
+        for name, value in (
+            ("d_model", d_model),
+            ("heads", heads),
+            ("d_ff", d_ff),
+        ):
             check_positive_int(name, value)
         if d_model % heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads}).")
+            raise ValueError(
+                f"d_model ({d_model}) must be divisible by heads ({heads})."
+            )
         if not callable(attention):
-            raise ValueError(f"attention must be a function; got {type(attention).__name__}.")
+            raise ValueError(
+                f"attention must be a function; got {type(attention).__name__}."
+            )
         self.heads = heads
         self.attention = attention
         self.query = nn.Linear(d_model, d_model)
@@ -63,7 +72,9 @@ class EncoderLayer(nn.Module):
     def split_heads(self, x: Tensor) -> Tensor:
         """``(B, L, d) -> (B, H, L, E)``."""
         B, L, d = x.shape
-        return x.view(B, L, self.heads, d // self.heads).transpose(1, 2)  # (B, H, L, E)
+        return x.view(B, L, self.heads, d // self.heads).transpose(
+            1, 2
+        )  # (B, H, L, E)
 
     def forward(self, hidden: Tensor) -> Tensor:
         """``(B, L, d) -> (B, L, d)``."""
@@ -73,9 +84,14 @@ class EncoderLayer(nn.Module):
                 f"hidden must have shape (B, L, {self.query.in_features}); got {tuple(hidden.shape)}."
             )
         B, L, d = hidden.shape
-        q, k, v = (self.split_heads(proj(hidden)) for proj in (self.query, self.key, self.value))
+        q, k, v = (
+            self.split_heads(proj(hidden))
+            for proj in (self.query, self.key, self.value)
+        )
         context = self.attention(q, k, v)  # (B, H, L, E)
         context = context.transpose(1, 2).reshape(B, L, d)  # (B, L, d)
         hidden = self.attention_norm(hidden + self.output(context))
-        feed_forward = self.feed_forward_output(F.gelu(self.intermediate(hidden)))  # (B, L, d)
+        feed_forward = self.feed_forward_output(
+            F.gelu(self.intermediate(hidden))
+        )  # (B, L, d)
         return self.output_norm(hidden + feed_forward)

@@ -15,6 +15,7 @@ Window semantics, used everywhere in this package (as flash-attn's ``window_size
 ``i - left <= j <= i + right``. An int ``w`` means ``(w, w)``; causal local attention
 is ``(w, 0)``; a centred window of 3 keys is ``(1, 1)``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -74,13 +75,17 @@ def sliding_window(window: int | tuple[int, int]) -> MaskMod:
     """
     left, right = check_window(window)
 
-    def sliding_window_mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    def sliding_window_mask(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
         return (kv_idx >= q_idx - left) & (kv_idx <= q_idx + right)
 
     return sliding_window_mask
 
 
-def dilated_sliding_window(window: int | tuple[int, int], dilation: int) -> MaskMod:
+def dilated_sliding_window(
+    window: int | tuple[int, int], dilation: int
+) -> MaskMod:
     """Longformer's dilated window: ``left`` keys behind and ``right`` ahead, ``dilation`` apart.
 
     Query ``i`` attends key ``j`` iff ``i - left*dilation <= j <= i + right*dilation``
@@ -96,7 +101,9 @@ def dilated_sliding_window(window: int | tuple[int, int], dilation: int) -> Mask
     left, right = check_window(window)
     check_positive_int("dilation", dilation)
 
-    def dilated_window_mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    def dilated_window_mask(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
         offset = q_idx - kv_idx
         in_reach = (offset <= left * dilation) & (-offset <= right * dilation)
         return in_reach & (offset % dilation == 0)
@@ -115,7 +122,9 @@ def strided(stride: int) -> MaskMod:
     """
     check_positive_int("stride", stride)
 
-    def strided_mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    def strided_mask(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
         return (q_idx - kv_idx) % stride == 0
 
     return strided_mask
@@ -129,7 +138,9 @@ def block_local(block_size: int) -> MaskMod:
     """
     check_positive_int("block_size", block_size)
 
-    def block_local_mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    def block_local_mask(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
         return q_idx // block_size == kv_idx // block_size
 
     return block_local_mask
@@ -150,21 +161,31 @@ def global_tokens(tokens: int | Sequence[int] | Tensor) -> MaskMod:
     if isinstance(tokens, int) and not isinstance(tokens, bool):
         count = check_non_negative_int("tokens", tokens)
 
-        def first_tokens_global(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        def first_tokens_global(
+            b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+        ) -> Tensor:
             return (q_idx < count) | (kv_idx < count)
 
         return first_tokens_global
 
     positions = torch.as_tensor(tokens)
-    if positions.dim() != 1 or positions.is_floating_point() or positions.dtype == torch.bool:
+    if (
+        positions.dim() != 1
+        or positions.is_floating_point()
+        or positions.dtype == torch.bool
+    ):
         raise ValueError(
             f"tokens must be an int or a 1-D sequence of int positions; "
             f"got {tokens!r}."
         )
     if (positions < 0).any():
-        raise ValueError(f"global token positions must be >= 0; got {positions.tolist()}.")
+        raise ValueError(
+            f"global token positions must be >= 0; got {positions.tolist()}."
+        )
 
-    def listed_tokens_global(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    def listed_tokens_global(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
         where = positions.to(q_idx.device)
         q_global = (q_idx.unsqueeze(-1) == where).any(-1)
         kv_global = (kv_idx.unsqueeze(-1) == where).any(-1)
@@ -183,12 +204,20 @@ def key_padding(lengths: Sequence[int] | Tensor) -> MaskMod:
         ValueError: ``lengths`` is not a 1-D sequence of ints >= 0.
     """
     lengths = torch.as_tensor(lengths)
-    if lengths.dim() != 1 or lengths.is_floating_point() or lengths.dtype == torch.bool:
-        raise ValueError(f"lengths must be a 1-D sequence of ints, one per batch row; got {lengths!r}.")
+    if (
+        lengths.dim() != 1
+        or lengths.is_floating_point()
+        or lengths.dtype == torch.bool
+    ):
+        raise ValueError(
+            f"lengths must be a 1-D sequence of ints, one per batch row; got {lengths!r}."
+        )
     if (lengths < 0).any():
         raise ValueError(f"lengths must be >= 0; got {lengths.tolist()}.")
 
-    def key_padding_mask(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    def key_padding_mask(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
         return kv_idx < lengths.to(kv_idx.device)[b]
 
     return key_padding_mask
@@ -224,7 +253,9 @@ def invert(mask_mod: MaskMod) -> MaskMod:
     """A key is allowed iff ``mask_mod`` forbids it (complement)."""
     _check_mask_mods((mask_mod,), "invert")
 
-    def inverted(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    def inverted(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
         return ~mask_mod(b, h, q_idx, kv_idx)
 
     return inverted
@@ -266,10 +297,14 @@ def create_mask(
     h = torch.zeros((), dtype=torch.long, device=device)
     shape = [L, S]
     if heads is not None:
-        h = torch.arange(check_positive_int("heads", heads), device=device).view(-1, 1, 1)
+        h = torch.arange(
+            check_positive_int("heads", heads), device=device
+        ).view(-1, 1, 1)
         shape.insert(0, heads)
     if batch is not None:
-        b = torch.arange(check_positive_int("batch", batch), device=device).view(-1, 1, 1, 1)
+        b = torch.arange(
+            check_positive_int("batch", batch), device=device
+        ).view(-1, 1, 1, 1)
         shape = [batch, heads or 1, L, S]
     q_idx = torch.arange(L, device=device).view(L, 1)  # (L, 1)
     kv_idx = torch.arange(S, device=device).view(1, S)  # (1, S)
@@ -301,7 +336,12 @@ def _check_mask_mods(mask_mods: tuple, caller: str) -> None:
 
 
 def example_patterns(
-    *, window: int = 2, dilation: int = 2, stride: int = 4, block_size: int = 4, n_global: int = 1
+    *,
+    window: int = 2,
+    dilation: int = 2,
+    stride: int = 4,
+    block_size: int = 4,
+    n_global: int = 1,
 ) -> dict[str, MaskMod]:
     """The patterns this book makes fast, by name, built from the functions above.
 
@@ -322,5 +362,7 @@ def example_patterns(
         "dilated window": dilated_sliding_window(window, dilation),
         "strided, causal": and_masks(causal, strided(stride)),
         "block local": block_local(block_size),
-        "window + global": or_masks(sliding_window(window), global_tokens(n_global)),
+        "window + global": or_masks(
+            sliding_window(window), global_tokens(n_global)
+        ),
     }

@@ -4,6 +4,7 @@
 house style; ``show_source`` prints a package function so the reader sees exactly
 the code they just checked against the chapter's naive version.
 """
+
 from __future__ import annotations
 
 import inspect

@@ -3,6 +3,7 @@
 Every chapter draws with these functions, so a mask, a weight matrix or a timing
 sweep looks the same in every chapter. Figures are PNG (see ``setup_notebook``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -36,7 +37,11 @@ def use_book_style() -> None:
 
 
 def _as_2d_array(name: str, matrix: Tensor | np.ndarray) -> np.ndarray:
-    array = matrix.detach().cpu().numpy() if isinstance(matrix, Tensor) else np.asarray(matrix)
+    array = (
+        matrix.detach().cpu().numpy()
+        if isinstance(matrix, Tensor)
+        else np.asarray(matrix)
+    )
     if array.ndim != 2:
         raise ValueError(
             f"{name} must be 2-D (L, S); got shape {array.shape}. Select one batch row "
@@ -45,7 +50,12 @@ def _as_2d_array(name: str, matrix: Tensor | np.ndarray) -> np.ndarray:
     return array
 
 
-def plot_mask(mask: Tensor | np.ndarray, *, ax: Axes | None = None, title: str | None = None) -> Axes:
+def plot_mask(
+    mask: Tensor | np.ndarray,
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
     """Draw a boolean ``(L, S)`` mask: a dark cell where query ``i`` may attend key ``j``.
 
     The title (if given) gets the share of allowed pairs appended.
@@ -67,16 +77,20 @@ def plot_mask(mask: Tensor | np.ndarray, *, ax: Axes | None = None, title: str |
     return ax
 
 
-def plot_mask_gallery(masks: Mapping[str, Tensor], *, ncols: int = 4) -> Figure:
+def plot_mask_gallery(
+    masks: Mapping[str, Tensor], *, ncols: int = 4
+) -> Figure:
     """Draw several ``(L, S)`` masks side by side, titled by their names."""
     if not masks:
         raise ValueError("masks must hold at least one named mask.")
     nrows = -(-len(masks) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 3.3 * nrows), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.0 * ncols, 3.6 * nrows), squeeze=False
+    )
     for ax, (name, mask) in zip(axes.flat, masks.items()):
         plot_mask(mask, ax=ax, title=name)
         ax.label_outer()
-    for ax in axes.flat[len(masks):]:
+    for ax in axes.flat[len(masks) :]:
         ax.set_visible(False)
     fig.tight_layout()
     return fig
@@ -124,8 +138,11 @@ def plot_scaling(
     variants = list(dict.fromkeys(r["variant"] for r in records))
     anchor = None
     for variant in variants:
-        points = sorted((r["L"], r[y] * scale) for r in records
-                        if r["variant"] == variant and r.get(y) is not None)
+        points = sorted(
+            (r["L"], r[y] * scale)
+            for r in records
+            if r["variant"] == variant and r.get(y) is not None
+        )
         if not points:
             continue
         xs, ys = zip(*points)
@@ -135,13 +152,21 @@ def plot_scaling(
         lengths = np.array(sorted({r["L"] for r in records}), dtype=float)
         for slope in guides:
             guide = anchor[1] * (lengths / anchor[0]) ** slope
-            ax.plot(lengths, guide, linestyle="--", color="gray", linewidth=0.8)
-            ax.annotate(f"∝ L^{slope}" if slope != 1 else "∝ L", (lengths[-1], guide[-1]),
-                        fontsize=8, color="gray", ha="left", va="center")
+            ax.plot(
+                lengths, guide, linestyle="--", color="gray", linewidth=0.8
+            )
+            label = r"$\propto L$" if slope == 1 else rf"$\propto L^{slope}$"
+            ax.annotate(
+                label,
+                (lengths[-1], guide[-1]),
+                fontsize=8,
+                color="gray",
+                ha="left",
+                va="center",
+            )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("sequence length L")
     ax.set_ylabel(ylabel or y)
     ax.legend()
     return ax
-

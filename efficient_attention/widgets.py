@@ -3,6 +3,7 @@
 ``mask_explorer`` lets the reader pick a pattern from ``masks.example_patterns``
 and move its window, dilation, stride, block size and length; chapter 1 introduces it.
 """
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -30,10 +31,16 @@ def draw_pattern(
     """
     check_positive_int("length", length)
     patterns = masks.example_patterns(
-        window=window, dilation=dilation, stride=stride, block_size=block_size, n_global=n_global
+        window=window,
+        dilation=dilation,
+        stride=stride,
+        block_size=block_size,
+        n_global=n_global,
     )
     if name not in patterns:
-        raise ValueError(f"unknown pattern {name!r}; choose one of {list(patterns)}.")
+        raise ValueError(
+            f"unknown pattern {name!r}; choose one of {list(patterns)}."
+        )
     mask = masks.create_mask(patterns[name], length, length)  # (L, L)
     fig, ax = plt.subplots(figsize=(4.2, 4.2))
     plot_mask(mask, ax=ax, title=name)
@@ -47,13 +54,27 @@ def mask_explorer(length: int = 32):
 
     check_positive_int("length", length)
     controls = {
-        "name": widgets.Dropdown(options=list(masks.example_patterns()), description="pattern"),
-        "length": widgets.IntSlider(value=length, min=8, max=128, step=8, description="length"),
-        "window": widgets.IntSlider(value=2, min=0, max=16, description="window"),
-        "dilation": widgets.IntSlider(value=2, min=1, max=8, description="dilation"),
-        "stride": widgets.IntSlider(value=4, min=1, max=16, description="stride"),
-        "block_size": widgets.IntSlider(value=4, min=1, max=32, description="block"),
-        "n_global": widgets.IntSlider(value=1, min=0, max=8, description="global"),
+        "name": widgets.Dropdown(
+            options=list(masks.example_patterns()), description="pattern"
+        ),
+        "length": widgets.IntSlider(
+            value=length, min=8, max=128, step=8, description="length"
+        ),
+        "window": widgets.IntSlider(
+            value=2, min=0, max=16, description="window"
+        ),
+        "dilation": widgets.IntSlider(
+            value=2, min=1, max=8, description="dilation"
+        ),
+        "stride": widgets.IntSlider(
+            value=4, min=1, max=16, description="stride"
+        ),
+        "block_size": widgets.IntSlider(
+            value=4, min=1, max=32, description="block"
+        ),
+        "n_global": widgets.IntSlider(
+            value=1, min=0, max=8, description="global"
+        ),
     }
 
     def show(**values: object) -> None:

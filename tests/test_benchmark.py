@@ -1,4 +1,5 @@
 """Timing, memory, sweeps and the command line of efficient_attention.benchmark."""
+
 from __future__ import annotations
 
 import time
@@ -19,7 +20,9 @@ def test_time_callable_measures_a_known_duration():
 
 def test_time_callable_uses_all_threads():
     seen = []
-    benchmark.time_callable(lambda: seen.append(torch.get_num_threads()), min_run_time=0.01)
+    benchmark.time_callable(
+        lambda: seen.append(torch.get_num_threads()), min_run_time=0.01
+    )
     assert set(seen) == {torch.get_num_threads()}
 
 
@@ -42,8 +45,13 @@ def test_cpu_peak_memory_counts_what_is_alive_at_once():
 def test_cpu_peak_memory_sees_the_score_matrix():
     q, k, v = benchmark.attention_inputs(512, head_dim=16)
     peak = benchmark.peak_memory_bytes(ea.dense_attention, q, k, v)
-    assert peak >= 2 * ea.cost.score_matrix_bytes(512, 512)  # scores and weights
-    assert benchmark.peak_memory_bytes(F.scaled_dot_product_attention, q, k, v) < peak / 4
+    assert peak >= 2 * ea.cost.score_matrix_bytes(
+        512, 512
+    )  # scores and weights
+    assert (
+        benchmark.peak_memory_bytes(F.scaled_dot_product_attention, q, k, v)
+        < peak / 4
+    )
 
 
 def test_attention_inputs_are_seeded_and_shaped():
@@ -63,32 +71,56 @@ def test_sweep_returns_plain_records():
         min_run_time=0.01,
     )
     assert [(r["L"], r["variant"]) for r in records] == [
-        (16, "sdpa"), (16, "dense"), (32, "sdpa"), (32, "dense")]
+        (16, "sdpa"),
+        (16, "dense"),
+        (32, "sdpa"),
+        (32, "dense"),
+    ]
     for record in records:
-        assert record["status"] == "ok" and record["median_s"] > 0 and record["peak_bytes"] > 0
+        assert (
+            record["status"] == "ok"
+            and record["median_s"] > 0
+            and record["peak_bytes"] > 0
+        )
         assert record["device"] == "cpu" and record["dtype"] == "float32"
         assert record["threads"] == torch.get_num_threads()
 
 
 def test_sweep_records_out_of_memory_and_reraises_other_errors():
     def out_of_memory(*args):
-        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried 1 TB")
+        raise RuntimeError(
+            "DefaultCPUAllocator: can't allocate memory: you tried 1 TB"
+        )
 
-    records = benchmark.sweep({"oom": out_of_memory}, [8], lambda L: (torch.ones(L),),
-                              min_run_time=0.01)
-    assert records[0]["status"] == "out of memory" and records[0]["median_s"] is None
+    records = benchmark.sweep(
+        {"oom": out_of_memory},
+        [8],
+        lambda L: (torch.ones(L),),
+        min_run_time=0.01,
+    )
+    assert (
+        records[0]["status"] == "out of memory"
+        and records[0]["median_s"] is None
+    )
 
     def broken(*args):
         raise RuntimeError("shape mismatch")
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        benchmark.sweep({"broken": broken}, [8], lambda L: (torch.ones(L),), min_run_time=0.01)
+        benchmark.sweep(
+            {"broken": broken},
+            [8],
+            lambda L: (torch.ones(L),),
+            min_run_time=0.01,
+        )
 
 
 def test_loglog_slope():
     xs = [256, 512, 1024, 2048]
     assert benchmark.loglog_slope(xs, [x**2 for x in xs]) == pytest.approx(2.0)
-    assert benchmark.loglog_slope(xs, [3 * x for x in xs]) == pytest.approx(1.0)
+    assert benchmark.loglog_slope(xs, [3 * x for x in xs]) == pytest.approx(
+        1.0
+    )
     with pytest.raises(ValueError, match="positive values"):
         benchmark.loglog_slope([1, 2], [0, 1])
     with pytest.raises(ValueError, match="two or more"):
@@ -97,18 +129,43 @@ def test_loglog_slope():
 
 def test_describe_hardware_names_device_threads_and_dtype():
     info = benchmark.describe_hardware("cpu", torch.bfloat16)
-    assert info["device"] == "cpu" and info["threads"] == torch.get_num_threads()
+    assert (
+        info["device"] == "cpu" and info["threads"] == torch.get_num_threads()
+    )
     assert info["dtype"] == "bfloat16" and info["cpu"]
     summary = benchmark.hardware_summary("cpu")
-    assert f"{torch.get_num_threads()} CPU threads" in summary and "float32" in summary
+    assert (
+        f"{torch.get_num_threads()} CPU threads" in summary
+        and "float32" in summary
+    )
 
 
 def test_format_records_gives_ratios_to_the_baseline():
     records = [
-        {"variant": "sdpa", "L": 8, "median_s": 0.001, "iqr_s": 0.0, "peak_bytes": 2**20, "status": "ok"},
-        {"variant": "dense", "L": 8, "median_s": 0.003, "iqr_s": 0.0, "peak_bytes": None, "status": "ok"},
-        {"variant": "dense", "L": 16, "median_s": None, "iqr_s": None, "peak_bytes": None,
-         "status": "out of memory"},
+        {
+            "variant": "sdpa",
+            "L": 8,
+            "median_s": 0.001,
+            "iqr_s": 0.0,
+            "peak_bytes": 2**20,
+            "status": "ok",
+        },
+        {
+            "variant": "dense",
+            "L": 8,
+            "median_s": 0.003,
+            "iqr_s": 0.0,
+            "peak_bytes": None,
+            "status": "ok",
+        },
+        {
+            "variant": "dense",
+            "L": 16,
+            "median_s": None,
+            "iqr_s": None,
+            "peak_bytes": None,
+            "status": "out of memory",
+        },
     ]
     table = benchmark.format_records(records).splitlines()
     assert table[1].split()[-1] == "1.00" and table[2].split()[-1] == "3.00"
@@ -116,24 +173,48 @@ def test_format_records_gives_ratios_to_the_baseline():
 
 
 def test_command_line(capsys):
-    benchmark.main(["--lengths", "16", "32", "--head-dim", "8", "--min-run-time", "0.01"])
+    benchmark.main(
+        ["--lengths", "16", "32", "--head-dim", "8", "--min-run-time", "0.01"]
+    )
     out = capsys.readouterr().out
     assert "CPU threads" in out and "dtype float32" in out
     rows = [line.split() for line in out.splitlines()[3:]]
     assert [(row[0], row[1]) for row in rows] == [
-        ("16", "sdpa"), ("16", "dense"), ("32", "sdpa"), ("32", "dense")]
+        ("16", "sdpa"),
+        ("16", "dense"),
+        ("32", "sdpa"),
+        ("32", "dense"),
+    ]
 
 
 @pytest.mark.parametrize(
     "call,message",
     [
         (lambda: benchmark.time_callable("f"), "fn must be callable"),
-        (lambda: benchmark.time_callable(print, min_run_time=0), "min_run_time must be a positive"),
-        (lambda: benchmark.sweep({}, [8], lambda L: ()), "at least one callable"),
-        (lambda: benchmark.sweep({"x": 1}, [8], lambda L: ()), "'x' is not callable"),
-        (lambda: benchmark.sweep({"x": print}, [], lambda L: ()), "at least one sequence length"),
-        (lambda: benchmark.sweep({"x": print}, [0], lambda L: ()), "each length must be a positive"),
-        (lambda: benchmark.attention_inputs(8, heads=0), "heads must be a positive int"),
+        (
+            lambda: benchmark.time_callable(print, min_run_time=0),
+            "min_run_time must be a positive",
+        ),
+        (
+            lambda: benchmark.sweep({}, [8], lambda L: ()),
+            "at least one callable",
+        ),
+        (
+            lambda: benchmark.sweep({"x": 1}, [8], lambda L: ()),
+            "'x' is not callable",
+        ),
+        (
+            lambda: benchmark.sweep({"x": print}, [], lambda L: ()),
+            "at least one sequence length",
+        ),
+        (
+            lambda: benchmark.sweep({"x": print}, [0], lambda L: ()),
+            "each length must be a positive",
+        ),
+        (
+            lambda: benchmark.attention_inputs(8, heads=0),
+            "heads must be a positive int",
+        ),
     ],
 )
 def test_bad_input_raises_a_clear_error(call, message):

@@ -1,4 +1,5 @@
 """The FLOP model against PyTorch's FLOP counter, and the encoder layer against PyTorch's."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,9 @@ from efficient_attention import cost
 
 def test_attention_flops_by_hand():
     # Q K^T: 2*L*S*E, A V: 2*L*S*Ev; two heads, batch 3
-    assert cost.attention_flops(4, 5, 8, 2, batch=3, heads=2) == 3 * 2 * (2 * 4 * 5 * 8 + 2 * 4 * 5 * 2)
+    assert cost.attention_flops(4, 5, 8, 2, batch=3, heads=2) == 3 * 2 * (
+        2 * 4 * 5 * 8 + 2 * 4 * 5 * 2
+    )
     assert cost.attention_flops(4, 5, 8) == cost.attention_flops(4, 5, 8, 8)
 
 
@@ -21,7 +24,9 @@ def test_attention_flops_match_pytorch_flop_counter():
     q, k, v = (torch.randn(3, 2, n, e) for n, e in ((10, 8), (12, 8), (12, 6)))
     with FlopCounterMode(display=False) as counter:
         ea.dense_attention(q, k, v)
-    assert counter.get_total_flops() == cost.attention_flops(10, 12, 8, 6, batch=3, heads=2)
+    assert counter.get_total_flops() == cost.attention_flops(
+        10, 12, 8, 6, batch=3, heads=2
+    )
 
 
 def test_encoder_layer_flops_match_pytorch_flop_counter():
@@ -35,7 +40,10 @@ def test_encoder_layer_flops_match_pytorch_flop_counter():
 
 def test_score_matrix_bytes():
     assert cost.score_matrix_bytes(1024, 1024) == 4 * 2**20
-    assert cost.score_matrix_bytes(8, 4, batch=2, heads=3, dtype=torch.float16) == 8 * 4 * 6 * 2
+    assert (
+        cost.score_matrix_bytes(8, 4, batch=2, heads=3, dtype=torch.float16)
+        == 8 * 4 * 6 * 2
+    )
 
 
 @pytest.mark.parametrize("d_model,d_ff", [(384, 1536), (768, 3072), (64, 100)])
@@ -54,17 +62,33 @@ def test_cost_bad_input():
         cost.encoder_layer_flops(8, 10, 3, 40)
 
 
-def copy_into_torch_layer(layer: ea.EncoderLayer, d_model: int, heads: int, d_ff: int) -> nn.Module:
+def copy_into_torch_layer(
+    layer: ea.EncoderLayer, d_model: int, heads: int, d_ff: int
+) -> nn.Module:
     reference = nn.TransformerEncoderLayer(
-        d_model, heads, d_ff, dropout=0.0, activation="gelu", batch_first=True, layer_norm_eps=1e-12
+        d_model,
+        heads,
+        d_ff,
+        dropout=0.0,
+        activation="gelu",
+        batch_first=True,
+        layer_norm_eps=1e-12,
     )
     with torch.no_grad():
         attention = reference.self_attn
-        attention.in_proj_weight.copy_(torch.cat([layer.query.weight, layer.key.weight, layer.value.weight]))
-        attention.in_proj_bias.copy_(torch.cat([layer.query.bias, layer.key.bias, layer.value.bias]))
+        attention.in_proj_weight.copy_(
+            torch.cat(
+                [layer.query.weight, layer.key.weight, layer.value.weight]
+            )
+        )
+        attention.in_proj_bias.copy_(
+            torch.cat([layer.query.bias, layer.key.bias, layer.value.bias])
+        )
         attention.out_proj.load_state_dict(layer.output.state_dict())
         reference.linear1.load_state_dict(layer.intermediate.state_dict())
-        reference.linear2.load_state_dict(layer.feed_forward_output.state_dict())
+        reference.linear2.load_state_dict(
+            layer.feed_forward_output.state_dict()
+        )
         reference.norm1.load_state_dict(layer.attention_norm.state_dict())
         reference.norm2.load_state_dict(layer.output_norm.state_dict())
     return reference.eval()
@@ -87,7 +111,9 @@ def test_encoder_layer_attention_is_swappable():
     x = torch.randn(2, 9, 32)
     torch.testing.assert_close(fused(x), dense(x))
     calls = []
-    fused.attention = lambda q, k, v: calls.append(q.shape) or F.scaled_dot_product_attention(q, k, v)
+    fused.attention = lambda q, k, v: (
+        calls.append(q.shape) or F.scaled_dot_product_attention(q, k, v)
+    )
     fused(x)
     assert calls == [(2, 4, 9, 8)]
 

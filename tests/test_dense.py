@@ -1,4 +1,5 @@
 """dense_attention against F.scaled_dot_product_attention, and effective_attention."""
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,9 @@ def random_qkv(*lead, L=7, S=9, E=8, Ev=5, dtype=torch.float32, seed=0):
 
 
 @pytest.mark.parametrize("lead", [(), (3,), (2, 3), (2, 2, 3)])
-@pytest.mark.parametrize("L,S,E,Ev", [(1, 1, 4, 4), (7, 9, 8, 5), (16, 16, 32, 32), (9, 4, 3, 6)])
+@pytest.mark.parametrize(
+    "L,S,E,Ev", [(1, 1, 4, 4), (7, 9, 8, 5), (16, 16, 32, 32), (9, 4, 3, 6)]
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_equals_sdpa_over_shapes(lead, L, S, E, Ev, dtype):
     q, k, v = random_qkv(*lead, L=L, S=S, E=E, Ev=Ev, dtype=dtype)
@@ -42,18 +45,26 @@ def test_causal_flag_equals_causal_mask_function():
     q, k, v = random_qkv(2, L=6, S=6)
     mask = masks.create_mask(masks.causal, 6, 6)
     torch.testing.assert_close(
-        ea.dense_attention(q, k, v, is_causal=True), ea.dense_attention(q, k, v, attn_mask=mask)
+        ea.dense_attention(q, k, v, is_causal=True),
+        ea.dense_attention(q, k, v, attn_mask=mask),
     )
 
 
-@pytest.mark.parametrize("mask_shape", [(7, 9), (1, 1, 7, 9), (2, 1, 7, 9), (2, 3, 7, 9), (9,)])
+@pytest.mark.parametrize(
+    "mask_shape", [(7, 9), (1, 1, 7, 9), (2, 1, 7, 9), (2, 3, 7, 9), (9,)]
+)
 def test_boolean_mask_equals_sdpa(mask_shape):
     q, k, v = random_qkv(2, 3)
-    mask = torch.rand(mask_shape, generator=torch.Generator().manual_seed(1)) > 0.3
+    mask = (
+        torch.rand(mask_shape, generator=torch.Generator().manual_seed(1))
+        > 0.3
+    )
     mask[..., 0] = True  # SDPA gives NaN for rows with nothing to attend
     torch.testing.assert_close(
         ea.dense_attention(q, k, v, attn_mask=mask),
-        F.scaled_dot_product_attention(q, k, v, attn_mask=mask.expand(2, 3, 7, 9)),
+        F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask.expand(2, 3, 7, 9)
+        ),
     )
 
 
@@ -80,10 +91,12 @@ def test_pattern_masks_equal_sdpa():
 def test_scale_argument():
     q, k, v = random_qkv(2)
     torch.testing.assert_close(
-        ea.dense_attention(q, k, v, scale=0.3), F.scaled_dot_product_attention(q, k, v, scale=0.3)
+        ea.dense_attention(q, k, v, scale=0.3),
+        F.scaled_dot_product_attention(q, k, v, scale=0.3),
     )
     torch.testing.assert_close(
-        ea.dense_attention(q, k, v), ea.dense_attention(q, k, v, scale=1 / math.sqrt(q.shape[-1]))
+        ea.dense_attention(q, k, v),
+        ea.dense_attention(q, k, v, scale=1 / math.sqrt(q.shape[-1])),
     )
 
 
@@ -97,17 +110,25 @@ def test_rows_with_nothing_to_attend_are_zero_and_gradients_finite():
     assert not out.isnan().any()
     out.sum().backward()
     assert torch.isfinite(q.grad).all()
-    additive = torch.zeros(4, 5, dtype=torch.float64).masked_fill(~mask, float("-inf"))
-    assert torch.equal(ea.dense_attention(q, k, v, attn_mask=additive)[:, 1], out[:, 1])
+    additive = torch.zeros(4, 5, dtype=torch.float64).masked_fill(
+        ~mask, float("-inf")
+    )
+    assert torch.equal(
+        ea.dense_attention(q, k, v, attn_mask=additive)[:, 1], out[:, 1]
+    )
 
 
 def test_gradients_equal_sdpa():
-    inputs = [t.requires_grad_(True) for t in random_qkv(2, 2, dtype=torch.float64)]
+    inputs = [
+        t.requires_grad_(True) for t in random_qkv(2, 2, dtype=torch.float64)
+    ]
     reference = [t.detach().clone().requires_grad_(True) for t in inputs]
     mask = masks.create_mask(masks.sliding_window((2, 3)), 7, 9)
     grad_out = torch.randn(2, 2, 7, 5, dtype=torch.float64)
     ea.dense_attention(*inputs, attn_mask=mask).backward(grad_out)
-    F.scaled_dot_product_attention(*reference, attn_mask=mask).backward(grad_out)
+    F.scaled_dot_product_attention(*reference, attn_mask=mask).backward(
+        grad_out
+    )
     for ours, theirs in zip(inputs, reference):
         torch.testing.assert_close(ours.grad, theirs.grad)
     assert torch.autograd.gradcheck(
@@ -129,7 +150,9 @@ def test_effective_attention_is_the_softmax_matrix():
     q, k, _ = random_qkv(2, 3, L=6, S=8)
     weights = ea.effective_attention(ea.dense_attention, q, k)
     assert weights.shape == (2, 3, 6, 8)
-    expected = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+    expected = torch.softmax(
+        q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1
+    )
     torch.testing.assert_close(weights, expected)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 6))
 
@@ -141,13 +164,17 @@ def test_effective_attention_passes_keywords_and_respects_the_mask():
     assert torch.equal(weights[~mask], torch.zeros(int((~mask).sum())))
     torch.testing.assert_close(weights.sum(-1), torch.ones(6))
     v = torch.randn(6, 4)
-    torch.testing.assert_close(weights @ v, ea.dense_attention(q, k, v, attn_mask=mask))
+    torch.testing.assert_close(
+        weights @ v, ea.dense_attention(q, k, v, attn_mask=mask)
+    )
 
 
 def test_effective_attention_of_sdpa_equals_ours():
     q, k, _ = random_qkv(3, L=5, S=5)
     torch.testing.assert_close(
-        ea.effective_attention(F.scaled_dot_product_attention, q, k, is_causal=True),
+        ea.effective_attention(
+            F.scaled_dot_product_attention, q, k, is_causal=True
+        ),
         ea.effective_attention(ea.dense_attention, q, k, is_causal=True),
     )
 
@@ -155,26 +182,86 @@ def test_effective_attention_of_sdpa_equals_ours():
 @pytest.mark.parametrize(
     "make_inputs,kwargs,message",
     [
-        (lambda: (torch.randn(5), torch.randn(5, 4), torch.randn(5, 4)), {}, "query must have at least 2"),
-        (lambda: (torch.randn(2, 5, 4), torch.randn(3, 5, 4), torch.randn(3, 5, 4)), {},
-         "same leading"),
-        (lambda: (torch.randn(5, 4), torch.randn(5, 3), torch.randn(5, 4)), {}, "same feature size E"),
-        (lambda: (torch.randn(5, 4), torch.randn(6, 4), torch.randn(5, 4)), {},
-         "same number of positions S"),
-        (lambda: (torch.randn(5, 4), torch.randn(5, 4).double(), torch.randn(5, 4)), {},
-         "share one dtype"),
-        (lambda: (torch.ones(5, 4, dtype=torch.long),) * 3, {}, "floating-point"),
-        (lambda: (torch.randn(5, 4), torch.randn(5, 4, device="meta"), torch.randn(5, 4)), {},
-         "one device"),
-        (lambda: ([[1.0]], torch.randn(5, 4), torch.randn(5, 4)), {}, "must be a torch.Tensor"),
-        (lambda: (torch.randn(5, 4),) * 3, {"attn_mask": torch.ones(4, 5, dtype=torch.bool)},
-         "does not broadcast"),
-        (lambda: (torch.randn(5, 4),) * 3, {"attn_mask": torch.ones(5, 5, dtype=torch.long)},
-         "must be bool"),
-        (lambda: (torch.randn(5, 4),) * 3,
-         {"attn_mask": torch.ones(5, 5, dtype=torch.bool), "is_causal": True}, "not both"),
-        (lambda: (torch.randn(5, 4),) * 3, {"scale": "0.5"}, "scale must be a float"),
-        (lambda: (torch.randn(5, 4),) * 3, {"scale": float("nan")}, "scale must be finite"),
+        (
+            lambda: (torch.randn(5), torch.randn(5, 4), torch.randn(5, 4)),
+            {},
+            "query must have at least 2",
+        ),
+        (
+            lambda: (
+                torch.randn(2, 5, 4),
+                torch.randn(3, 5, 4),
+                torch.randn(3, 5, 4),
+            ),
+            {},
+            "same leading",
+        ),
+        (
+            lambda: (torch.randn(5, 4), torch.randn(5, 3), torch.randn(5, 4)),
+            {},
+            "same feature size E",
+        ),
+        (
+            lambda: (torch.randn(5, 4), torch.randn(6, 4), torch.randn(5, 4)),
+            {},
+            "same number of positions S",
+        ),
+        (
+            lambda: (
+                torch.randn(5, 4),
+                torch.randn(5, 4).double(),
+                torch.randn(5, 4),
+            ),
+            {},
+            "share one dtype",
+        ),
+        (
+            lambda: (torch.ones(5, 4, dtype=torch.long),) * 3,
+            {},
+            "floating-point",
+        ),
+        (
+            lambda: (
+                torch.randn(5, 4),
+                torch.randn(5, 4, device="meta"),
+                torch.randn(5, 4),
+            ),
+            {},
+            "one device",
+        ),
+        (
+            lambda: ([[1.0]], torch.randn(5, 4), torch.randn(5, 4)),
+            {},
+            "must be a torch.Tensor",
+        ),
+        (
+            lambda: (torch.randn(5, 4),) * 3,
+            {"attn_mask": torch.ones(4, 5, dtype=torch.bool)},
+            "does not broadcast",
+        ),
+        (
+            lambda: (torch.randn(5, 4),) * 3,
+            {"attn_mask": torch.ones(5, 5, dtype=torch.long)},
+            "must be bool",
+        ),
+        (
+            lambda: (torch.randn(5, 4),) * 3,
+            {
+                "attn_mask": torch.ones(5, 5, dtype=torch.bool),
+                "is_causal": True,
+            },
+            "not both",
+        ),
+        (
+            lambda: (torch.randn(5, 4),) * 3,
+            {"scale": "0.5"},
+            "scale must be a float",
+        ),
+        (
+            lambda: (torch.randn(5, 4),) * 3,
+            {"scale": float("nan")},
+            "scale must be finite",
+        ),
     ],
 )
 def test_bad_input_raises_a_clear_error(make_inputs, kwargs, message):

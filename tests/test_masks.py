@@ -1,4 +1,5 @@
 """Mask functions against hand-written loops, FlexAttention's create_mask, and bad input."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,9 @@ from efficient_attention import masks
 
 def loop_mask(allowed, L: int, S: int) -> torch.Tensor:
     """The reference: ask a plain Python predicate about every (i, j) pair."""
-    return torch.tensor([[bool(allowed(i, j)) for j in range(S)] for i in range(L)])
+    return torch.tensor(
+        [[bool(allowed(i, j)) for j in range(S)] for i in range(L)]
+    )
 
 
 SIZES = [(1, 1), (7, 7), (6, 11), (11, 6)]
@@ -25,8 +28,10 @@ SIZES = [(1, 1), (7, 7), (6, 11), (11, 6)]
         (masks.sliding_window((2, 1)), lambda i, j: i - 2 <= j <= i + 1),
         (masks.sliding_window(0), lambda i, j: i == j),
         (masks.sliding_window((3, 0)), lambda i, j: i - 3 <= j <= i),
-        (masks.dilated_sliding_window((2, 1), 3),
-         lambda i, j: i - 6 <= j <= i + 3 and (i - j) % 3 == 0),
+        (
+            masks.dilated_sliding_window((2, 1), 3),
+            lambda i, j: i - 6 <= j <= i + 3 and (i - j) % 3 == 0,
+        ),
         (masks.strided(3), lambda i, j: (i - j) % 3 == 0),
         (masks.block_local(4), lambda i, j: i // 4 == j // 4),
         (masks.global_tokens(2), lambda i, j: i < 2 or j < 2),
@@ -35,7 +40,9 @@ SIZES = [(1, 1), (7, 7), (6, 11), (11, 6)]
     ],
 )
 def test_mask_matches_its_definition(mask_mod, allowed, L, S):
-    torch.testing.assert_close(masks.create_mask(mask_mod, L, S), loop_mask(allowed, L, S))
+    torch.testing.assert_close(
+        masks.create_mask(mask_mod, L, S), loop_mask(allowed, L, S)
+    )
 
 
 def test_window_docstring_example_centred_window_of_three():
@@ -61,7 +68,9 @@ def test_int_window_means_both_sides():
 
 def test_causal_local_is_window_w_0():
     window = masks.create_mask(masks.sliding_window((3, 0)), 9, 9)
-    both = masks.create_mask(masks.and_masks(masks.causal, masks.sliding_window(3)), 9, 9)
+    both = masks.create_mask(
+        masks.and_masks(masks.causal, masks.sliding_window(3)), 9, 9
+    )
     torch.testing.assert_close(window, both)
 
 
@@ -75,8 +84,12 @@ def test_dilation_one_is_the_plain_window():
 def test_combinators():
     window = masks.create_mask(masks.sliding_window(1), 8, 8)
     causal = masks.create_mask(masks.causal, 8, 8)
-    both = masks.create_mask(masks.and_masks(masks.sliding_window(1), masks.causal), 8, 8)
-    either = masks.create_mask(masks.or_masks(masks.sliding_window(1), masks.causal), 8, 8)
+    both = masks.create_mask(
+        masks.and_masks(masks.sliding_window(1), masks.causal), 8, 8
+    )
+    either = masks.create_mask(
+        masks.or_masks(masks.sliding_window(1), masks.causal), 8, 8
+    )
     inverted = masks.create_mask(masks.invert(masks.causal), 8, 8)
     torch.testing.assert_close(both, window & causal)
     torch.testing.assert_close(either, window | causal)
@@ -92,7 +105,12 @@ def test_key_padding_per_batch_row():
 
 @pytest.mark.parametrize(
     "batch,heads,shape",
-    [(None, None, (5, 6)), (2, None, (2, 1, 5, 6)), (None, 3, (3, 5, 6)), (2, 3, (2, 3, 5, 6))],
+    [
+        (None, None, (5, 6)),
+        (2, None, (2, 1, 5, 6)),
+        (None, 3, (3, 5, 6)),
+        (2, 3, (2, 3, 5, 6)),
+    ],
 )
 def test_create_mask_shapes(batch, heads, shape):
     mask = masks.create_mask(masks.causal, 5, 6, batch=batch, heads=heads)
@@ -118,7 +136,9 @@ def test_every_example_pattern_matches_flex_attention(name):
 def test_key_padding_and_listed_globals_match_flex_attention():
     for mask_mod in (masks.key_padding([3, 6]), masks.global_tokens([0, 5])):
         ours = masks.create_mask(mask_mod, 8, 9, batch=2, heads=2)
-        torch.testing.assert_close(ours, flex_create_mask(mask_mod, 2, 2, 8, 9, device="cpu"))
+        torch.testing.assert_close(
+            ours, flex_create_mask(mask_mod, 2, 2, 8, 9, device="cpu")
+        )
 
 
 @pytest.mark.parametrize(
@@ -129,7 +149,10 @@ def test_key_padding_and_listed_globals_match_flex_attention():
         (lambda: masks.sliding_window(1.5), "window must be an int"),
         (lambda: masks.sliding_window((1, 2, 3)), "window must be an int"),
         (lambda: masks.sliding_window(True), "window must be an int"),
-        (lambda: masks.dilated_sliding_window(2, 0), "dilation must be a positive int"),
+        (
+            lambda: masks.dilated_sliding_window(2, 0),
+            "dilation must be a positive int",
+        ),
         (lambda: masks.strided(0), "stride must be a positive int"),
         (lambda: masks.block_local(0), "block_size must be a positive int"),
         (lambda: masks.block_local(2.0), "block_size must be a positive int"),
@@ -139,13 +162,30 @@ def test_key_padding_and_listed_globals_match_flex_attention():
         (lambda: masks.key_padding([[1, 2]]), "1-D sequence of ints"),
         (lambda: masks.key_padding([-1]), "lengths must be >= 0"),
         (lambda: masks.and_masks(), "needs at least one mask function"),
-        (lambda: masks.or_masks(torch.ones(2, 2)), "Did you pass a mask tensor"),
-        (lambda: masks.create_mask(masks.causal, 0, 4), "L must be a positive int"),
-        (lambda: masks.create_mask(masks.causal, 4, 4, batch=0), "batch must be a positive int"),
-        (lambda: masks.create_mask(lambda b, h, q, kv: (q - kv).float(), 4, 4),
-         "must return a bool tensor"),
-        (lambda: masks.create_mask(lambda b, h, q, kv: torch.ones(3, 3, dtype=torch.bool), 4, 4),
-         "does not broadcast"),
+        (
+            lambda: masks.or_masks(torch.ones(2, 2)),
+            "Did you pass a mask tensor",
+        ),
+        (
+            lambda: masks.create_mask(masks.causal, 0, 4),
+            "L must be a positive int",
+        ),
+        (
+            lambda: masks.create_mask(masks.causal, 4, 4, batch=0),
+            "batch must be a positive int",
+        ),
+        (
+            lambda: masks.create_mask(
+                lambda b, h, q, kv: (q - kv).float(), 4, 4
+            ),
+            "must return a bool tensor",
+        ),
+        (
+            lambda: masks.create_mask(
+                lambda b, h, q, kv: torch.ones(3, 3, dtype=torch.bool), 4, 4
+            ),
+            "does not broadcast",
+        ),
     ],
 )
 def test_bad_input_raises_a_clear_error(make, message):

@@ -1,4 +1,5 @@
 """Figures, widgets and notebook helpers."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -28,14 +29,17 @@ def test_plot_mask_draws_the_mask_and_its_density():
 
 
 def test_plot_mask_rejects_batched_masks():
-    with pytest.raises(ValueError, match=r"must be 2-D \(L, S\); got shape \(2, 1, 4, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"must be 2-D \(L, S\); got shape \(2, 1, 4, 4\)"
+    ):
         plotting.plot_mask(masks.create_mask(masks.causal, 4, 4, batch=2))
 
 
 def test_gallery_has_one_visible_panel_per_mask():
     patterns = masks.example_patterns()
-    fig = plotting.plot_mask_gallery({n: masks.create_mask(m, 8, 8) for n, m in patterns.items()},
-                                     ncols=3)
+    fig = plotting.plot_mask_gallery(
+        {n: masks.create_mask(m, 8, 8) for n, m in patterns.items()}, ncols=3
+    )
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title().split("\n")[0] for ax in visible] == list(patterns)
 
@@ -47,13 +51,24 @@ def test_heatmap_shows_the_weights():
 
 
 def test_plot_scaling_one_line_per_variant_plus_guides():
-    records = [{"variant": v, "L": L, "median_s": L * (1 if v == "a" else L) * 1e-6}
-               for v in ("a", "b") for L in (64, 128, 256)]
+    records = [
+        {"variant": v, "L": L, "median_s": L * (1 if v == "a" else L) * 1e-6}
+        for v in ("a", "b")
+        for L in (64, 128, 256)
+    ]
     records.append({"variant": "b", "L": 512, "median_s": None})
     ax = plotting.plot_scaling(records, guides=(1, 2))
     assert [line.get_label() for line in ax.lines[:2]] == ["a", "b"]
-    assert len(ax.lines) == 4 and ax.get_xscale() == "log" and ax.get_yscale() == "log"
-    assert list(ax.lines[1].get_xdata()) == [64, 128, 256]  # the missing value is skipped
+    assert (
+        len(ax.lines) == 4
+        and ax.get_xscale() == "log"
+        and ax.get_yscale() == "log"
+    )
+    assert list(ax.lines[1].get_xdata()) == [
+        64,
+        128,
+        256,
+    ]  # the missing value is skipped
 
 
 def test_draw_pattern_and_explorer():
@@ -80,13 +95,17 @@ def test_setup_notebook_seeds_everything():
     ea.setup_notebook(seed=3)
     first = torch.rand(3), np.random.rand(3)
     ea.setup_notebook(seed=3)
-    assert torch.equal(first[0], torch.rand(3)) and np.array_equal(first[1], np.random.rand(3))
+    assert torch.equal(first[0], torch.rand(3)) and np.array_equal(
+        first[1], np.random.rand(3)
+    )
     assert plt.rcParams["axes.spines.top"] is False
 
 
 def test_pick_device():
     assert ea.pick_device("cpu").type == "cpu"
-    assert ea.pick_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert ea.pick_device().type == (
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             ea.pick_device("cuda")

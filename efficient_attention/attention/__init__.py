@@ -1,4 +1,5 @@
 """Attention variants, one file per family, each shaped like ``F.scaled_dot_product_attention``."""
+
 from .analysis import effective_attention
 from .dense import dense_attention
 

@@ -6,6 +6,7 @@ the identity matrix as ``value`` returns ``A`` itself, so one helper draws the
 effective attention of dense, sparse, low-rank and kernel methods alike (chapter 1
 introduces it; every later chapter uses it for its pictures).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -39,7 +40,9 @@ def effective_attention(
     Equivalent to: ``fn(query, key, torch.eye(S).expand(..., S, S), **kwargs)``.
     """
     if not callable(fn):
-        raise ValueError(f"fn must be an attention function; got {type(fn).__name__}.")
+        raise ValueError(
+            f"fn must be an attention function; got {type(fn).__name__}."
+        )
     for name, tensor in (("query", query), ("key", key)):
         check_tensor(name, tensor)
         if tensor.dim() < 2:

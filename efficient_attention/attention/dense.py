@@ -6,6 +6,7 @@
 chapter 1 ("Why attention is slow") derives and measures; PyTorch's fused
 ``F.scaled_dot_product_attention`` computes the same numbers without storing the matrix.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,8 @@ def dense_attention(
 
     Complexity:
         time ``O(L * S * (E + Ev))``; memory ``O(L * S)`` per head: two ``L x S``
-        matrices (scores, then weights) are alive at once. Half-precision inputs are
+        float matrices (scores and weights) are alive at once, plus a bool one
+        for a mask. Half-precision inputs are
         computed in float32 and cast back.
 
     Equivalent to:
@@ -67,19 +69,37 @@ def dense_attention(
         check_attn_mask(attn_mask, query, key)
     L, S = query.shape[-2], key.shape[-2]
     if is_causal:
-        attn_mask = torch.ones(L, S, dtype=torch.bool, device=query.device).tril()  # (L, S)
+        attn_mask = torch.ones(
+            L, S, dtype=torch.bool, device=query.device
+        ).tril()  # (L, S)
 
-    compute_dtype = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
+    compute_dtype = (
+        torch.float32
+        if query.dtype in (torch.float16, torch.bfloat16)
+        else query.dtype
+    )
     q, k, v = (t.to(compute_dtype) for t in (query, key, value))
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
 
-    scores = (q * scale) @ k.transpose(-2, -1)  # (..., L, E) @ (..., E, S) -> (..., L, S)
-    if attn_mask is not None and attn_mask.dtype == torch.bool:
-        scores = scores.masked_fill(~attn_mask, float("-inf"))
-    elif attn_mask is not None:
-        scores = scores + attn_mask.to(compute_dtype)
-
-    no_key = torch.isneginf(scores).all(dim=-1, keepdim=True)  # (..., L, 1)
-    scores = scores.masked_fill(no_key, 0.0)  # keeps the softmax finite for empty rows
-    weights = torch.softmax(scores, dim=-1).masked_fill(no_key, 0.0)  # (..., L, S)
-    return (weights @ v).to(query.dtype)  # (..., L, S) @ (..., S, Ev) -> (..., L, Ev)
+    scores = (q * scale) @ k.transpose(
+        -2, -1
+    )  # (..., L, E) @ (..., E, S) -> (..., L, S)
+    no_key = None
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores.masked_fill_(
+                ~attn_mask, float("-inf")
+            )  # in place: no second L x S matrix
+        else:
+            scores += attn_mask.to(compute_dtype)
+        no_key = torch.isneginf(scores).all(
+            dim=-1, keepdim=True
+        )  # (..., L, 1)
+        scores.masked_fill_(
+            no_key, 0.0
+        )  # keeps the softmax of an empty row finite
+    weights = torch.softmax(scores, dim=-1)  # (..., L, S)
+    out = weights @ v  # (..., L, S) @ (..., S, Ev) -> (..., L, Ev)
+    if no_key is not None:
+        out = out.masked_fill(no_key, 0.0)  # a query with no key gets zeros
+    return out.to(query.dtype)

@@ -1,0 +1,42 @@
+# The two commands of the README:
+#   make book   install into .venv and build the site into _build/html
+#   make test   install into .venv and run every test (unit tests and pytest --nbval book)
+# Both install on first use and are safe to run again.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: book test unit-tests notebook-tests execute benchmark clean install
+
+install: $(INSTALLED)
+
+$(INSTALLED): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --editable .
+	touch $(INSTALLED)
+
+book: $(INSTALLED)
+	$(BIN)/jupyter-book build --warningiserror --keep-going .
+	@echo "The site is in _build/html/index.html"
+
+test: unit-tests notebook-tests
+
+unit-tests: $(INSTALLED)
+	$(BIN)/python -m pytest tests
+
+notebook-tests: $(INSTALLED)
+	$(BIN)/python -m pytest --nbval book
+
+# Re-execute the notebooks in place, as nbval runs them; commit the result.
+execute: $(INSTALLED)
+	$(BIN)/python scripts/execute_notebooks.py
+
+benchmark: $(INSTALLED)
+	$(BIN)/python -m efficient_attention.benchmark
+
+clean:
+	rm -rf _build

@@ -1,0 +1,91 @@
+"""What the book's notebooks must satisfy, shared by the tests and the execute script.
+
+- ``NOTEBOOK_ENV``: the environment every notebook runs under (nbval and re-execution).
+- ``toc_files``: the pages ``_toc.yml`` lists.
+- ``notebook_problems``: the hygiene rules of DESIGN.md section 4.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+NOTEBOOK_ENV = {
+    # No machine of ours reaches a model hub; without these a failed look-up stalls.
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+ABSOLUTE_PATH = re.compile(
+    r"(?<![\w.:/])/(?:home|root|work|tmp|Users|usr|opt|var|private|content)/"
+    r"|\b[A-Za-z]:\\\\?(?:Users|Windows)"
+)
+
+
+def toc_files(toc_path: pathlib.Path = ROOT / "_toc.yml") -> list[str]:
+    """Every ``file:`` entry (and the root) of a Jupyter Book table of contents."""
+    toc = yaml.safe_load(toc_path.read_text())
+    found = [toc["root"]]
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                found.append(node["file"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk({key: value for key, value in toc.items() if key != "root"})
+    return found
+
+
+def notebook_problems(
+    notebook: dict, name: str, listed: list[str]
+) -> list[str]:
+    """The hygiene rules a notebook breaks; an empty list means it is fine.
+
+    Args:
+        notebook: the notebook as JSON (``json.load`` of the .ipynb).
+        name: its path without suffix relative to the book root, e.g. ``book/01_x``.
+        listed: the entries of ``_toc.yml`` (``toc_files()``).
+    """
+    problems = []
+    if name not in listed:
+        problems.append(f"{name}: not listed in _toc.yml")
+    for index, cell in enumerate(notebook.get("cells", [])):
+        tags = cell.get("metadata", {}).get("tags", [])
+        source = "".join(cell.get("source", ""))
+        where = f"{name}, cell {index}"
+        if ABSOLUTE_PATH.search(source):
+            problems.append(f"{where}: an absolute path in the source")
+        if cell.get("cell_type") != "code":
+            continue
+        if not source.strip():
+            problems.append(f"{where}: an empty code cell")
+        elif cell.get("execution_count") is None:
+            problems.append(
+                f"{where}: never executed (re-execute the notebook and commit it)"
+            )
+        for output in cell.get("outputs", []):
+            if (
+                output.get("output_type") == "error"
+                and "raises-exception" not in tags
+            ):
+                problems.append(
+                    f"{where}: an error output, and the cell is not tagged raises-exception"
+                )
+            if "image/svg+xml" in output.get("data", {}):
+                problems.append(
+                    f"{where}: an SVG figure (nbval compares SVG text); use PNG"
+                )
+            if ABSOLUTE_PATH.search(json.dumps(output)):
+                problems.append(f"{where}: an absolute path in the output")
+    return problems

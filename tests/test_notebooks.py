@@ -1,0 +1,173 @@
+"""Notebook hygiene (DESIGN.md section 4): every chapter listed, executed, clean."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import sys
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "book"))
+from notebook_tools import notebook_problems, toc_files  # noqa: E402
+
+NOTEBOOKS = sorted(
+    p
+    for p in (ROOT / "book").rglob("*.ipynb")
+    if ".ipynb_checkpoints" not in p.parts
+)
+LISTED = toc_files()
+
+
+def name_of(path: pathlib.Path) -> str:
+    return path.relative_to(ROOT).with_suffix("").as_posix()
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "book/ holds no notebook"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=name_of)
+def test_notebook_hygiene(path):
+    problems = notebook_problems(
+        json.loads(path.read_text()), name_of(path), LISTED
+    )
+    assert not problems, "\n".join(problems)
+
+
+def test_every_toc_entry_exists():
+    for entry in LISTED:
+        assert any(
+            (ROOT / f"{entry}{suffix}").exists()
+            for suffix in (".ipynb", ".md")
+        ), entry
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=name_of)
+def test_setup_cell_installs_from_the_configured_repository(path):
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"][
+        "url"
+    ]
+    cells = json.loads(path.read_text())["cells"]
+    setup = [
+        c for c in cells if "ea.setup_notebook(seed=" in "".join(c["source"])
+    ]
+    assert len(setup) == 1, (
+        "exactly one setup cell calls ea.setup_notebook(seed=...)"
+    )
+    source = "".join(setup[0]["source"])
+    assert (
+        f'REPO = "{url}"' in source
+        and '%pip install --quiet "git+{REPO}"' in source
+    ), (
+        f"the setup cell must install the package from {url} (_config.yml) when it is missing"
+    )
+    assert "remove-cell" in setup[0]["metadata"].get("tags", []), (
+        "hide the setup cell in the site"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=name_of)
+def test_code_lines_fit_the_page(path):
+    for cell in json.loads(path.read_text())["cells"]:
+        if cell["cell_type"] == "code":
+            long = [
+                line
+                for line in "".join(cell["source"]).splitlines()
+                if len(line) > 79
+            ]
+            assert not long, (
+                f"code lines over 79 characters wrap in the site: {long}"
+            )
+
+
+def make_notebook(**cell_fields) -> dict:
+    notebook = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x = 1")
+    cell.update(cell_fields)
+    notebook.cells.append(cell)
+    return json.loads(nbformat.writes(notebook))
+
+
+def test_hygiene_catches_an_unexecuted_notebook():
+    problems = notebook_problems(make_notebook(), "book/x", ["book/x"])
+    assert any("never executed" in p for p in problems)
+    assert (
+        notebook_problems(
+            make_notebook(execution_count=1), "book/x", ["book/x"]
+        )
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    "fields,listed,expected",
+    [
+        ({"execution_count": 1}, [], "not listed in _toc.yml"),
+        (
+            {
+                "execution_count": 1,
+                "outputs": [
+                    nbformat.v4.new_output(
+                        "error", ename="E", evalue="", traceback=[]
+                    )
+                ],
+            },
+            ["book/x"],
+            "error output",
+        ),
+        (
+            {
+                "execution_count": 1,
+                "outputs": [
+                    nbformat.v4.new_output(
+                        "display_data", data={"image/svg+xml": "<svg/>"}
+                    )
+                ],
+            },
+            ["book/x"],
+            "SVG",
+        ),
+        (
+            {
+                "execution_count": 1,
+                "outputs": [
+                    nbformat.v4.new_output(
+                        "stream", name="stdout", text="saved to /home/me/x.png"
+                    )
+                ],
+            },
+            ["book/x"],
+            "absolute path",
+        ),
+        (
+            {"execution_count": 1, "source": "open('/work/data.tsv')"},
+            ["book/x"],
+            "absolute path",
+        ),
+        (
+            {"execution_count": 1, "source": "  "},
+            ["book/x"],
+            "empty code cell",
+        ),
+    ],
+)
+def test_hygiene_catches_each_problem(fields, listed, expected):
+    problems = notebook_problems(make_notebook(**fields), "book/x", listed)
+    assert any(re.search(expected, p) for p in problems), problems
+
+
+def test_an_error_in_a_raises_exception_cell_is_allowed():
+    error = nbformat.v4.new_output(
+        "error", ename="ValueError", evalue="", traceback=[]
+    )
+    notebook = make_notebook(
+        execution_count=1,
+        outputs=[error],
+        metadata={"tags": ["raises-exception"]},
+    )
+    assert notebook_problems(notebook, "book/x", ["book/x"]) == []
