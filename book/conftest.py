@@ -1,7 +1,8 @@
 """pytest configuration for `pytest --nbval book`.
 
-The kernels nbval starts inherit this process's environment; scripts/execute_notebooks.py
-sets the same NOTEBOOK_ENV, so committed outputs and test runs see the same settings.
+The kernels nbval starts inherit this process's environment;
+scripts/execute_notebooks.py sets the same NOTEBOOK_ENV, so committed outputs
+and test runs see the same settings.
 """
 
 from __future__ import annotations

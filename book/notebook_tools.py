@@ -1,6 +1,7 @@
-"""What the book's notebooks must satisfy, shared by the tests and the execute script.
+"""What the book's notebooks must satisfy, shared by tests and execute script.
 
-- ``NOTEBOOK_ENV``: the environment every notebook runs under (nbval and re-execution).
+- ``NOTEBOOK_ENV``: the environment every notebook runs under (nbval and
+  re-execution).
 - ``toc_files``: the pages ``_toc.yml`` lists.
 - ``notebook_problems``: the hygiene rules of DESIGN.md section 4.
 """
@@ -16,7 +17,8 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 NOTEBOOK_ENV = {
-    # No machine of ours reaches a model hub; without these a failed look-up stalls.
+    # No machine of ours reaches a model hub; without these a failed
+    # look-up stalls.
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
@@ -29,7 +31,7 @@ ABSOLUTE_PATH = re.compile(
 
 
 def toc_files(toc_path: pathlib.Path = ROOT / "_toc.yml") -> list[str]:
-    """Every ``file:`` entry (and the root) of a Jupyter Book table of contents."""
+    """Every ``file:`` entry (and the root) of a Jupyter Book ``_toc.yml``."""
     toc = yaml.safe_load(toc_path.read_text())
     found = [toc["root"]]
 
@@ -54,7 +56,8 @@ def notebook_problems(
 
     Args:
         notebook: the notebook as JSON (``json.load`` of the .ipynb).
-        name: its path without suffix relative to the book root, e.g. ``book/01_x``.
+        name: its path without suffix relative to the book root, e.g.
+            ``book/01_x``.
         listed: the entries of ``_toc.yml`` (``toc_files()``).
     """
     problems = []
@@ -72,7 +75,8 @@ def notebook_problems(
             problems.append(f"{where}: an empty code cell")
         elif cell.get("execution_count") is None:
             problems.append(
-                f"{where}: never executed (re-execute the notebook and commit it)"
+                f"{where}: never executed "
+                f"(re-execute the notebook and commit it)"
             )
         for output in cell.get("outputs", []):
             if (
@@ -80,11 +84,13 @@ def notebook_problems(
                 and "raises-exception" not in tags
             ):
                 problems.append(
-                    f"{where}: an error output, and the cell is not tagged raises-exception"
+                    f"{where}: an error output, "
+                    f"and the cell is not tagged raises-exception"
                 )
             if "image/svg+xml" in output.get("data", {}):
                 problems.append(
-                    f"{where}: an SVG figure (nbval compares SVG text); use PNG"
+                    f"{where}: an SVG figure (nbval compares SVG text); "
+                    f"use PNG"
                 )
             if ABSOLUTE_PATH.search(json.dumps(output)):
                 problems.append(f"{where}: an absolute path in the output")

@@ -1,4 +1,4 @@
-"""efficient_attention: the implementations of "Efficient Transformers, hands-on".
+"""efficient_attention: the code of "Efficient Transformers, hands-on".
 
 One function per attention variant, shaped like
 ``F.scaled_dot_product_attention``; mask functions for the patterns; cost

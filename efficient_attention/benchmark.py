@@ -1,11 +1,11 @@
-"""Timing and memory on the reader's own hardware, sweeps over length, and a command line.
+"""Timing and memory on the reader's hardware, length sweeps, a command line.
 
-Times come from ``torch.utils.benchmark.Timer`` (it synchronizes CUDA, warms up and
-reports the median and the interquartile range); peak memory from
-``torch.cuda.max_memory_allocated`` on a GPU and from the PyTorch profiler's record
-of every CPU allocation on a CPU. Every chapter times its variant against
-``F.scaled_dot_product_attention``, the fused baseline, in the same run; chapter 1
-introduces the tools.
+Times come from ``torch.utils.benchmark.Timer`` (it synchronizes CUDA, warms
+up and reports the median and the interquartile range); peak memory from
+``torch.cuda.max_memory_allocated`` on a GPU and from the PyTorch profiler's
+record of every CPU allocation on a CPU. Every chapter times its variant
+against ``F.scaled_dot_product_attention``, the fused baseline, in the same
+run; chapter 1 introduces the tools.
 
 Run ``python -m efficient_attention.benchmark --help`` for the command line.
 """
@@ -34,7 +34,10 @@ VARIANTS: dict[str, Callable[..., Tensor]] = {
     "sdpa": F.scaled_dot_product_attention,
     "dense": dense_attention,
 }
-"""The attention functions the command line can time, by name; ``sdpa`` is the baseline."""
+"""The attention functions the command line can time, by name.
+
+``sdpa`` is the baseline.
+"""
 
 DTYPES = {
     "float32": torch.float32,
@@ -46,7 +49,10 @@ DTYPES = {
 
 @dataclass(frozen=True)
 class Timing:
-    """Median and interquartile range of one call, in seconds, over ``runs`` calls."""
+    """Median and interquartile range of one call, in seconds.
+
+    Measured over ``runs`` calls.
+    """
 
     median_s: float
     iqr_s: float
@@ -56,14 +62,15 @@ class Timing:
 def time_callable(
     fn: Callable[..., object], *args: object, min_run_time: float = 0.2
 ) -> Timing:
-    """Time ``fn(*args)`` with ``torch.utils.benchmark`` on all of PyTorch's threads.
+    """Time ``fn(*args)`` with ``torch.utils.benchmark`` on all torch threads.
 
     Args:
         fn: the callable to time. args: its arguments.
         min_run_time: keep measuring for at least this many seconds.
 
     Returns:
-        a ``Timing``: median and interquartile range of one call, and how many calls.
+        a ``Timing``: median and interquartile range of one call, and how
+        many calls.
 
     Raises:
         ValueError: ``fn`` not callable or ``min_run_time`` not positive.
@@ -72,7 +79,8 @@ def time_callable(
         raise ValueError(f"fn must be callable; got {type(fn).__name__}.")
     if not min_run_time > 0:
         raise ValueError(
-            f"min_run_time must be a positive number of seconds; got {min_run_time!r}."
+            f"min_run_time must be a positive number of seconds; "
+            f"got {min_run_time!r}."
         )
     timer = torch_benchmark.Timer(
         stmt="fn(*args)",
@@ -88,12 +96,12 @@ def time_callable(
 
 
 def peak_memory_bytes(fn: Callable[..., object], *args: object) -> int:
-    """Peak bytes allocated while ``fn(*args)`` runs, above what was allocated before.
+    """Peak bytes ``fn(*args)`` allocates, above what was allocated before.
 
-    The device is that of the first tensor in ``args`` (CPU when there is none). On
-    CUDA it reads ``torch.cuda.max_memory_allocated``; on the CPU it replays the
-    PyTorch profiler's record of every allocation and free. The result ``fn``
-    returns is counted (it is alive at the end of the call).
+    The device is that of the first tensor in ``args`` (CPU when there is
+    none). On CUDA it reads ``torch.cuda.max_memory_allocated``; on the CPU it
+    replays the PyTorch profiler's record of every allocation and free. The
+    result ``fn`` returns is counted (it is alive at the end of the call).
 
     Raises:
         NotImplementedError: a device other than CPU or CUDA.
@@ -112,7 +120,8 @@ def peak_memory_bytes(fn: Callable[..., object], *args: object) -> int:
         return peak
     if device.type != "cpu":
         raise NotImplementedError(
-            f"peak_memory_bytes measures CPU and CUDA tensors only; got {device.type}."
+            f"peak_memory_bytes measures CPU and CUDA tensors only; "
+            f"got {device.type}."
         )
     return _cpu_peak_memory_bytes(fn, *args)
 
@@ -145,7 +154,7 @@ def _cpu_peak_memory_bytes(fn: Callable[..., object], *args: object) -> int:
 
 @contextlib.contextmanager
 def _quiet_native_stderr() -> Iterator[None]:
-    """Send what native code writes to file descriptor 2 to /dev/null for a moment."""
+    """Send native code's writes to file descriptor 2 to /dev/null, briefly."""
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -162,7 +171,10 @@ def describe_hardware(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, str | int]:
-    """What a timing ran on: device, processor or GPU name, threads, dtype, PyTorch version."""
+    """What a timing ran on.
+
+    Device, processor or GPU name, threads, dtype and PyTorch version.
+    """
     device = pick_device(None if device is None else str(device))
     info: dict[str, str | int] = {
         "device": device.type,
@@ -210,7 +222,10 @@ def attention_inputs(
     device: torch.device | str | None = None,
     seed: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Random ``query, key, value`` of shape ``(batch, heads, L, head_dim)``, seeded."""
+    """Random ``query, key, value`` of shape ``(batch, heads, L, head_dim)``.
+
+    Seeded with ``seed``, so the same arguments give the same tensors.
+    """
     for name, value in (
         ("L", L),
         ("batch", batch),
@@ -238,22 +253,24 @@ def sweep(
     Args:
         variants: name -> callable, each called as ``fn(*make_inputs(L))``.
         lengths: the sequence lengths ``L``.
-        make_inputs: ``L -> tuple`` of arguments, shared by all variants at that length.
+        make_inputs: ``L -> tuple`` of arguments, shared by all variants at
+            that length.
         min_run_time: seconds of timing per measurement.
         measure_memory: also record the peak memory of one call.
 
     Returns:
-        one plain dict per (length, variant): ``variant, L, median_s, iqr_s, runs,
-        peak_bytes, status, device, dtype, threads``. A variant that runs out of
-        memory gets ``status="out of memory"`` and None for the numbers.
+        one plain dict per (length, variant): ``variant, L, median_s, iqr_s,
+        runs, peak_bytes, status, device, dtype, threads``. A variant that runs
+        out of memory gets ``status="out of memory"`` and None for the numbers.
 
     Raises:
-        ValueError: no variants, a variant that is not callable, or a length that is
-            not a positive int.
+        ValueError: no variants, a variant that is not callable, or a length
+            that is not a positive int.
     """
     if not variants:
         raise ValueError(
-            "variants must name at least one callable, e.g. {'sdpa': F.scaled_dot_product_attention}."
+            "variants must name at least one callable, "
+            "e.g. {'sdpa': F.scaled_dot_product_attention}."
         )
     for name, fn in variants.items():
         if not callable(fn):
@@ -316,18 +333,23 @@ def _is_out_of_memory(error: BaseException) -> bool:
 
 
 def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """The slope of the least-squares line through ``(log x, log y)``: the exponent ``p`` in ``y ~ x^p``.
+    """The slope of the least-squares line through ``(log x, log y)``.
+
+    It is the exponent ``p`` in ``y ~ x^p``.
 
     Raises:
-        ValueError: fewer than two points, lengths that differ, or a value that is not > 0.
+        ValueError: fewer than two points, lengths that differ, or a value
+            that is not > 0.
     """
     if len(xs) != len(ys) or len(xs) < 2:
         raise ValueError(
-            f"need two or more (x, y) points of equal count; got {len(xs)} and {len(ys)}."
+            f"need two or more (x, y) points of equal count; "
+            f"got {len(xs)} and {len(ys)}."
         )
     if any(not (v > 0) for v in (*xs, *ys)):
         raise ValueError(
-            "log-log slopes need positive values; drop zeros and failed runs first."
+            "log-log slopes need positive values; "
+            "drop zeros and failed runs first."
         )
     slope, _ = np.polyfit(np.log(xs), np.log(ys), 1)
     return float(slope)
@@ -336,7 +358,7 @@ def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
 def format_records(
     records: Sequence[Mapping[str, object]], baseline: str = "sdpa"
 ) -> str:
-    """A plain-text table of ``sweep`` records, times as ratios to ``baseline``.
+    """A text table of ``sweep`` records, times as ratios to ``baseline``.
 
     Columns: length, variant, median and interquartile range in ms, timed
     runs, peak MiB, and the median divided by the baseline's at that length.
@@ -366,11 +388,14 @@ def format_records(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: time attention variants against SDPA over sequence lengths."""
+    """Command line: time attention variants against SDPA over lengths."""
     parser = argparse.ArgumentParser(
         prog="python -m efficient_attention.benchmark",
-        description="Time attention variants against F.scaled_dot_product_attention "
-        "on this machine, over sequence lengths.",
+        description=(
+            "Time attention variants against "
+            "F.scaled_dot_product_attention "
+            "on this machine, over sequence lengths."
+        ),
     )
     parser.add_argument(
         "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS)
@@ -398,7 +423,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     device = pick_device(args.device)
     print(hardware_summary(device, dtype))
     print(
-        f"shape (batch, heads, L, head_dim) = ({args.batch}, {args.heads}, L, {args.head_dim})"
+        f"shape (batch, heads, L, head_dim) = "
+        f"({args.batch}, {args.heads}, L, {args.head_dim})"
     )
     records = sweep(
         {name: VARIANTS[name] for name in args.variants},

@@ -1,9 +1,10 @@
 """The arithmetic of attention: FLOPs and bytes, counted on paper.
 
 Chapter 1 ("Why attention is slow") derives these counts and then checks them
-against timings and memory measured on the reader's machine. Only matrix products
-are counted (one multiply-add = 2 FLOPs); the softmax, norms and activations add
-``O(L * S)`` and ``O(L * d)`` terms that matter little next to them.
+against timings and memory measured on the reader's machine. Only matrix
+products are counted (one multiply-add = 2 FLOPs); the softmax, norms and
+activations add ``O(L * S)`` and ``O(L * d)`` terms that matter little next to
+them.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ def attention_flops(
     batch: int = 1,
     heads: int = 1,
 ) -> int:
-    """FLOPs of the two products of attention: ``Q K^T`` (``2 L S E``) and ``A V`` (``2 L S Ev``).
+    """FLOPs of the two products of attention, ``Q K^T`` and ``A V``.
+
+    ``Q K^T`` costs ``2 L S E`` and ``A V`` costs ``2 L S Ev``.
 
     Args:
-        L: queries. S: keys. E: query/key features. Ev: value features (default ``E``).
+        L: queries. S: keys. E: query/key features. Ev: value features
+            (default ``E``).
         batch, heads: how many independent attention problems.
 
     Returns:
@@ -52,7 +56,10 @@ def score_matrix_bytes(
     heads: int = 1,
     dtype: torch.dtype = torch.float32,
 ) -> int:
-    """Bytes of one ``L x S`` score matrix per (batch, head): what dense attention stores."""
+    """Bytes of one ``L x S`` score matrix per (batch, head).
+
+    This is what dense attention stores.
+    """
     for name, value in (
         ("L", L),
         ("S", S),
@@ -69,16 +76,19 @@ def encoder_layer_flops(
     """FLOPs of one Transformer encoder layer, split into its three parts.
 
     Args:
-        L: tokens. d_model: hidden size ``d``. heads: attention heads (``d`` must divide
-            by it). d_ff: feed-forward inner size (``4 d`` in BERT). batch: sequences.
+        L: tokens. d_model: hidden size ``d``. heads: attention heads (``d``
+            must divide by it). d_ff: feed-forward inner size (``4 d`` in
+            BERT). batch: sequences.
 
     Returns:
-        ``{"projections": 8 L d^2, "attention": 4 L^2 d, "feed_forward": 4 L d d_ff}``
-        (times ``batch``): the Q, K, V and output projections, the ``L x L``
-        attention core, and the two feed-forward products.
+        ``{"projections": 8 L d^2, "attention": 4 L^2 d,
+        "feed_forward": 4 L d d_ff}`` (times ``batch``): the Q, K, V and
+        output projections, the ``L x L`` attention core, and the two
+        feed-forward products.
 
     Raises:
-        ValueError: a size that is not a positive int, or ``d_model`` not divisible by ``heads``.
+        ValueError: a size that is not a positive int, or ``d_model`` not
+            divisible by ``heads``.
     """
     for name, value in (
         ("L", L),
@@ -102,9 +112,10 @@ def encoder_layer_flops(
 
 
 def attention_crossover_length(d_model: int, d_ff: int) -> int:
-    """The length ``L`` where the attention core costs as many FLOPs as the rest of the layer.
+    """The ``L`` where attention costs as many FLOPs as the rest of the layer.
 
-    ``4 L^2 d = 8 L d^2 + 4 L d d_ff`` gives ``L = 2 d + d_ff`` (``6 d`` for BERT's ``d_ff = 4 d``).
+    ``4 L^2 d = 8 L d^2 + 4 L d d_ff`` gives ``L = 2 d + d_ff`` (``6 d`` for
+    BERT's ``d_ff = 4 d``).
     """
     check_positive_int("d_model", d_model)
     check_positive_int("d_ff", d_ff)

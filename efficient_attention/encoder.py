@@ -1,9 +1,9 @@
 """A plain Transformer encoder layer whose attention function can be swapped.
 
 The layer is BERT's (Devlin et al. 2018, arXiv 1810.04805): post-norm, GELU
-feed-forward, no dropout (this book times inference). Chapter 1 times it to show
-which share of a layer's time goes to attention; later chapters plug their own
-attention variants into it.
+feed-forward, no dropout (this book times inference). Chapter 1 times it to
+show which share of a layer's time goes to attention; later chapters plug
+their own attention variants into it.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ class EncoderLayer(nn.Module):
     Args:
         d_model: hidden size ``d``. heads: attention heads (``E = d / heads``).
         d_ff: feed-forward inner size (``4 d`` in BERT).
-        attention: ``fn(query, key, value) -> out`` on ``(B, H, L, E)`` tensors;
-            default ``F.scaled_dot_product_attention``.
+        attention: ``fn(query, key, value) -> out`` on ``(B, H, L, E)``
+            tensors; default ``F.scaled_dot_product_attention``.
         layer_norm_eps: LayerNorm epsilon (BERT uses 1e-12).
 
     Shape: input and output ``(B, L, d)``.
@@ -56,7 +56,8 @@ class EncoderLayer(nn.Module):
             )
         if not callable(attention):
             raise ValueError(
-                f"attention must be a function; got {type(attention).__name__}."
+                f"attention must be a function; "
+                f"got {type(attention).__name__}."
             )
         self.heads = heads
         self.attention = attention
@@ -72,16 +73,16 @@ class EncoderLayer(nn.Module):
     def split_heads(self, x: Tensor) -> Tensor:
         """``(B, L, d) -> (B, H, L, E)``."""
         B, L, d = x.shape
-        return x.view(B, L, self.heads, d // self.heads).transpose(
-            1, 2
-        )  # (B, H, L, E)
+        # (B, H, L, E)
+        return x.view(B, L, self.heads, d // self.heads).transpose(1, 2)
 
     def forward(self, hidden: Tensor) -> Tensor:
         """``(B, L, d) -> (B, L, d)``."""
         check_tensor("hidden", hidden)
         if hidden.dim() != 3 or hidden.shape[-1] != self.query.in_features:
             raise ValueError(
-                f"hidden must have shape (B, L, {self.query.in_features}); got {tuple(hidden.shape)}."
+                f"hidden must have shape (B, L, {self.query.in_features}); "
+                f"got {tuple(hidden.shape)}."
             )
         B, L, d = hidden.shape
         q, k, v = (
@@ -91,7 +92,8 @@ class EncoderLayer(nn.Module):
         context = self.attention(q, k, v)  # (B, H, L, E)
         context = context.transpose(1, 2).reshape(B, L, d)  # (B, L, d)
         hidden = self.attention_norm(hidden + self.output(context))
+        # (B, L, d)
         feed_forward = self.feed_forward_output(
             F.gelu(self.intermediate(hidden))
-        )  # (B, L, d)
+        )
         return self.output_norm(hidden + feed_forward)

@@ -1,19 +1,21 @@
-"""Attention patterns as mask functions, and the tools to combine and draw them.
+"""Attention patterns as mask functions, and tools to combine and draw them.
 
-A *mask function* (``mask_mod``) answers one question: may query ``q_idx`` of head
-``h`` in batch row ``b`` attend key ``kv_idx``? It takes four integer tensors that
-broadcast against each other and returns a bool tensor (True = may attend). This is
-the ``mask_mod`` signature of PyTorch's FlexAttention (arXiv 2412.05496), so every
-pattern here can also be handed to ``torch.nn.attention.flex_attention``.
+A *mask function* (``mask_mod``) answers one question: may query ``q_idx`` of
+head ``h`` in batch row ``b`` attend key ``kv_idx``? It takes four integer
+tensors that broadcast against each other and returns a bool tensor (True =
+may attend). This is the ``mask_mod`` signature of PyTorch's FlexAttention
+(arXiv 2412.05496), so every pattern here can also be handed to
+``torch.nn.attention.flex_attention``.
 
 The patterns come from Sparse Transformer (strided, block; arXiv 1904.10509),
-Longformer (sliding, dilated, global; arXiv 2004.05150) and BigBird (window + global;
-arXiv 2007.14062). Chapter 1 draws them all; later chapters make them fast.
+Longformer (sliding, dilated, global; arXiv 2004.05150) and BigBird (window +
+global; arXiv 2007.14062). Chapter 1 draws them all; later chapters make them
+fast.
 
-Window semantics, used everywhere in this package (as flash-attn's ``window_size``):
-``window=(left, right)`` lets query ``i`` attend key ``j`` iff
-``i - left <= j <= i + right``. An int ``w`` means ``(w, w)``; causal local attention
-is ``(w, 0)``; a centred window of 3 keys is ``(1, 1)``.
+Window semantics, used everywhere in this package (as flash-attn's
+``window_size``): ``window=(left, right)`` lets query ``i`` attend key ``j``
+iff ``i - left <= j <= i + right``. An int ``w`` means ``(w, w)``; causal
+local attention is ``(w, 0)``; a centred window of 3 keys is ``(1, 1)``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from torch import Tensor
 from ._validation import (
     check_non_negative_int,
     check_positive_int,
-    check_tensor,
     check_window,
 )
 
@@ -56,22 +57,29 @@ def full(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
 
 
 def causal(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-    """Query ``i`` attends key ``j`` iff ``j <= i`` (top-left aligned, as SDPA's ``is_causal``)."""
+    """Query ``i`` attends key ``j`` iff ``j <= i``.
+
+    Top-left aligned, as SDPA's ``is_causal``.
+    """
     return kv_idx <= q_idx
 
 
 def sliding_window(window: int | tuple[int, int]) -> MaskMod:
-    """Local attention: query ``i`` attends key ``j`` iff ``i - left <= j <= i + right``.
+    """Local attention: query ``i`` attends the keys in a window around it.
+
+    Key ``j`` is in the window iff ``i - left <= j <= i + right``.
 
     Args:
-        window: ``(left, right)`` keys on each side, or an int ``w`` meaning ``(w, w)``.
-            ``(w, 0)`` is causal local attention; ``(1, 1)`` is a centred window of 3 keys.
+        window: ``(left, right)`` keys on each side, or an int ``w`` meaning
+            ``(w, w)``. ``(w, 0)`` is causal local attention; ``(1, 1)`` is a
+            centred window of 3 keys.
 
     Raises:
         ValueError: ``window`` is not an int or a pair of ints >= 0.
 
     Example:
-        ``window=(1, 1)``, 4 tokens: query 0 sees keys {0, 1}, query 2 sees {1, 2, 3}.
+        ``window=(1, 1)``, 4 tokens: query 0 sees keys {0, 1}, query 2 sees
+        {1, 2, 3}.
     """
     left, right = check_window(window)
 
@@ -86,13 +94,16 @@ def sliding_window(window: int | tuple[int, int]) -> MaskMod:
 def dilated_sliding_window(
     window: int | tuple[int, int], dilation: int
 ) -> MaskMod:
-    """Longformer's dilated window: ``left`` keys behind and ``right`` ahead, ``dilation`` apart.
+    """Longformer's dilated window: keys ``dilation`` apart around the query.
 
-    Query ``i`` attends key ``j`` iff ``i - left*dilation <= j <= i + right*dilation``
-    and ``(i - j)`` is a multiple of ``dilation``. ``dilation=1`` is ``sliding_window``.
+    ``left`` keys behind and ``right`` ahead, ``dilation`` apart: query ``i``
+    attends key ``j`` iff ``i - left*dilation <= j <= i + right*dilation`` and
+    ``(i - j)`` is a multiple of ``dilation``. ``dilation=1`` is
+    ``sliding_window``.
 
     Args:
-        window: keys on each side, ``(left, right)`` or an int ``w`` meaning ``(w, w)``.
+        window: keys on each side, ``(left, right)`` or an int ``w`` meaning
+            ``(w, w)``.
         dilation: the gap between attended keys, >= 1.
 
     Raises:
@@ -112,10 +123,11 @@ def dilated_sliding_window(
 
 
 def strided(stride: int) -> MaskMod:
-    """Sparse Transformer's strided pattern: ``i`` attends ``j`` iff ``(i - j) % stride == 0``.
+    """Sparse Transformer's strided pattern: keys ``stride`` apart.
 
-    Combine it with ``causal`` (``and_masks``) for the autoregressive version, and with
-    a window of ``stride`` keys for the paper's two-head factorisation.
+    Query ``i`` attends key ``j`` iff ``(i - j) % stride == 0``. Combine it
+    with ``causal`` (``and_masks``) for the autoregressive version, and with a
+    window of ``stride`` keys for the paper's two-head factorisation.
 
     Raises:
         ValueError: ``stride`` is not an int >= 1.
@@ -131,7 +143,7 @@ def strided(stride: int) -> MaskMod:
 
 
 def block_local(block_size: int) -> MaskMod:
-    """Block-diagonal attention: ``i`` attends ``j`` iff both fall in the same block.
+    """Block-diagonal attention: ``i`` attends ``j`` iff both share a block.
 
     Raises:
         ValueError: ``block_size`` is not an int >= 1.
@@ -147,16 +159,21 @@ def block_local(block_size: int) -> MaskMod:
 
 
 def global_tokens(tokens: int | Sequence[int] | Tensor) -> MaskMod:
-    """Global tokens attend everything and are attended by everything (Longformer, BigBird).
+    """Global tokens attend everything and are attended by everything.
+
+    As in Longformer and BigBird.
 
     Args:
-        tokens: an int ``n`` makes the first ``n`` positions global (a [CLS] token is
-            ``1``); a sequence or 1-D tensor of positions makes those positions global.
+        tokens: an int ``n`` makes the first ``n`` positions global (a [CLS]
+            token is ``1``); a sequence or 1-D tensor of positions makes those
+            positions global.
 
     Raises:
-        ValueError: a negative count or position, or a tensor that is not 1-D integers.
+        ValueError: a negative count or position, or a tensor that is not 1-D
+            integers.
 
-    Alone it is the "star" pattern; ``or_masks`` it with a window for Longformer.
+    Alone it is the "star" pattern; ``or_masks`` it with a window for
+    Longformer.
     """
     if isinstance(tokens, int) and not isinstance(tokens, bool):
         count = check_non_negative_int("tokens", tokens)
@@ -195,7 +212,7 @@ def global_tokens(tokens: int | Sequence[int] | Tensor) -> MaskMod:
 
 
 def key_padding(lengths: Sequence[int] | Tensor) -> MaskMod:
-    """Batch row ``b`` has ``lengths[b]`` real tokens; keys beyond them are padding.
+    """Batch row ``b`` has ``lengths[b]`` real tokens; later keys are padding.
 
     Query ``i`` of row ``b`` attends key ``j`` iff ``j < lengths[b]``. Pass
     ``batch=len(lengths)`` to ``create_mask`` to get one mask per row.
@@ -210,7 +227,8 @@ def key_padding(lengths: Sequence[int] | Tensor) -> MaskMod:
         or lengths.dtype == torch.bool
     ):
         raise ValueError(
-            f"lengths must be a 1-D sequence of ints, one per batch row; got {lengths!r}."
+            f"lengths must be a 1-D sequence of ints, one per batch row; "
+            f"got {lengths!r}."
         )
     if (lengths < 0).any():
         raise ValueError(f"lengths must be >= 0; got {lengths.tolist()}.")
@@ -224,7 +242,7 @@ def key_padding(lengths: Sequence[int] | Tensor) -> MaskMod:
 
 
 def and_masks(*mask_mods: MaskMod) -> MaskMod:
-    """A key is allowed iff every one of ``mask_mods`` allows it (intersection)."""
+    """A key is allowed iff all of ``mask_mods`` allow it (intersection)."""
     _check_mask_mods(mask_mods, "and_masks")
 
     def all_of(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
@@ -270,25 +288,28 @@ def create_mask(
     heads: int | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Evaluate ``mask_mod`` on every (query, key) pair: a bool tensor, True = may attend.
+    """Evaluate ``mask_mod`` on every (query, key) pair: True = may attend.
 
     Args:
         mask_mod: a mask function ``(b, h, q_idx, kv_idx) -> bool tensor``.
         L: number of queries. S: number of keys.
-        batch, heads: when given, the mask gets that leading dimension; when None, the
-            dimension is left out and ``mask_mod`` is evaluated with ``b = 0`` / ``h = 0``.
+        batch, heads: when given, the mask gets that leading dimension; when
+            None, the dimension is left out and ``mask_mod`` is evaluated with
+            ``b = 0`` / ``h = 0``.
         device: where to build the mask (default: CPU).
 
     Returns:
-        ``(L, S)``, ``(batch, 1, L, S)``, ``(heads, L, S)`` or ``(batch, heads, L, S)``;
-        it broadcasts against scores of shape ``(batch, heads, L, S)``.
+        a bool tensor of shape ``(L, S)``, ``(batch, 1, L, S)``,
+        ``(heads, L, S)`` or ``(batch, heads, L, S)``; it broadcasts against
+        scores of shape ``(batch, heads, L, S)``.
 
     Raises:
-        ValueError: ``L``, ``S``, ``batch`` or ``heads`` not positive ints, or a
-            ``mask_mod`` that does not return a bool tensor of a broadcastable shape.
+        ValueError: ``L``, ``S``, ``batch`` or ``heads`` not positive ints, or
+            a ``mask_mod`` that does not return a bool tensor of a
+            broadcastable shape.
 
-    Complexity: ``O(L * S)`` time and memory; it is for drawing and for the dense
-    reference, not for the fast path of a sparse variant.
+    Complexity: ``O(L * S)`` time and memory; it is for drawing and for the
+    dense reference, not for the fast path of a sparse variant.
     """
     _check_mask_mods((mask_mod,), "create_mask")
     check_positive_int("L", L)
@@ -312,15 +333,17 @@ def create_mask(
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
         got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
         raise ValueError(
-            f"mask_mod must return a bool tensor (True = may attend); got {got}. "
+            f"mask_mod must return a bool tensor (True = may attend); "
+            f"got {got}. "
             f"Compare indices, e.g. `return kv_idx <= q_idx`."
         )
     try:
         return torch.broadcast_to(mask, shape).contiguous()
     except RuntimeError as error:
         raise ValueError(
-            f"mask_mod returned shape {tuple(mask.shape)}, which does not broadcast to "
-            f"{tuple(shape)}; use elementwise operations on its four index arguments."
+            f"mask_mod returned shape {tuple(mask.shape)}, which does not "
+            f"broadcast to {tuple(shape)}; use elementwise operations on its "
+            f"four index arguments."
         ) from error
 
 
@@ -330,8 +353,10 @@ def _check_mask_mods(mask_mods: tuple, caller: str) -> None:
     for mask_mod in mask_mods:
         if not callable(mask_mod):
             raise ValueError(
-                f"{caller} takes mask functions (b, h, q_idx, kv_idx) -> bool tensor; "
-                f"got {type(mask_mod).__name__}. Did you pass a mask tensor instead?"
+                f"{caller} takes mask functions "
+                f"(b, h, q_idx, kv_idx) -> bool tensor; "
+                f"got {type(mask_mod).__name__}. "
+                f"Did you pass a mask tensor instead?"
             )
 
 
@@ -343,16 +368,20 @@ def example_patterns(
     block_size: int = 4,
     n_global: int = 1,
 ) -> dict[str, MaskMod]:
-    """The patterns this book makes fast, by name, built from the functions above.
+    """The patterns this book makes fast, by name, from the functions above.
 
     Args:
-        window: keys on each side for the windowed patterns (``(window, 0)`` when causal).
-        dilation: gap of the dilated window. stride: period of the strided pattern.
-        block_size: block of the block-local pattern. n_global: leading global tokens.
+        window: keys on each side for the windowed patterns (``(window, 0)``
+            when causal).
+        dilation: gap of the dilated window. stride: period of the strided
+            pattern.
+        block_size: block of the block-local pattern. n_global: leading
+            global tokens.
 
     Returns:
-        ``{name: mask_mod}``: full, causal, sliding window, causal window, dilated
-        window, strided (causal), block local, and window + global (Longformer).
+        ``{name: mask_mod}``: full, causal, sliding window, causal window,
+        dilated window, strided (causal), block local, and window + global
+        (Longformer).
     """
     return {
         "full": full,

@@ -1,8 +1,9 @@
-"""Helpers every chapter's first cell calls: seeding, figure format, device choice, source display.
+"""Helpers every chapter's first cell calls.
 
-``setup_notebook`` makes a chapter reproducible (seeds) and its figures PNG in one
-house style; ``show_source`` prints a package function so the reader sees exactly
-the code they just checked against the chapter's naive version.
+Seeding, figure format, device choice and source display: ``setup_notebook``
+makes a chapter reproducible (seeds) and its figures PNG in one house style;
+``show_source`` prints a package function so the reader sees exactly the code
+they just checked against the chapter's naive version.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
-    """The device to run on: ``prefer`` if given, else CUDA when available, else the CPU.
+    """The device to run on: ``prefer`` if given, else CUDA if any, else CPU.
 
     Raises:
         ValueError: ``prefer`` names a device this machine does not have.
@@ -26,14 +27,15 @@ def pick_device(prefer: str | None = None) -> torch.device:
     device = torch.device(prefer)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
-            f"device {prefer!r} was asked for but CUDA is not available here; use 'cpu' "
+            f"device {prefer!r} was asked for "
+            f"but CUDA is not available here; use 'cpu' "
             f"or None to pick automatically."
         )
     return device
 
 
 def setup_notebook(seed: int = 0) -> None:
-    """Seed Python, NumPy and PyTorch, and make figures PNG in the book's style."""
+    """Seed Python, NumPy and PyTorch; make figures PNG in the book's style."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -49,13 +51,14 @@ def setup_notebook(seed: int = 0) -> None:
 
 
 def source_markdown(obj: object) -> str:
-    """The source of a package function or class as a fenced Markdown code block."""
+    """The source of a package function or class as a fenced Markdown block."""
     try:
         source = inspect.getsource(obj)
         path = pathlib.Path(inspect.getsourcefile(obj))
     except (TypeError, OSError) as error:
         raise ValueError(
-            f"cannot show the source of {obj!r}: pass a function, class or module "
+            f"cannot show the source of {obj!r}: "
+            f"pass a function, class or module "
             f"written in Python."
         ) from error
     package_root = pathlib.Path(__file__).resolve().parent.parent
@@ -68,7 +71,10 @@ def source_markdown(obj: object) -> str:
 
 
 def show_source(obj: object) -> None:
-    """Display the source of ``obj`` (a function, class or module) in the notebook."""
+    """Display the source of ``obj`` in the notebook.
+
+    ``obj`` is a function, class or module.
+    """
     from IPython.display import Markdown, display
 
     display(Markdown(source_markdown(obj)))

@@ -1,7 +1,8 @@
-"""Figures in one house style: attention patterns, heatmaps, and cost against length.
+"""Figures in one house style: attention patterns, heatmaps, cost vs length.
 
-Every chapter draws with these functions, so a mask, a weight matrix or a timing
-sweep looks the same in every chapter. Figures are PNG (see ``setup_notebook``).
+Every chapter draws with these functions, so a mask, a weight matrix or a
+timing sweep looks the same in every chapter. Figures are PNG (see
+``setup_notebook``).
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ def _as_2d_array(name: str, matrix: Tensor | np.ndarray) -> np.ndarray:
     )
     if array.ndim != 2:
         raise ValueError(
-            f"{name} must be 2-D (L, S); got shape {array.shape}. Select one batch row "
-            f"and head first, e.g. {name}[0, 0]."
+            f"{name} must be 2-D (L, S); got shape {array.shape}. "
+            f"Select one batch row and head first, e.g. {name}[0, 0]."
         )
     return array
 
@@ -56,7 +57,7 @@ def plot_mask(
     ax: Axes | None = None,
     title: str | None = None,
 ) -> Axes:
-    """Draw a boolean ``(L, S)`` mask: a dark cell where query ``i`` may attend key ``j``.
+    """Draw a boolean ``(L, S)`` mask: dark where query ``i`` may attend ``j``.
 
     The title (if given) gets the share of allowed pairs appended.
     """
@@ -103,7 +104,10 @@ def plot_heatmap(
     title: str | None = None,
     colorbar: bool = True,
 ) -> Axes:
-    """Draw an ``(L, S)`` matrix of attention weights (row = query, column = key)."""
+    """Draw an ``(L, S)`` matrix of attention weights.
+
+    Row ``i`` is query ``i``; column ``j`` is key ``j``.
+    """
     array = _as_2d_array("weights", weights)
     ax = ax or plt.figure(figsize=(4.0, 3.4)).gca()
     image = ax.imshow(array, cmap="viridis", interpolation="nearest")
@@ -126,13 +130,19 @@ def plot_scaling(
     scale: float = 1.0,
     guides: Sequence[int] = (1, 2),
 ) -> Axes:
-    """Plot ``y`` against ``L`` on log-log axes, one line per variant, with slope guides.
+    """Plot ``y`` against ``L`` on log-log axes, one line per variant.
+
+    With dashed slope guides (see ``guides``).
 
     Args:
-        records: plain dicts as returned by ``benchmark.sweep`` (keys ``variant``, ``L``, ``y``).
-        y: the record key to plot (``median_s``, ``peak_bytes``...). Missing values are skipped.
-        ylabel: the y-axis label (default: ``y``). scale: multiplies every value (e.g. ``1e3`` for ms).
-        guides: draw dashed lines of these slopes (``L^1``, ``L^2``) through the first point.
+        records: plain dicts as returned by ``benchmark.sweep`` (keys
+            ``variant``, ``L``, ``y``).
+        y: the record key to plot (``median_s``, ``peak_bytes``...). Missing
+            values are skipped.
+        ylabel: the y-axis label (default: ``y``). scale: multiplies every
+            value (e.g. ``1e3`` for ms).
+        guides: draw dashed lines of these slopes (``L^1``, ``L^2``) through
+            the first point.
     """
     ax = ax or plt.figure().gca()
     variants = list(dict.fromkeys(r["variant"] for r in records))

@@ -1,7 +1,8 @@
-"""Widgets to play with in a live notebook (Jupyter, Colab); the site shows static figures.
+"""Widgets to play with in a live notebook (Jupyter, Colab).
 
-``mask_explorer`` lets the reader pick a pattern from ``masks.example_patterns``
-and move its window, dilation, stride, block size and length; chapter 1 introduces it.
+The site shows static figures. ``mask_explorer`` lets the reader pick a
+pattern from ``masks.example_patterns`` and move its window, dilation, stride,
+block size and length; chapter 1 introduces it.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ def draw_pattern(
     block_size: int = 4,
     n_global: int = 1,
 ) -> Figure:
-    """Draw pattern ``name`` of ``masks.example_patterns`` for ``length`` tokens.
+    """Draw ``masks.example_patterns()[name]`` for ``length`` tokens.
 
     Raises:
-        ValueError: an unknown pattern name or a bad parameter (the mask functions say which).
+        ValueError: an unknown pattern name or a bad parameter (the mask
+            functions say which).
     """
     check_positive_int("length", length)
     patterns = masks.example_patterns(
@@ -48,7 +50,10 @@ def draw_pattern(
 
 
 def mask_explorer(length: int = 32):
-    """An interactive pattern viewer: a dropdown of patterns and sliders for their parameters."""
+    """An interactive pattern viewer.
+
+    A dropdown of patterns and sliders for their parameters.
+    """
     import ipywidgets as widgets
     from IPython.display import display
 

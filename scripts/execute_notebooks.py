@@ -1,11 +1,13 @@
-"""Re-execute the book's notebooks in place, under the environment `pytest --nbval book` uses.
+"""Re-execute the book notebooks in place, as `pytest --nbval book` runs them.
 
-Same kernel (nbval's "current environment" kernel), same working directory (the
-notebook's folder), same environment variables (book/notebook_tools.py), so the
-committed outputs are exactly what the test run reproduces.
+Same kernel (nbval's "current environment" kernel), same working directory
+(the notebook's folder), same environment variables (book/notebook_tools.py),
+so the committed outputs are exactly what the test run reproduces.
 
-Usage: python scripts/execute_notebooks.py [book/01_why_attention_is_slow.ipynb ...]
-(no argument: every notebook listed in _toc.yml, one after the other).
+Usage: python scripts/execute_notebooks.py [NOTEBOOK.ipynb ...]
+(no argument: every notebook listed in _toc.yml, one after the other), e.g.
+
+    python scripts/execute_notebooks.py book/01_why_attention_is_slow.ipynb
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ from notebook_tools import NOTEBOOK_ENV, toc_files  # noqa: E402
 
 
 def execute_in_place(path: pathlib.Path, timeout: int = 1800) -> float:
-    """Run every cell of ``path`` top to bottom and write the outputs back; return seconds."""
+    """Run every cell of ``path`` top to bottom and write the outputs back.
+
+    Returns the seconds it took.
+    """
     notebook = nbformat.read(path, as_version=4)
     kernel = KernelManager(
         kernel_name=CURRENT_ENV_KERNEL_NAME,
@@ -64,7 +69,8 @@ def main() -> None:
         os.environ[name] = value
     for path in notebooks:
         print(
-            f"executing {path.relative_to(ROOT) if path.is_absolute() else path} ...",
+            f"executing "
+            f"{path.relative_to(ROOT) if path.is_absolute() else path} ...",
             flush=True,
         )
         seconds = execute_in_place(path.resolve())

@@ -1,4 +1,4 @@
-"""Timing, memory, sweeps and the command line of efficient_attention.benchmark."""
+"""Timing, memory, sweeps and command line of efficient_attention.benchmark."""
 
 from __future__ import annotations
 
@@ -45,9 +45,8 @@ def test_cpu_peak_memory_counts_what_is_alive_at_once():
 def test_cpu_peak_memory_sees_the_score_matrix():
     q, k, v = benchmark.attention_inputs(512, head_dim=16)
     peak = benchmark.peak_memory_bytes(ea.dense_attention, q, k, v)
-    assert peak >= 2 * ea.cost.score_matrix_bytes(
-        512, 512
-    )  # scores and weights
+    # scores and weights
+    assert peak >= 2 * ea.cost.score_matrix_bytes(512, 512)
     assert (
         benchmark.peak_memory_bytes(F.scaled_dot_product_attention, q, k, v)
         < peak / 4

@@ -1,4 +1,6 @@
-"""The FLOP model against PyTorch's FLOP counter, and the encoder layer against PyTorch's."""
+"""The FLOP model against PyTorch's FLOP counter, and the encoder layer
+against PyTorch's.
+"""
 
 from __future__ import annotations
 

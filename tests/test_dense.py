@@ -1,4 +1,4 @@
-"""dense_attention against F.scaled_dot_product_attention, and effective_attention."""
+"""dense_attention against PyTorch's SDPA, and effective_attention."""
 
 from __future__ import annotations
 

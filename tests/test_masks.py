@@ -1,4 +1,7 @@
-"""Mask functions against hand-written loops, FlexAttention's create_mask, and bad input."""
+"""Mask functions against hand-written loops and FlexAttention's create_mask.
+
+Also what they do with bad input.
+"""
 
 from __future__ import annotations
 

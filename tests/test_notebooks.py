@@ -1,4 +1,4 @@
-"""Notebook hygiene (DESIGN.md section 4): every chapter listed, executed, clean."""
+"""Notebook hygiene (DESIGN.md section 4): chapters listed, executed, clean."""
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def test_setup_cell_installs_from_the_configured_repository(path):
         f'REPO = "{url}"' in source
         and '%pip install --quiet "git+{REPO}"' in source
     ), (
-        f"the setup cell must install the package from {url} (_config.yml) when it is missing"
+        f"the setup cell must install the package from {url} (_config.yml) "
+        f"when it is missing"
     )
     assert "remove-cell" in setup[0]["metadata"].get("tags", []), (
         "hide the setup cell in the site"

@@ -12,7 +12,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import efficient_attention as ea  # noqa: E402
-from efficient_attention import masks, notebook, plotting, widgets  # noqa: E402
+from efficient_attention import (  # noqa: E402
+    masks,
+    notebook,
+    plotting,
+    widgets,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,7 @@
-"""Attention variants, one file per family, each shaped like ``F.scaled_dot_product_attention``."""
+"""Attention variants, one file per family.
+
+Each is shaped like ``F.scaled_dot_product_attention``.
+"""
 
 from .analysis import effective_attention
 from .dense import dense_attention

@@ -1,10 +1,11 @@
-"""Looking inside attention: the weights any variant applies, whatever its algorithm.
+"""Looking inside attention: the weights any variant applies, however computed.
 
-Every variant in this package is linear in ``value``: its output is ``A @ value``
-for some ``L x S`` matrix ``A`` that depends on the queries and keys only. Feeding
-the identity matrix as ``value`` returns ``A`` itself, so one helper draws the
-effective attention of dense, sparse, low-rank and kernel methods alike (chapter 1
-introduces it; every later chapter uses it for its pictures).
+Every variant in this package is linear in ``value``: its output is
+``A @ value`` for some ``L x S`` matrix ``A`` that depends on the queries and
+keys only. Feeding the identity matrix as ``value`` returns ``A`` itself, so
+one helper draws the effective attention of dense, sparse, low-rank and kernel
+methods alike (chapter 1 introduces it; every later chapter uses it for its
+pictures).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from .._validation import check_tensor
 def effective_attention(
     fn: Callable[..., Tensor], query: Tensor, key: Tensor, **kwargs: object
 ) -> Tensor:
-    """The ``L x S`` weights that attention function ``fn`` applies to the values.
+    """The ``L x S`` weights that attention function ``fn`` applies to values.
 
     Args:
-        fn: an attention function ``fn(query, key, value, **kwargs) -> (..., L, Ev)``
-            that is linear in ``value``.
+        fn: an attention function
+            ``fn(query, key, value, **kwargs) -> (..., L, Ev)`` that is linear
+            in ``value``.
         query: ``(..., L, E)``. key: ``(..., S, E)``.
         **kwargs: keyword arguments for ``fn`` (a mask, a window, a scale...).
 
@@ -32,12 +34,13 @@ def effective_attention(
         ``(..., L, S)``: row ``i`` holds the weight query ``i`` gives each key.
 
     Raises:
-        ValueError: ``fn`` is not callable, or ``query``/``key`` are not tensors of
-            rank >= 2 (``fn`` itself checks the rest).
+        ValueError: ``fn`` is not callable, or ``query``/``key`` are not
+            tensors of rank >= 2 (``fn`` itself checks the rest).
 
     Complexity: one call of ``fn`` with ``Ev = S``; memory ``O(L * S)``.
 
-    Equivalent to: ``fn(query, key, torch.eye(S).expand(..., S, S), **kwargs)``.
+    Equivalent to:
+        ``fn(query, key, torch.eye(S).expand(..., S, S), **kwargs)``.
     """
     if not callable(fn):
         raise ValueError(
@@ -47,7 +50,8 @@ def effective_attention(
         check_tensor(name, tensor)
         if tensor.dim() < 2:
             raise ValueError(
-                f"{name} must have at least 2 dimensions (..., length, features); "
+                f"{name} must have at least 2 dimensions "
+                f"(..., length, features); "
                 f"got shape {tuple(tensor.shape)}."
             )
     S = key.shape[-2]
