@@ -17,6 +17,9 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --editable .
+	@# Flush the install to disk now: background writeback would skew the
+	@# timings that the chapters measure right after.
+	sync
 	touch $(INSTALLED)
 
 book: $(INSTALLED)
