@@ -13,6 +13,26 @@ import torch
 from torch import Tensor
 
 
+def check_heads_divide(d_model: int, heads: int) -> None:
+    """Raise a ValueError unless ``heads`` divides ``d_model``."""
+    if d_model % heads:
+        raise ValueError(
+            f"d_model ({d_model}) must be divisible by heads ({heads})."
+        )
+
+
+def check_sequence(name: str, tensor: object) -> Tensor:
+    """Return ``tensor`` if it is shaped ``(..., length, features)``."""
+    check_tensor(name, tensor)
+    if tensor.dim() < 2:
+        raise ValueError(
+            f"{name} must have at least 2 dimensions (..., length, features); "
+            f"got shape {tuple(tensor.shape)}. Add a leading dimension with "
+            f"{name}.unsqueeze(0)."
+        )
+    return tensor
+
+
 def check_tensor(name: str, value: object) -> Tensor:
     """Return ``value`` if a tensor, else raise ValueError naming ``name``."""
     if not isinstance(value, Tensor):
@@ -34,15 +54,7 @@ def check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
             or mixed dtypes or devices.
     """
     for name, tensor in (("query", query), ("key", key), ("value", value)):
-        check_tensor(name, tensor)
-        if tensor.dim() < 2:
-            raise ValueError(
-                f"{name} must have at least 2 dimensions "
-                f"(..., length, features); "
-                f"got shape {tuple(tensor.shape)}. "
-                f"Add a leading dimension with "
-                f"{name}.unsqueeze(0)."
-            )
+        check_sequence(name, tensor)
         if not tensor.is_floating_point():
             raise ValueError(
                 f"{name} must be a floating-point tensor; "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import check_positive_int
+from ._validation import check_heads_divide, check_positive_int
 
 
 def attention_flops(
@@ -98,10 +98,7 @@ def encoder_layer_flops(
         ("batch", batch),
     ):
         check_positive_int(name, value)
-    if d_model % heads:
-        raise ValueError(
-            f"d_model ({d_model}) must be divisible by heads ({heads})."
-        )
+    check_heads_divide(d_model, heads)
     return {
         "projections": 4 * 2 * L * d_model * d_model * batch,
         "attention": attention_flops(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validation import check_positive_int, check_tensor
+from ._validation import check_heads_divide, check_positive_int, check_tensor
 
 AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -50,10 +50,7 @@ class EncoderLayer(nn.Module):
             ("d_ff", d_ff),
         ):
             check_positive_int(name, value)
-        if d_model % heads:
-            raise ValueError(
-                f"d_model ({d_model}) must be divisible by heads ({heads})."
-            )
+        check_heads_divide(d_model, heads)
         if not callable(attention):
             raise ValueError(
                 f"attention must be a function; "

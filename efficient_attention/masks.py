@@ -185,20 +185,7 @@ def global_tokens(tokens: int | Sequence[int] | Tensor) -> MaskMod:
 
         return first_tokens_global
 
-    positions = torch.as_tensor(tokens)
-    if (
-        positions.dim() != 1
-        or positions.is_floating_point()
-        or positions.dtype == torch.bool
-    ):
-        raise ValueError(
-            f"tokens must be an int or a 1-D sequence of int positions; "
-            f"got {tokens!r}."
-        )
-    if (positions < 0).any():
-        raise ValueError(
-            f"global token positions must be >= 0; got {positions.tolist()}."
-        )
+    positions = _non_negative_ints("global token positions", tokens)
 
     def listed_tokens_global(
         b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
@@ -220,18 +207,7 @@ def key_padding(lengths: Sequence[int] | Tensor) -> MaskMod:
     Raises:
         ValueError: ``lengths`` is not a 1-D sequence of ints >= 0.
     """
-    lengths = torch.as_tensor(lengths)
-    if (
-        lengths.dim() != 1
-        or lengths.is_floating_point()
-        or lengths.dtype == torch.bool
-    ):
-        raise ValueError(
-            f"lengths must be a 1-D sequence of ints, one per batch row; "
-            f"got {lengths!r}."
-        )
-    if (lengths < 0).any():
-        raise ValueError(f"lengths must be >= 0; got {lengths.tolist()}.")
+    lengths = _non_negative_ints("lengths", lengths)
 
     def key_padding_mask(
         b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
@@ -345,6 +321,22 @@ def create_mask(
             f"broadcast to {tuple(shape)}; use elementwise operations on its "
             f"four index arguments."
         ) from error
+
+
+def _non_negative_ints(name: str, values: Sequence[int] | Tensor) -> Tensor:
+    """``values`` as a 1-D integer tensor, or a ValueError naming ``name``."""
+    tensor = torch.as_tensor(values)
+    if (
+        tensor.dim() != 1
+        or tensor.is_floating_point()
+        or tensor.dtype == torch.bool
+    ):
+        raise ValueError(
+            f"{name} must be a 1-D sequence of ints; got {values!r}."
+        )
+    if (tensor < 0).any():
+        raise ValueError(f"{name} must be >= 0; got {tensor.tolist()}.")
+    return tensor
 
 
 def _check_mask_mods(mask_mods: tuple, caller: str) -> None:

@@ -160,9 +160,15 @@ def test_key_padding_and_listed_globals_match_flex_attention():
         (lambda: masks.block_local(0), "block_size must be a positive int"),
         (lambda: masks.block_local(2.0), "block_size must be a positive int"),
         (lambda: masks.global_tokens(-1), "tokens must be an int >= 0"),
-        (lambda: masks.global_tokens([1.5]), "1-D sequence of int positions"),
+        (
+            lambda: masks.global_tokens([1.5]),
+            "global token positions must be a 1-D sequence of ints",
+        ),
         (lambda: masks.global_tokens([-2]), "positions must be >= 0"),
-        (lambda: masks.key_padding([[1, 2]]), "1-D sequence of ints"),
+        (
+            lambda: masks.key_padding([[1, 2]]),
+            "lengths must be a 1-D sequence",
+        ),
         (lambda: masks.key_padding([-1]), "lengths must be >= 0"),
         (lambda: masks.and_masks(), "needs at least one mask function"),
         (

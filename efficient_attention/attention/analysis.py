@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .._validation import check_tensor
+from .._validation import check_sequence
 
 
 def effective_attention(
@@ -46,14 +46,8 @@ def effective_attention(
         raise ValueError(
             f"fn must be an attention function; got {type(fn).__name__}."
         )
-    for name, tensor in (("query", query), ("key", key)):
-        check_tensor(name, tensor)
-        if tensor.dim() < 2:
-            raise ValueError(
-                f"{name} must have at least 2 dimensions "
-                f"(..., length, features); "
-                f"got shape {tuple(tensor.shape)}."
-            )
+    check_sequence("query", query)
+    check_sequence("key", key)
     S = key.shape[-2]
     identity = torch.eye(S, dtype=key.dtype, device=key.device)  # (S, S)
     value = identity.expand(*key.shape[:-2], S, S)  # (..., S, S)
