@@ -1,0 +1,42 @@
+"""efficient_attention: the code of "Efficient Transformers, hands-on".
+
+One function per attention variant, shaped like
+``F.scaled_dot_product_attention``; mask functions for the patterns; cost
+models; benchmarking, plotting and notebook helpers. Import it as
+``import efficient_attention as ea``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from . import cost, masks
+from .attention import dense_attention, effective_attention
+from .encoder import EncoderLayer
+from .notebook import pick_device, setup_notebook, show_source
+
+__version__ = "0.1.0"
+
+_LAZY_MODULES = {"benchmark", "plotting", "widgets"}  # they import matplotlib
+
+__all__ = [
+    "EncoderLayer",
+    "benchmark",
+    "cost",
+    "dense_attention",
+    "effective_attention",
+    "masks",
+    "pick_device",
+    "plotting",
+    "setup_notebook",
+    "show_source",
+    "widgets",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,447 @@
+"""Timing and memory on the reader's hardware, length sweeps, a command line.
+
+Times come from ``torch.utils.benchmark.Timer`` (it synchronizes CUDA, warms
+up and reports the median and the interquartile range); peak memory from
+``torch.cuda.max_memory_allocated`` on a GPU and from the PyTorch profiler's
+record of every CPU allocation on a CPU. Every chapter times its variant
+against ``F.scaled_dot_product_attention``, the fused baseline, in the same
+run; chapter 1 introduces the tools.
+
+Run ``python -m efficient_attention.benchmark --help`` for the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils import benchmark as torch_benchmark
+
+from ._validation import check_positive_int
+from .attention import dense_attention
+from .notebook import pick_device
+
+VARIANTS: dict[str, Callable[..., Tensor]] = {
+    "sdpa": F.scaled_dot_product_attention,
+    "dense": dense_attention,
+}
+"""The attention functions the command line can time, by name.
+
+``sdpa`` is the baseline.
+"""
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median and interquartile range of one call, in seconds.
+
+    Measured over ``runs`` calls.
+    """
+
+    median_s: float
+    iqr_s: float
+    runs: int
+
+
+def time_callable(
+    fn: Callable[..., object], *args: object, min_run_time: float = 0.2
+) -> Timing:
+    """Time ``fn(*args)`` with ``torch.utils.benchmark`` on all torch threads.
+
+    Args:
+        fn: the callable to time. args: its arguments.
+        min_run_time: keep measuring for at least this many seconds.
+
+    Returns:
+        a ``Timing``: median and interquartile range of one call, and how
+        many calls.
+
+    Raises:
+        ValueError: ``fn`` not callable or ``min_run_time`` not positive.
+    """
+    if not callable(fn):
+        raise ValueError(f"fn must be callable; got {type(fn).__name__}.")
+    if not min_run_time > 0:
+        raise ValueError(
+            f"min_run_time must be a positive number of seconds; "
+            f"got {min_run_time!r}."
+        )
+    timer = torch_benchmark.Timer(
+        stmt="fn(*args)",
+        globals={"fn": fn, "args": args},
+        num_threads=torch.get_num_threads(),  # Timer's default is 1 thread
+    )
+    measurement = timer.blocked_autorange(min_run_time=min_run_time)
+    return Timing(
+        median_s=measurement.median,
+        iqr_s=measurement.iqr,
+        runs=len(measurement.times) * measurement.number_per_run,
+    )
+
+
+def peak_memory_bytes(fn: Callable[..., object], *args: object) -> int:
+    """Peak bytes ``fn(*args)`` allocates, above what was allocated before.
+
+    The device is that of the first tensor in ``args`` (CPU when there is
+    none). On CUDA it reads ``torch.cuda.max_memory_allocated``; on the CPU it
+    replays the PyTorch profiler's record of every allocation and free. The
+    result ``fn`` returns is counted (it is alive at the end of the call).
+
+    Raises:
+        NotImplementedError: a device other than CPU or CUDA.
+    """
+    device = next(
+        (a.device for a in args if isinstance(a, Tensor)), torch.device("cpu")
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        result = fn(*args)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - start
+        del result
+        return peak
+    if device.type != "cpu":
+        raise NotImplementedError(
+            f"peak_memory_bytes measures CPU and CUDA tensors only; "
+            f"got {device.type}."
+        )
+    return _cpu_peak_memory_bytes(fn, *args)
+
+
+def _cpu_peak_memory_bytes(fn: Callable[..., object], *args: object) -> int:
+    profiler = torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    )
+    with _quiet_native_stderr():  # the profiler's native start/stop messages
+        profiler.start()
+    try:
+        result = fn(*args)
+    finally:
+        with _quiet_native_stderr():
+            profiler.stop()
+    del result
+    records = [
+        event
+        for event in profiler.profiler.kineto_results.events()
+        if event.name() == "[memory]"
+        and event.device_type() == torch.autograd.DeviceType.CPU
+    ]
+    records.sort(key=lambda event: event.start_ns())
+    allocated = peak = 0
+    for event in records:
+        allocated += event.nbytes()  # negative for a free
+        peak = max(peak, allocated)
+    return peak
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Send native code's writes to file descriptor 2 to /dev/null, briefly."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def describe_hardware(
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, str | int]:
+    """What a timing ran on.
+
+    Device, processor or GPU name, threads, dtype and PyTorch version.
+    """
+    device = pick_device(None if device is None else str(device))
+    info: dict[str, str | int] = {
+        "device": device.type,
+        "cpu": _cpu_model(),
+        "threads": torch.get_num_threads(),
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def hardware_summary(
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> str:
+    """``describe_hardware`` as one line, to print above every timing."""
+    info = describe_hardware(device, dtype)
+    where = f"GPU {info['gpu']}" if "gpu" in info else f"CPU {info['cpu']}"
+    return (
+        f"{where} | {info['threads']} CPU threads | dtype {info['dtype']} "
+        f"| torch {info['torch']}"
+    )
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def attention_inputs(
+    L: int,
+    *,
+    batch: int = 1,
+    heads: int = 1,
+    head_dim: int = 64,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Random ``query, key, value`` of shape ``(batch, heads, L, head_dim)``.
+
+    Seeded with ``seed``, so the same arguments give the same tensors.
+    """
+    for name, value in (
+        ("L", L),
+        ("batch", batch),
+        ("heads", heads),
+        ("head_dim", head_dim),
+    ):
+        check_positive_int(name, value)
+    device = pick_device(None if device is None else str(device))
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch, heads, L, head_dim)
+    q, k, v = (torch.randn(shape, generator=generator) for _ in range(3))
+    return tuple(t.to(device=device, dtype=dtype) for t in (q, k, v))
+
+
+def sweep(
+    variants: Mapping[str, Callable[..., object]],
+    lengths: Sequence[int],
+    make_inputs: Callable[[int], tuple],
+    *,
+    min_run_time: float = 0.2,
+    measure_memory: bool = True,
+) -> list[dict[str, object]]:
+    """Time (and measure the memory of) each variant at each length.
+
+    Args:
+        variants: name -> callable, each called as ``fn(*make_inputs(L))``.
+        lengths: the sequence lengths ``L``.
+        make_inputs: ``L -> tuple`` of arguments, shared by all variants at
+            that length.
+        min_run_time: seconds of timing per measurement.
+        measure_memory: also record the peak memory of one call.
+
+    Returns:
+        one plain dict per (length, variant): ``variant, L, median_s, iqr_s,
+        runs, peak_bytes, status, device, dtype, threads``. A variant that runs
+        out of memory gets ``status="out of memory"`` and None for the numbers.
+
+    Raises:
+        ValueError: no variants, a variant that is not callable, or a length
+            that is not a positive int.
+    """
+    if not variants:
+        raise ValueError(
+            "variants must name at least one callable, "
+            "e.g. {'sdpa': F.scaled_dot_product_attention}."
+        )
+    for name, fn in variants.items():
+        if not callable(fn):
+            raise ValueError(
+                f"variant {name!r} is not callable; got {type(fn).__name__}."
+            )
+    if not lengths:
+        raise ValueError("lengths must hold at least one sequence length.")
+    for L in lengths:
+        check_positive_int("each length", L)
+    records = []
+    for L in lengths:
+        inputs = make_inputs(L)
+        first = next((a for a in inputs if isinstance(a, Tensor)), None)
+        context = {
+            "device": first.device.type if first is not None else "cpu",
+            "dtype": str(first.dtype).removeprefix("torch.")
+            if first is not None
+            else "",
+            "threads": torch.get_num_threads(),
+        }
+        for name, fn in variants.items():
+            record = {
+                "variant": name,
+                "L": L,
+                "median_s": None,
+                "iqr_s": None,
+                "runs": 0,
+                "peak_bytes": None,
+                "status": "ok",
+                **context,
+            }
+            try:
+                timing = time_callable(fn, *inputs, min_run_time=min_run_time)
+                record.update(
+                    median_s=timing.median_s,
+                    iqr_s=timing.iqr_s,
+                    runs=timing.runs,
+                )
+                if measure_memory:
+                    record["peak_bytes"] = peak_memory_bytes(fn, *inputs)
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
+                if not _is_out_of_memory(error):
+                    raise
+                record["status"] = "out of memory"
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            records.append(record)
+        del inputs
+    return records
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return (
+        isinstance(error, torch.cuda.OutOfMemoryError)
+        or "out of memory" in text
+        or "can't allocate memory" in text
+    )
+
+
+def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """The slope of the least-squares line through ``(log x, log y)``.
+
+    It is the exponent ``p`` in ``y ~ x^p``.
+
+    Raises:
+        ValueError: fewer than two points, lengths that differ, or a value
+            that is not > 0.
+    """
+    if len(xs) != len(ys) or len(xs) < 2:
+        raise ValueError(
+            f"need two or more (x, y) points of equal count; "
+            f"got {len(xs)} and {len(ys)}."
+        )
+    if any(not (v > 0) for v in (*xs, *ys)):
+        raise ValueError(
+            "log-log slopes need positive values; "
+            "drop zeros and failed runs first."
+        )
+    slope, _ = np.polyfit(np.log(xs), np.log(ys), 1)
+    return float(slope)
+
+
+def format_records(
+    records: Sequence[Mapping[str, object]], baseline: str = "sdpa"
+) -> str:
+    """A text table of ``sweep`` records, times as ratios to ``baseline``.
+
+    Columns: length, variant, median and interquartile range in ms, timed
+    runs, peak MiB, and the median divided by the baseline's at that length.
+    """
+    base_times = {
+        r["L"]: r["median_s"] for r in records if r["variant"] == baseline
+    }
+    width = max(len("variant"), *(len(str(r["variant"])) for r in records))
+    lines = [
+        f"{'L':>6} {'variant':>{width}} {'median ms':>10} {'iqr ms':>8} "
+        f"{'runs':>5} {'peak MiB':>9} {'x ' + baseline:>{width + 2}}"
+    ]
+    for r in records:
+        row = f"{r['L']:>6} {r['variant']:>{width}} "
+        if r["status"] != "ok":
+            lines.append(row + str(r["status"]))
+            continue
+        base = base_times.get(r["L"])
+        ratio = f"{r['median_s'] / base:.2f}" if base else "-"
+        peak = r["peak_bytes"]
+        peak = "-" if peak is None else f"{peak / 2**20:.2f}"
+        lines.append(
+            row + f"{r['median_s'] * 1e3:>10.3f} {r['iqr_s'] * 1e3:>8.3f} "
+            f"{r.get('runs', '-'):>5} {peak:>9} {ratio:>{width + 2}}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: time attention variants against SDPA over lengths."""
+    parser = argparse.ArgumentParser(
+        prog="python -m efficient_attention.benchmark",
+        description=(
+            "Time attention variants against "
+            "F.scaled_dot_product_attention "
+            "on this machine, over sequence lengths."
+        ),
+    )
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS)
+    )
+    parser.add_argument(
+        "--lengths", nargs="+", type=int, default=[256, 512, 1024, 2048, 4096]
+    )
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=1)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="cpu or cuda (default: cuda if available)",
+    )
+    parser.add_argument("--min-run-time", type=float, default=0.2)
+    parser.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="skip the peak-memory measurement",
+    )
+    args = parser.parse_args(argv)
+    dtype = DTYPES[args.dtype]
+    device = pick_device(args.device)
+    print(hardware_summary(device, dtype))
+    print(
+        f"shape (batch, heads, L, head_dim) = "
+        f"({args.batch}, {args.heads}, L, {args.head_dim})"
+    )
+    records = sweep(
+        {name: VARIANTS[name] for name in args.variants},
+        args.lengths,
+        lambda L: attention_inputs(
+            L,
+            batch=args.batch,
+            heads=args.heads,
+            head_dim=args.head_dim,
+            dtype=dtype,
+            device=device,
+        ),
+        min_run_time=args.min_run_time,
+        measure_memory=not args.no_memory,
+    )
+    print(format_records(records))
+
+
+if __name__ == "__main__":
+    main()

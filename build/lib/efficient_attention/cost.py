@@ -1,0 +1,119 @@
+"""The arithmetic of attention: FLOPs and bytes, counted on paper.
+
+Chapter 1 ("Why attention is slow") derives these counts and then checks them
+against timings and memory measured on the reader's machine. Only matrix
+products are counted (one multiply-add = 2 FLOPs); the softmax, norms and
+activations add ``O(L * S)`` and ``O(L * d)`` terms that matter little next to
+them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._validation import check_heads_divide, check_positive_int
+
+
+def attention_flops(
+    L: int,
+    S: int,
+    E: int,
+    Ev: int | None = None,
+    *,
+    batch: int = 1,
+    heads: int = 1,
+) -> int:
+    """FLOPs of the two products of attention, ``Q K^T`` and ``A V``.
+
+    ``Q K^T`` costs ``2 L S E`` and ``A V`` costs ``2 L S Ev``.
+
+    Args:
+        L: queries. S: keys. E: query/key features. Ev: value features
+            (default ``E``).
+        batch, heads: how many independent attention problems.
+
+    Returns:
+        ``2 * L * S * (E + Ev) * batch * heads``.
+    """
+    Ev = E if Ev is None else Ev
+    for name, value in (
+        ("L", L),
+        ("S", S),
+        ("E", E),
+        ("Ev", Ev),
+        ("batch", batch),
+        ("heads", heads),
+    ):
+        check_positive_int(name, value)
+    return 2 * L * S * (E + Ev) * batch * heads
+
+
+def score_matrix_bytes(
+    L: int,
+    S: int,
+    *,
+    batch: int = 1,
+    heads: int = 1,
+    dtype: torch.dtype = torch.float32,
+) -> int:
+    """Bytes of one ``L x S`` score matrix per (batch, head).
+
+    This is what dense attention stores.
+    """
+    for name, value in (
+        ("L", L),
+        ("S", S),
+        ("batch", batch),
+        ("heads", heads),
+    ):
+        check_positive_int(name, value)
+    return L * S * batch * heads * torch.empty((), dtype=dtype).element_size()
+
+
+def encoder_layer_flops(
+    L: int, d_model: int, heads: int, d_ff: int, *, batch: int = 1
+) -> dict[str, int]:
+    """FLOPs of one Transformer encoder layer, split into its three parts.
+
+    Args:
+        L: tokens. d_model: hidden size ``d``. heads: attention heads (``d``
+            must divide by it). d_ff: feed-forward inner size (``4 d`` in
+            BERT). batch: sequences.
+
+    Returns:
+        ``{"projections": 8 L d^2, "attention": 4 L^2 d,
+        "feed_forward": 4 L d d_ff}`` (times ``batch``): the Q, K, V and
+        output projections, the ``L x L`` attention core, and the two
+        feed-forward products.
+
+    Raises:
+        ValueError: a size that is not a positive int, or ``d_model`` not
+            divisible by ``heads``.
+    """
+    for name, value in (
+        ("L", L),
+        ("d_model", d_model),
+        ("heads", heads),
+        ("d_ff", d_ff),
+        ("batch", batch),
+    ):
+        check_positive_int(name, value)
+    check_heads_divide(d_model, heads)
+    return {
+        "projections": 4 * 2 * L * d_model * d_model * batch,
+        "attention": attention_flops(
+            L, L, d_model // heads, batch=batch, heads=heads
+        ),
+        "feed_forward": 2 * 2 * L * d_model * d_ff * batch,
+    }
+
+
+def attention_crossover_length(d_model: int, d_ff: int) -> int:
+    """The ``L`` where attention costs as many FLOPs as the rest of the layer.
+
+    ``4 L^2 d = 8 L d^2 + 4 L d d_ff`` gives ``L = 2 d + d_ff`` (``6 d`` for
+    BERT's ``d_ff = 4 d``).
+    """
+    check_positive_int("d_model", d_model)
+    check_positive_int("d_ff", d_ff)
+    return 2 * d_model + d_ff

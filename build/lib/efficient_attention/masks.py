@@ -1,0 +1,389 @@
+"""Attention patterns as mask functions, and tools to combine and draw them.
+
+A *mask function* (``mask_mod``) answers one question: may query ``q_idx`` of
+head ``h`` in batch row ``b`` attend key ``kv_idx``? It takes four integer
+tensors that broadcast against each other and returns a bool tensor (True =
+may attend). This is the ``mask_mod`` signature of PyTorch's FlexAttention
+(arXiv 2412.05496), so every pattern here can also be handed to
+``torch.nn.attention.flex_attention``.
+
+The patterns come from Sparse Transformer (strided, block; arXiv 1904.10509),
+Longformer (sliding, dilated, global; arXiv 2004.05150) and BigBird (window +
+global; arXiv 2007.14062). Chapter 1 draws them all; later chapters make them
+fast.
+
+Window semantics, used everywhere in this package (as flash-attn's
+``window_size``): ``window=(left, right)`` lets query ``i`` attend key ``j``
+iff ``i - left <= j <= i + right``. An int ``w`` means ``(w, w)``; causal
+local attention is ``(w, 0)``; a centred window of 3 keys is ``(1, 1)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ._validation import (
+    check_non_negative_int,
+    check_positive_int,
+    check_window,
+)
+
+MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+__all__ = [
+    "MaskMod",
+    "full",
+    "causal",
+    "sliding_window",
+    "dilated_sliding_window",
+    "strided",
+    "block_local",
+    "global_tokens",
+    "key_padding",
+    "and_masks",
+    "or_masks",
+    "invert",
+    "create_mask",
+    "example_patterns",
+]
+
+
+def full(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    """Every query attends every key (plain, bidirectional attention)."""
+    return torch.ones_like(q_idx - kv_idx, dtype=torch.bool)
+
+
+def causal(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+    """Query ``i`` attends key ``j`` iff ``j <= i``.
+
+    Top-left aligned, as SDPA's ``is_causal``.
+    """
+    return kv_idx <= q_idx
+
+
+def sliding_window(window: int | tuple[int, int]) -> MaskMod:
+    """Local attention: query ``i`` attends the keys in a window around it.
+
+    Key ``j`` is in the window iff ``i - left <= j <= i + right``.
+
+    Args:
+        window: ``(left, right)`` keys on each side, or an int ``w`` meaning
+            ``(w, w)``. ``(w, 0)`` is causal local attention; ``(1, 1)`` is a
+            centred window of 3 keys.
+
+    Raises:
+        ValueError: ``window`` is not an int or a pair of ints >= 0.
+
+    Example:
+        ``window=(1, 1)``, 4 tokens: query 0 sees keys {0, 1}, query 2 sees
+        {1, 2, 3}.
+    """
+    left, right = check_window(window)
+
+    def sliding_window_mask(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
+        return (kv_idx >= q_idx - left) & (kv_idx <= q_idx + right)
+
+    return sliding_window_mask
+
+
+def dilated_sliding_window(
+    window: int | tuple[int, int], dilation: int
+) -> MaskMod:
+    """Longformer's dilated window: keys ``dilation`` apart around the query.
+
+    ``left`` keys behind and ``right`` ahead, ``dilation`` apart: query ``i``
+    attends key ``j`` iff ``i - left*dilation <= j <= i + right*dilation`` and
+    ``(i - j)`` is a multiple of ``dilation``. ``dilation=1`` is
+    ``sliding_window``.
+
+    Args:
+        window: keys on each side, ``(left, right)`` or an int ``w`` meaning
+            ``(w, w)``.
+        dilation: the gap between attended keys, >= 1.
+
+    Raises:
+        ValueError: a window side below 0 or a dilation below 1.
+    """
+    left, right = check_window(window)
+    check_positive_int("dilation", dilation)
+
+    def dilated_window_mask(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
+        offset = q_idx - kv_idx
+        in_reach = (offset <= left * dilation) & (-offset <= right * dilation)
+        return in_reach & (offset % dilation == 0)
+
+    return dilated_window_mask
+
+
+def strided(stride: int) -> MaskMod:
+    """Sparse Transformer's strided pattern: keys ``stride`` apart.
+
+    Query ``i`` attends key ``j`` iff ``(i - j) % stride == 0``. Combine it
+    with ``causal`` (``and_masks``) for the autoregressive version, and with a
+    window of ``stride`` keys for the paper's two-head factorisation.
+
+    Raises:
+        ValueError: ``stride`` is not an int >= 1.
+    """
+    check_positive_int("stride", stride)
+
+    def strided_mask(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
+        return (q_idx - kv_idx) % stride == 0
+
+    return strided_mask
+
+
+def block_local(block_size: int) -> MaskMod:
+    """Block-diagonal attention: ``i`` attends ``j`` iff both share a block.
+
+    Raises:
+        ValueError: ``block_size`` is not an int >= 1.
+    """
+    check_positive_int("block_size", block_size)
+
+    def block_local_mask(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
+        return q_idx // block_size == kv_idx // block_size
+
+    return block_local_mask
+
+
+def global_tokens(tokens: int | Sequence[int] | Tensor) -> MaskMod:
+    """Global tokens attend everything and are attended by everything.
+
+    As in Longformer and BigBird.
+
+    Args:
+        tokens: an int ``n`` makes the first ``n`` positions global (a [CLS]
+            token is ``1``); a sequence or 1-D tensor of positions makes those
+            positions global.
+
+    Raises:
+        ValueError: a negative count or position, or a tensor that is not 1-D
+            integers.
+
+    Alone it is the "star" pattern; ``or_masks`` it with a window for
+    Longformer.
+    """
+    if isinstance(tokens, int) and not isinstance(tokens, bool):
+        count = check_non_negative_int("tokens", tokens)
+
+        def first_tokens_global(
+            b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+        ) -> Tensor:
+            return (q_idx < count) | (kv_idx < count)
+
+        return first_tokens_global
+
+    positions = _non_negative_ints("global token positions", tokens)
+
+    def listed_tokens_global(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
+        where = positions.to(q_idx.device)
+        q_global = (q_idx.unsqueeze(-1) == where).any(-1)
+        kv_global = (kv_idx.unsqueeze(-1) == where).any(-1)
+        return q_global | kv_global
+
+    return listed_tokens_global
+
+
+def key_padding(lengths: Sequence[int] | Tensor) -> MaskMod:
+    """Batch row ``b`` has ``lengths[b]`` real tokens; later keys are padding.
+
+    Query ``i`` of row ``b`` attends key ``j`` iff ``j < lengths[b]``. Pass
+    ``batch=len(lengths)`` to ``create_mask`` to get one mask per row.
+
+    Raises:
+        ValueError: ``lengths`` is not a 1-D sequence of ints >= 0.
+    """
+    lengths = _non_negative_ints("lengths", lengths)
+
+    def key_padding_mask(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
+        return kv_idx < lengths.to(kv_idx.device)[b]
+
+    return key_padding_mask
+
+
+def and_masks(*mask_mods: MaskMod) -> MaskMod:
+    """A key is allowed iff all of ``mask_mods`` allow it (intersection)."""
+    _check_mask_mods(mask_mods, "and_masks")
+
+    def all_of(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        result = mask_mods[0](b, h, q_idx, kv_idx)
+        for mask_mod in mask_mods[1:]:
+            result = result & mask_mod(b, h, q_idx, kv_idx)
+        return result
+
+    return all_of
+
+
+def or_masks(*mask_mods: MaskMod) -> MaskMod:
+    """A key is allowed iff at least one of ``mask_mods`` allows it (union)."""
+    _check_mask_mods(mask_mods, "or_masks")
+
+    def any_of(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        result = mask_mods[0](b, h, q_idx, kv_idx)
+        for mask_mod in mask_mods[1:]:
+            result = result | mask_mod(b, h, q_idx, kv_idx)
+        return result
+
+    return any_of
+
+
+def invert(mask_mod: MaskMod) -> MaskMod:
+    """A key is allowed iff ``mask_mod`` forbids it (complement)."""
+    _check_mask_mods((mask_mod,), "invert")
+
+    def inverted(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
+        return ~mask_mod(b, h, q_idx, kv_idx)
+
+    return inverted
+
+
+def create_mask(
+    mask_mod: MaskMod,
+    L: int,
+    S: int,
+    *,
+    batch: int | None = None,
+    heads: int | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Evaluate ``mask_mod`` on every (query, key) pair: True = may attend.
+
+    Args:
+        mask_mod: a mask function ``(b, h, q_idx, kv_idx) -> bool tensor``.
+        L: number of queries. S: number of keys.
+        batch, heads: when given, the mask gets that leading dimension; when
+            None, the dimension is left out and ``mask_mod`` is evaluated with
+            ``b = 0`` / ``h = 0``.
+        device: where to build the mask (default: CPU).
+
+    Returns:
+        a bool tensor of shape ``(L, S)``, ``(batch, 1, L, S)``,
+        ``(heads, L, S)`` or ``(batch, heads, L, S)``; it broadcasts against
+        scores of shape ``(batch, heads, L, S)``.
+
+    Raises:
+        ValueError: ``L``, ``S``, ``batch`` or ``heads`` not positive ints, or
+            a ``mask_mod`` that does not return a bool tensor of a
+            broadcastable shape.
+
+    Complexity: ``O(L * S)`` time and memory; it is for drawing and for the
+    dense reference, not for the fast path of a sparse variant.
+    """
+    _check_mask_mods((mask_mod,), "create_mask")
+    check_positive_int("L", L)
+    check_positive_int("S", S)
+    b = torch.zeros((), dtype=torch.long, device=device)
+    h = torch.zeros((), dtype=torch.long, device=device)
+    shape = [L, S]
+    if heads is not None:
+        h = torch.arange(
+            check_positive_int("heads", heads), device=device
+        ).view(-1, 1, 1)
+        shape.insert(0, heads)
+    if batch is not None:
+        b = torch.arange(
+            check_positive_int("batch", batch), device=device
+        ).view(-1, 1, 1, 1)
+        shape = [batch, heads or 1, L, S]
+    q_idx = torch.arange(L, device=device).view(L, 1)  # (L, 1)
+    kv_idx = torch.arange(S, device=device).view(1, S)  # (1, S)
+    mask = mask_mod(b, h, q_idx, kv_idx)
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+        raise ValueError(
+            f"mask_mod must return a bool tensor (True = may attend); "
+            f"got {got}. "
+            f"Compare indices, e.g. `return kv_idx <= q_idx`."
+        )
+    try:
+        return torch.broadcast_to(mask, shape).contiguous()
+    except RuntimeError as error:
+        raise ValueError(
+            f"mask_mod returned shape {tuple(mask.shape)}, which does not "
+            f"broadcast to {tuple(shape)}; use elementwise operations on its "
+            f"four index arguments."
+        ) from error
+
+
+def _non_negative_ints(name: str, values: Sequence[int] | Tensor) -> Tensor:
+    """``values`` as a 1-D integer tensor, or a ValueError naming ``name``."""
+    tensor = torch.as_tensor(values)
+    if (
+        tensor.dim() != 1
+        or tensor.is_floating_point()
+        or tensor.dtype == torch.bool
+    ):
+        raise ValueError(
+            f"{name} must be a 1-D sequence of ints; got {values!r}."
+        )
+    if (tensor < 0).any():
+        raise ValueError(f"{name} must be >= 0; got {tensor.tolist()}.")
+    return tensor
+
+
+def _check_mask_mods(mask_mods: tuple, caller: str) -> None:
+    if not mask_mods:
+        raise ValueError(f"{caller} needs at least one mask function.")
+    for mask_mod in mask_mods:
+        if not callable(mask_mod):
+            raise ValueError(
+                f"{caller} takes mask functions "
+                f"(b, h, q_idx, kv_idx) -> bool tensor; "
+                f"got {type(mask_mod).__name__}. "
+                f"Did you pass a mask tensor instead?"
+            )
+
+
+def example_patterns(
+    *,
+    window: int = 2,
+    dilation: int = 2,
+    stride: int = 4,
+    block_size: int = 4,
+    n_global: int = 1,
+) -> dict[str, MaskMod]:
+    """The patterns this book makes fast, by name, from the functions above.
+
+    Args:
+        window: keys on each side for the windowed patterns (``(window, 0)``
+            when causal).
+        dilation: gap of the dilated window. stride: period of the strided
+            pattern.
+        block_size: block of the block-local pattern. n_global: leading
+            global tokens.
+
+    Returns:
+        ``{name: mask_mod}``: full, causal, sliding window, causal window,
+        dilated window, strided (causal), block local, and window + global
+        (Longformer).
+    """
+    return {
+        "full": full,
+        "causal": causal,
+        "sliding window": sliding_window(window),
+        "causal window": sliding_window((window, 0)),
+        "dilated window": dilated_sliding_window(window, dilation),
+        "strided, causal": and_masks(causal, strided(stride)),
+        "block local": block_local(block_size),
+        "window + global": or_masks(
+            sliding_window(window), global_tokens(n_global)
+        ),
+    }

@@ -1,0 +1,182 @@
+"""Figures in one house style: attention patterns, heatmaps, cost vs length.
+
+Every chapter draws with these functions, so a mask, a weight matrix or a
+timing sweep looks the same in every chapter. Figures are PNG (see
+``setup_notebook``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from torch import Tensor
+
+BOOK_STYLE = {
+    "figure.dpi": 100,
+    "savefig.dpi": 100,
+    "figure.figsize": (6.4, 4.0),
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "legend.frameon": False,
+}
+MASK_COLORS = ListedColormap(["#f4f4f4", "#2a6f97"])  # blocked, may attend
+
+
+def use_book_style() -> None:
+    """Apply the book's matplotlib style to every figure that follows."""
+    plt.rcParams.update(BOOK_STYLE)
+
+
+def _as_2d_array(name: str, matrix: Tensor | np.ndarray) -> np.ndarray:
+    array = (
+        matrix.detach().cpu().numpy()
+        if isinstance(matrix, Tensor)
+        else np.asarray(matrix)
+    )
+    if array.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D (L, S); got shape {array.shape}. "
+            f"Select one batch row and head first, e.g. {name}[0, 0]."
+        )
+    return array
+
+
+def plot_mask(
+    mask: Tensor | np.ndarray,
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Draw a boolean ``(L, S)`` mask: dark where query ``i`` may attend ``j``.
+
+    The title (if given) gets the share of allowed pairs appended.
+    """
+    array = _as_2d_array("mask", mask).astype(bool)
+    ax = ax or plt.figure(figsize=(3.2, 3.2)).gca()
+    ax.imshow(array, cmap=MASK_COLORS, vmin=0, vmax=1, interpolation="nearest")
+    ax.grid(False)
+    L, S = array.shape
+    if max(L, S) <= 40:  # draw cell borders while cells are big enough to see
+        ax.set_xticks(np.arange(-0.5, S, 1), minor=True)
+        ax.set_yticks(np.arange(-0.5, L, 1), minor=True)
+        ax.grid(which="minor", color="white", linewidth=0.5)
+        ax.tick_params(which="minor", length=0)
+    ax.set_xlabel("key position j")
+    ax.set_ylabel("query position i")
+    if title is not None:
+        ax.set_title(f"{title}\n{array.mean():.0%} of pairs")
+    return ax
+
+
+def plot_mask_gallery(
+    masks: Mapping[str, Tensor], *, ncols: int = 4
+) -> Figure:
+    """Draw several ``(L, S)`` masks side by side, titled by their names."""
+    if not masks:
+        raise ValueError("masks must hold at least one named mask.")
+    nrows = -(-len(masks) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.0 * ncols, 3.6 * nrows), squeeze=False
+    )
+    for ax, (name, mask) in zip(axes.flat, masks.items()):
+        plot_mask(mask, ax=ax, title=name)
+        ax.label_outer()
+    for ax in axes.flat[len(masks) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_heatmap(
+    weights: Tensor | np.ndarray,
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+    colorbar: bool = True,
+) -> Axes:
+    """Draw an ``(L, S)`` matrix of attention weights.
+
+    Row ``i`` is query ``i``; column ``j`` is key ``j``.
+    """
+    array = _as_2d_array("weights", weights)
+    ax = ax or plt.figure(figsize=(4.0, 3.4)).gca()
+    image = ax.imshow(array, cmap="viridis", interpolation="nearest")
+    ax.grid(False)
+    ax.set_xlabel("key position j")
+    ax.set_ylabel("query position i")
+    if title is not None:
+        ax.set_title(title)
+    if colorbar:
+        ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return ax
+
+
+def plot_scaling(
+    records: Sequence[Mapping[str, object]],
+    *,
+    y: str = "median_s",
+    ax: Axes | None = None,
+    ylabel: str | None = None,
+    scale: float = 1.0,
+    guides: Sequence[int] = (1, 2),
+) -> Axes:
+    """Plot ``y`` against ``L`` on log-log axes, one line per variant.
+
+    With dashed slope guides (see ``guides``).
+
+    Args:
+        records: plain dicts as returned by ``benchmark.sweep`` (keys
+            ``variant``, ``L``, ``y``).
+        y: the record key to plot (``median_s``, ``peak_bytes``...). Missing
+            values are skipped.
+        ylabel: the y-axis label (default: ``y``). scale: multiplies every
+            value (e.g. ``1e3`` for ms).
+        guides: draw dashed lines of these slopes (``L^1``, ``L^2``) through
+            the first point.
+    """
+    ax = ax or plt.figure().gca()
+    variants = list(dict.fromkeys(r["variant"] for r in records))
+    anchor = None
+    for variant in variants:
+        points = sorted(
+            (r["L"], r[y] * scale)
+            for r in records
+            if r["variant"] == variant and r.get(y) is not None
+        )
+        if not points:
+            continue
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="o", label=variant)
+        anchor = anchor or points[0]
+    if anchor is not None:
+        lengths = np.array(sorted({r["L"] for r in records}), dtype=float)
+        for slope in guides:
+            guide = anchor[1] * (lengths / anchor[0]) ** slope
+            ax.plot(
+                lengths, guide, linestyle="--", color="gray", linewidth=0.8
+            )
+            label = r"$\propto L$" if slope == 1 else rf"$\propto L^{slope}$"
+            ax.annotate(
+                label,
+                (lengths[-1], guide[-1]),
+                fontsize=8,
+                color="gray",
+                ha="left",
+                va="center",
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length L")
+    ax.set_ylabel(ylabel or y)
+    ax.legend()
+    return ax
