@@ -51,12 +51,24 @@ DTYPES = {
 class Timing:
     """Median and interquartile range of one call, in seconds.
 
-    Measured over ``runs`` calls.
+    Measured over ``runs`` calls, timed in blocks; ``block_times_s`` holds the
+    time of one call in each block.
     """
 
     median_s: float
     iqr_s: float
     runs: int
+    block_times_s: tuple[float, ...] = ()
+
+    @classmethod
+    def pooled(cls, timings: Sequence[Timing]) -> Timing:
+        """One Timing from the blocks of several (e.g. repeated rounds)."""
+        times = [t for timing in timings for t in timing.block_times_s]
+        if not times:
+            raise ValueError("pooled needs timings with block_times_s.")
+        q1, median, q3 = np.percentile(times, [25, 50, 75])
+        runs = sum(timing.runs for timing in timings)
+        return cls(float(median), float(q3 - q1), runs, tuple(times))
 
 
 def time_callable(
@@ -92,6 +104,7 @@ def time_callable(
         median_s=measurement.median,
         iqr_s=measurement.iqr,
         runs=len(measurement.times) * measurement.number_per_run,
+        block_times_s=tuple(measurement.times),
     )
 
 
@@ -180,7 +193,7 @@ def describe_hardware(
         "device": device.type,
         "cpu": _cpu_model(),
         "threads": torch.get_num_threads(),
-        "dtype": str(dtype).removeprefix("torch."),
+        "dtype": _dtype_name(dtype),
         "torch": torch.__version__,
     }
     if device.type == "cuda":
@@ -247,6 +260,7 @@ def sweep(
     *,
     min_run_time: float = 0.2,
     measure_memory: bool = True,
+    rounds: int = 1,
 ) -> list[dict[str, object]]:
     """Time (and measure the memory of) each variant at each length.
 
@@ -257,6 +271,9 @@ def sweep(
             that length.
         min_run_time: seconds of timing per measurement.
         measure_memory: also record the peak memory of one call.
+        rounds: time all variants this many times, in turn, and pool the
+            blocks: a burst of load on a shared machine then spoils one
+            round of every variant rather than all of one.
 
     Returns:
         one plain dict per (length, variant): ``variant, L, median_s, iqr_s,
@@ -265,7 +282,7 @@ def sweep(
 
     Raises:
         ValueError: no variants, a variant that is not callable, or a length
-            that is not a positive int.
+            that is not a positive int, or ``rounds`` below 1.
     """
     if not variants:
         raise ValueError(
@@ -281,17 +298,17 @@ def sweep(
         raise ValueError("lengths must hold at least one sequence length.")
     for L in lengths:
         check_positive_int("each length", L)
+    check_positive_int("rounds", rounds)
     records = []
     for L in lengths:
         inputs = make_inputs(L)
         first = next((a for a in inputs if isinstance(a, Tensor)), None)
         context = {
-            "device": first.device.type if first is not None else "cpu",
-            "dtype": str(first.dtype).removeprefix("torch.")
-            if first is not None
-            else "",
+            "device": "cpu" if first is None else first.device.type,
+            "dtype": "" if first is None else _dtype_name(first.dtype),
             "threads": torch.get_num_threads(),
         }
+        timings = _time_in_rounds(variants, inputs, rounds, min_run_time)
         for name, fn in variants.items():
             record = {
                 "variant": name,
@@ -303,24 +320,48 @@ def sweep(
                 "status": "ok",
                 **context,
             }
-            try:
-                timing = time_callable(fn, *inputs, min_run_time=min_run_time)
+            if timings[name] is None:
+                record["status"] = "out of memory"
+            else:
+                timing = Timing.pooled(timings[name])
                 record.update(
                     median_s=timing.median_s,
                     iqr_s=timing.iqr_s,
                     runs=timing.runs,
                 )
-                if measure_memory:
-                    record["peak_bytes"] = peak_memory_bytes(fn, *inputs)
-            except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
-                if not _is_out_of_memory(error):
-                    raise
-                record["status"] = "out of memory"
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+            if measure_memory and timings[name] is not None:
+                record["peak_bytes"] = peak_memory_bytes(fn, *inputs)
             records.append(record)
         del inputs
     return records
+
+
+def _time_in_rounds(
+    variants: Mapping[str, Callable[..., object]],
+    inputs: tuple,
+    rounds: int,
+    min_run_time: float,
+) -> dict[str, list[Timing] | None]:
+    """Time every variant once per round, interleaved; None: out of memory."""
+    timings: dict[str, list[Timing] | None] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            if timings[name] is None:
+                continue
+            try:
+                timing = time_callable(fn, *inputs, min_run_time=min_run_time)
+                timings[name].append(timing)
+            except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
+                if not _is_out_of_memory(error):
+                    raise
+                timings[name] = None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+    return timings
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _is_out_of_memory(error: BaseException) -> bool:

@@ -85,6 +85,35 @@ def test_sweep_returns_plain_records():
         assert record["threads"] == torch.get_num_threads()
 
 
+def test_pooled_timing_takes_the_median_of_all_blocks():
+    steady = benchmark.Timing(1.0, 0.0, 20, (1.0, 1.0))
+    disturbed = benchmark.Timing(9.0, 0.0, 1, (9.0,))
+    pooled = benchmark.Timing.pooled([steady, disturbed])
+    assert pooled.median_s == 1.0 and pooled.runs == 21
+    assert pooled.block_times_s == (1.0, 1.0, 9.0)
+    with pytest.raises(ValueError, match="block_times_s"):
+        benchmark.Timing.pooled([benchmark.Timing(1.0, 0.0, 1)])
+
+
+def test_sweep_rounds_take_turns_between_variants():
+    calls = []
+
+    def variant(name):
+        return lambda x: calls.append(name) or time.sleep(0.001)
+
+    records = benchmark.sweep(
+        {"a": variant("a"), "b": variant("b")},
+        [4],
+        lambda L: (L,),
+        min_run_time=0.01,
+        measure_memory=False,
+        rounds=3,
+    )
+    turns = [c for i, c in enumerate(calls) if i == 0 or calls[i - 1] != c]
+    assert turns == ["a", "b"] * 3
+    assert 0 < records[0]["runs"] < calls.count("a")  # calibration not timed
+
+
 def test_sweep_records_out_of_memory_and_reraises_other_errors():
     def out_of_memory(*args):
         raise RuntimeError(
@@ -209,6 +238,10 @@ def test_command_line(capsys):
         (
             lambda: benchmark.sweep({"x": print}, [0], lambda L: ()),
             "each length must be a positive",
+        ),
+        (
+            lambda: benchmark.sweep({"x": print}, [8], lambda L: (), rounds=0),
+            "rounds must be a positive int",
         ),
         (
             lambda: benchmark.attention_inputs(8, heads=0),
