@@ -18,7 +18,7 @@ from .notebook import pick_device, setup_notebook, show_source
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = {"benchmark", "plotting", "widgets"}  # they import matplotlib
+_LAZY_MODULES = {"benchmark", "plotting", "widgets"}  # imported on first use
 
 __all__ = [
     "EncoderLayer",
