@@ -60,6 +60,13 @@ class Timing:
     runs: int
     block_times_s: tuple[float, ...] = ()
 
+    @property
+    def min_s(self) -> float:
+        """The fastest block: noise on a shared machine only adds time."""
+        if not self.block_times_s:
+            raise ValueError("min_s needs a Timing with block_times_s.")
+        return min(self.block_times_s)
+
     @classmethod
     def pooled(cls, timings: Sequence[Timing]) -> Timing:
         """One Timing from the blocks of several (e.g. repeated rounds)."""
@@ -268,17 +275,19 @@ def sweep(
         variants: name -> callable, each called as ``fn(*make_inputs(L))``.
         lengths: the sequence lengths ``L``.
         make_inputs: ``L -> tuple`` of arguments, shared by all variants at
-            that length.
+            that length; called once per length and round, so it should
+            return the same inputs each time (seed it).
         min_run_time: seconds of timing per measurement.
         measure_memory: also record the peak memory of one call.
-        rounds: time all variants this many times, in turn, and pool the
-            blocks: a burst of load on a shared machine then spoils one
-            round of every variant rather than all of one.
+        rounds: sweep all lengths and variants this many times and pool the
+            blocks of each: a burst of load on a shared machine then spoils
+            one round of a few measurements rather than all of one.
 
     Returns:
         one plain dict per (length, variant): ``variant, L, median_s, iqr_s,
-        runs, peak_bytes, status, device, dtype, threads``. A variant that runs
-        out of memory gets ``status="out of memory"`` and None for the numbers.
+        min_s, runs, peak_bytes, status, device, dtype, threads``. A variant
+        that runs out of memory gets ``status="out of memory"`` and None for
+        the numbers.
 
     Raises:
         ValueError: no variants, a variant that is not callable, or a length
@@ -299,65 +308,76 @@ def sweep(
     for L in lengths:
         check_positive_int("each length", L)
     check_positive_int("rounds", rounds)
-    records = []
-    for L in lengths:
-        inputs = make_inputs(L)
-        first = next((a for a in inputs if isinstance(a, Tensor)), None)
-        context = {
-            "device": "cpu" if first is None else first.device.type,
-            "dtype": "" if first is None else _dtype_name(first.dtype),
-            "threads": torch.get_num_threads(),
-        }
-        timings = _time_in_rounds(variants, inputs, rounds, min_run_time)
-        for name, fn in variants.items():
-            record = {
-                "variant": name,
-                "L": L,
-                "median_s": None,
-                "iqr_s": None,
-                "runs": 0,
-                "peak_bytes": None,
-                "status": "ok",
-                **context,
-            }
-            if timings[name] is None:
-                record["status"] = "out of memory"
-            else:
-                timing = Timing.pooled(timings[name])
-                record.update(
-                    median_s=timing.median_s,
-                    iqr_s=timing.iqr_s,
-                    runs=timing.runs,
-                )
-            if measure_memory and timings[name] is not None:
-                record["peak_bytes"] = peak_memory_bytes(fn, *inputs)
-            records.append(record)
-        del inputs
-    return records
+    records = {
+        (L, name): _empty_record(name, L) for L in lengths for name in variants
+    }
+    timings: dict[tuple[int, str], list[Timing]] = {key: [] for key in records}
+    for round_index in range(rounds):
+        for L in lengths:
+            inputs = make_inputs(L)
+            for name, fn in variants.items():
+                record = records[L, name]
+                if record["status"] != "ok":
+                    continue
+                if round_index == 0:
+                    record.update(_context(inputs))
+                timing = _time_or_none(fn, inputs, min_run_time)
+                if timing is None:
+                    record["status"] = "out of memory"
+                    continue
+                timings[L, name].append(timing)
+                if measure_memory and round_index == 0:
+                    record["peak_bytes"] = peak_memory_bytes(fn, *inputs)
+            del inputs
+    for key, record in records.items():
+        if record["status"] == "ok":
+            timing = Timing.pooled(timings[key])
+            record.update(
+                median_s=timing.median_s,
+                iqr_s=timing.iqr_s,
+                min_s=timing.min_s,
+                runs=timing.runs,
+            )
+        else:
+            record["peak_bytes"] = None
+    return list(records.values())
 
 
-def _time_in_rounds(
-    variants: Mapping[str, Callable[..., object]],
-    inputs: tuple,
-    rounds: int,
-    min_run_time: float,
-) -> dict[str, list[Timing] | None]:
-    """Time every variant once per round, interleaved; None: out of memory."""
-    timings: dict[str, list[Timing] | None] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            if timings[name] is None:
-                continue
-            try:
-                timing = time_callable(fn, *inputs, min_run_time=min_run_time)
-                timings[name].append(timing)
-            except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
-                if not _is_out_of_memory(error):
-                    raise
-                timings[name] = None
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-    return timings
+def _empty_record(name: str, L: int) -> dict[str, object]:
+    return {
+        "variant": name,
+        "L": L,
+        "median_s": None,
+        "iqr_s": None,
+        "min_s": None,
+        "runs": 0,
+        "peak_bytes": None,
+        "status": "ok",
+    }
+
+
+def _context(inputs: tuple) -> dict[str, object]:
+    """Device, dtype and threads of a measurement, from its first tensor."""
+    first = next((a for a in inputs if isinstance(a, Tensor)), None)
+    return {
+        "device": "cpu" if first is None else first.device.type,
+        "dtype": "" if first is None else _dtype_name(first.dtype),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _time_or_none(
+    fn: Callable[..., object], inputs: tuple, min_run_time: float
+) -> Timing | None:
+    """``time_callable(fn, *inputs)``, or None when it runs out of memory."""
+    try:
+        return time_callable(fn, *inputs, min_run_time=min_run_time)
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
+        if not _is_out_of_memory(error):
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return None
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -401,8 +421,9 @@ def format_records(
 ) -> str:
     """A text table of ``sweep`` records, times as ratios to ``baseline``.
 
-    Columns: length, variant, median and interquartile range in ms, timed
-    runs, peak MiB, and the median divided by the baseline's at that length.
+    Columns: length, variant, median, interquartile range and fastest call
+    in ms, timed runs, peak MiB, and the median divided by the baseline's at
+    that length.
     """
     base_times = {
         r["L"]: r["median_s"] for r in records if r["variant"] == baseline
@@ -410,6 +431,7 @@ def format_records(
     width = max(len("variant"), *(len(str(r["variant"])) for r in records))
     lines = [
         f"{'L':>6} {'variant':>{width}} {'median ms':>10} {'iqr ms':>8} "
+        f"{'min ms':>10} "
         f"{'runs':>5} {'peak MiB':>9} {'x ' + baseline:>{width + 2}}"
     ]
     for r in records:
@@ -423,6 +445,7 @@ def format_records(
         peak = "-" if peak is None else f"{peak / 2**20:.2f}"
         lines.append(
             row + f"{r['median_s'] * 1e3:>10.3f} {r['iqr_s'] * 1e3:>8.3f} "
+            f"{r['min_s'] * 1e3:>10.3f} "
             f"{r.get('runs', '-'):>5} {peak:>9} {ratio:>{width + 2}}"
         )
     return "\n".join(lines)
@@ -455,6 +478,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--min-run-time", type=float, default=0.2)
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="sweep this many times and pool the timings",
+    )
+    parser.add_argument(
         "--no-memory",
         action="store_true",
         help="skip the peak-memory measurement",
@@ -480,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ),
         min_run_time=args.min_run_time,
         measure_memory=not args.no_memory,
+        rounds=args.rounds,
     )
     print(format_records(records))
 

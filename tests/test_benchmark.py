@@ -95,23 +95,51 @@ def test_pooled_timing_takes_the_median_of_all_blocks():
         benchmark.Timing.pooled([benchmark.Timing(1.0, 0.0, 1)])
 
 
-def test_sweep_rounds_take_turns_between_variants():
+def test_min_s_is_the_fastest_block():
+    assert benchmark.Timing(2.0, 1.0, 3, (2.0, 1.5, 3.0)).min_s == 1.5
+    with pytest.raises(ValueError, match="block_times_s"):
+        benchmark.Timing(1.0, 0.0, 1).min_s
+
+
+def test_sweep_rounds_go_over_every_length_and_variant_in_turn():
     calls = []
 
     def variant(name):
-        return lambda x: calls.append(name) or time.sleep(0.001)
+        return lambda L: calls.append((L, name)) or time.sleep(0.001)
 
     records = benchmark.sweep(
         {"a": variant("a"), "b": variant("b")},
-        [4],
+        [4, 8],
         lambda L: (L,),
         min_run_time=0.01,
         measure_memory=False,
         rounds=3,
     )
     turns = [c for i, c in enumerate(calls) if i == 0 or calls[i - 1] != c]
-    assert turns == ["a", "b"] * 3
-    assert 0 < records[0]["runs"] < calls.count("a")  # calibration not timed
+    assert turns == [(4, "a"), (4, "b"), (8, "a"), (8, "b")] * 3
+    assert 0 < records[0]["runs"] < calls.count((4, "a"))  # calibration
+    for record in records:
+        assert 0 < record["min_s"] <= record["median_s"]
+
+
+def test_sweep_stops_timing_a_variant_once_it_runs_out_of_memory():
+    calls = []
+
+    def fails_above_8(L):
+        calls.append(L)
+        if L > 8:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1 TiB")
+
+    records = benchmark.sweep(
+        {"big": fails_above_8},
+        [8, 16],
+        lambda L: (L,),
+        min_run_time=0.01,
+        rounds=2,
+    )
+    assert calls.count(16) == 1  # not retried in the second round
+    assert [r["status"] for r in records] == ["ok", "out of memory"]
+    assert records[1]["peak_bytes"] is None and records[1]["min_s"] is None
 
 
 def test_sweep_records_out_of_memory_and_reraises_other_errors():
@@ -175,6 +203,7 @@ def test_format_records_gives_ratios_to_the_baseline():
             "L": 8,
             "median_s": 0.001,
             "iqr_s": 0.0,
+            "min_s": 0.001,
             "peak_bytes": 2**20,
             "status": "ok",
         },
@@ -183,6 +212,7 @@ def test_format_records_gives_ratios_to_the_baseline():
             "L": 8,
             "median_s": 0.003,
             "iqr_s": 0.0,
+            "min_s": 0.002,
             "peak_bytes": None,
             "status": "ok",
         },
@@ -197,12 +227,23 @@ def test_format_records_gives_ratios_to_the_baseline():
     ]
     table = benchmark.format_records(records).splitlines()
     assert table[1].split()[-1] == "1.00" and table[2].split()[-1] == "3.00"
+    assert table[2].split()[4] == "2.000"  # the fastest call, in ms
     assert "out of memory" in table[3]
 
 
 def test_command_line(capsys):
     benchmark.main(
-        ["--lengths", "16", "32", "--head-dim", "8", "--min-run-time", "0.01"]
+        [
+            "--lengths",
+            "16",
+            "32",
+            "--head-dim",
+            "8",
+            "--min-run-time",
+            "0.01",
+            "--rounds",
+            "2",
+        ]
     )
     out = capsys.readouterr().out
     assert "CPU threads" in out and "dtype float32" in out
