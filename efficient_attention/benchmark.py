@@ -421,9 +421,8 @@ def format_records(
 ) -> str:
     """A text table of ``sweep`` records, times as ratios to ``baseline``.
 
-    Columns: length, variant, median, interquartile range and fastest call
-    in ms, timed runs, peak MiB, and the median divided by the baseline's at
-    that length.
+    Columns: length, variant, median and interquartile range in ms, timed
+    runs, peak MiB, and the median divided by the baseline's at that length.
     """
     base_times = {
         r["L"]: r["median_s"] for r in records if r["variant"] == baseline
@@ -431,7 +430,6 @@ def format_records(
     width = max(len("variant"), *(len(str(r["variant"])) for r in records))
     lines = [
         f"{'L':>6} {'variant':>{width}} {'median ms':>10} {'iqr ms':>8} "
-        f"{'min ms':>10} "
         f"{'runs':>5} {'peak MiB':>9} {'x ' + baseline:>{width + 2}}"
     ]
     for r in records:
@@ -445,7 +443,6 @@ def format_records(
         peak = "-" if peak is None else f"{peak / 2**20:.2f}"
         lines.append(
             row + f"{r['median_s'] * 1e3:>10.3f} {r['iqr_s'] * 1e3:>8.3f} "
-            f"{r['min_s'] * 1e3:>10.3f} "
             f"{r.get('runs', '-'):>5} {peak:>9} {ratio:>{width + 2}}"
         )
     return "\n".join(lines)

@@ -203,7 +203,6 @@ def test_format_records_gives_ratios_to_the_baseline():
             "L": 8,
             "median_s": 0.001,
             "iqr_s": 0.0,
-            "min_s": 0.001,
             "peak_bytes": 2**20,
             "status": "ok",
         },
@@ -212,7 +211,6 @@ def test_format_records_gives_ratios_to_the_baseline():
             "L": 8,
             "median_s": 0.003,
             "iqr_s": 0.0,
-            "min_s": 0.002,
             "peak_bytes": None,
             "status": "ok",
         },
@@ -227,7 +225,6 @@ def test_format_records_gives_ratios_to_the_baseline():
     ]
     table = benchmark.format_records(records).splitlines()
     assert table[1].split()[-1] == "1.00" and table[2].split()[-1] == "3.00"
-    assert table[2].split()[4] == "2.000"  # the fastest call, in ms
     assert "out of memory" in table[3]
 
 
