@@ -117,7 +117,7 @@ def test_sweep_rounds_go_over_every_length_and_variant_in_turn():
     )
     turns = [c for i, c in enumerate(calls) if i == 0 or calls[i - 1] != c]
     assert turns == [(4, "a"), (4, "b"), (8, "a"), (8, "b")] * 3
-    assert 0 < records[0]["runs"] < calls.count((4, "a"))  # calibration
+    assert 0 < records[0]["runs"] < calls.count((4, "a"))  # warm-up not timed
     for record in records:
         assert 0 < record["min_s"] <= record["median_s"]
 
@@ -230,17 +230,7 @@ def test_format_records_gives_ratios_to_the_baseline():
 
 def test_command_line(capsys):
     benchmark.main(
-        [
-            "--lengths",
-            "16",
-            "32",
-            "--head-dim",
-            "8",
-            "--min-run-time",
-            "0.01",
-            "--rounds",
-            "2",
-        ]
+        "--lengths 16 32 --head-dim 8 --min-run-time 0.01 --rounds 2".split()
     )
     out = capsys.readouterr().out
     assert "CPU threads" in out and "dtype float32" in out
