@@ -12,7 +12,12 @@ import importlib
 from types import ModuleType
 
 from . import cost, masks
-from .attention import dense_attention, effective_attention
+from .attention import (
+    AdaptiveSpanAttention,
+    dense_attention,
+    effective_attention,
+    sliding_window_attention,
+)
 from .encoder import EncoderLayer
 from .notebook import pick_device, setup_notebook, show_source
 
@@ -21,6 +26,7 @@ __version__ = "0.1.0"
 _LAZY_MODULES = {"benchmark", "plotting", "widgets"}  # imported on first use
 
 __all__ = [
+    "AdaptiveSpanAttention",
     "EncoderLayer",
     "benchmark",
     "cost",
@@ -31,6 +37,7 @@ __all__ = [
     "plotting",
     "setup_notebook",
     "show_source",
+    "sliding_window_attention",
     "widgets",
     "__version__",
 ]

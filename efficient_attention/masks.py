@@ -39,6 +39,8 @@ __all__ = [
     "causal",
     "sliding_window",
     "dilated_sliding_window",
+    "shifted_window",
+    "per_head",
     "strided",
     "block_local",
     "global_tokens",
@@ -120,6 +122,78 @@ def dilated_sliding_window(
         return in_reach & (offset % dilation == 0)
 
     return dilated_window_mask
+
+
+def shifted_window(
+    window: int | tuple[int, int], length: int, dilation: int = 1
+) -> MaskMod:
+    """NATTEN's border rule: the window slides inside the sequence.
+
+    Every query sees ``left + right + 1`` keys (fewer only when the sequence
+    is shorter): near an end, the window is shifted inwards instead of being
+    cut. With ``dilation``, positions ``i = r + dilation * t`` of one residue
+    ``r`` form their own sequence, as in ``dilated_sliding_window``.
+
+    Args:
+        window: ``(left, right)`` or an int ``w`` meaning ``(w, w)``.
+        length: the number of keys ``S`` (the rule needs to know the end).
+        dilation: the gap between attended keys, >= 1.
+
+    Raises:
+        ValueError: a window side below 0, a length below 1 or a dilation
+            below 1.
+
+    Example:
+        ``window=(1, 1)``, 5 keys: query 0 sees keys {0, 1, 2} (clipped:
+        {0, 1}), query 4 sees {2, 3, 4}.
+    """
+    left, right = check_window(window)
+    check_positive_int("length", length)
+    check_positive_int("dilation", dilation)
+    span = left + right + 1
+
+    def shifted_window_mask(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
+        residue = q_idx % dilation
+        n_keys = (length - residue + dilation - 1) // dilation
+        t, u = q_idx // dilation, kv_idx // dilation
+        start = torch.minimum((t - left).clamp(min=0), n_keys - span)
+        start = torch.where(span >= n_keys, torch.zeros_like(start), start)
+        same_class = kv_idx % dilation == residue
+        return same_class & (u >= start) & (u < start + span)
+
+    return shifted_window_mask
+
+
+def per_head(*mask_mods: MaskMod) -> MaskMod:
+    """Head ``h`` uses ``mask_mods[h]``: several patterns in one layer.
+
+    Build the mask with ``create_mask(..., heads=len(mask_mods))``.
+
+    Raises:
+        ValueError: no mask function, or (when evaluated) a head index
+            without a mask function.
+    """
+    _check_mask_mods(mask_mods, "per_head")
+
+    def per_head_mask(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
+        if bool((h >= len(mask_mods)).any()):
+            raise ValueError(
+                f"per_head has {len(mask_mods)} mask functions but was "
+                f"evaluated for head {int(h.max())}; pass "
+                f"heads={len(mask_mods)} to create_mask."
+            )
+        result = mask_mods[0](b, h, q_idx, kv_idx)
+        for index, mask_mod in enumerate(mask_mods[1:], start=1):
+            result = torch.where(
+                h == index, mask_mod(b, h, q_idx, kv_idx), result
+            )
+        return result
+
+    return per_head_mask
 
 
 def strided(stride: int) -> MaskMod:

@@ -1,0 +1,522 @@
+"""Local attention: each query attends only a window of nearby keys.
+
+Fixed windows as in Longformer (Beltagy et al. 2020, arXiv 2004.05150): a
+``(left, right)`` window, dilated windows for a wider reach at the same cost,
+and one window per head for several scales in one layer. NATTEN's border
+rule (Hassani et al. 2022, arXiv 2204.07143), where a window slides inside
+the sequence instead of being cut at its ends, is an option. Dynamic windows
+are learned per head in the manner of Adaptive Attention Span (Sukhbaatar
+et al. 2019, arXiv 1905.07799). Chapter "Local attention" teaches all of
+them.
+
+Window semantics (as flash-attn's ``window_size``): ``window=(left, right)``
+lets query ``i`` attend key ``j`` iff ``i - left <= j <= i + right``; an int
+``w`` means ``(w, w)``; causal local attention is ``(w, 0)``.
+
+Two implementations compute the same numbers: ``_sliding_window_torch``, a
+readable blocked version in PyTorch (autograd, any device and dtype), and a
+C++ kernel for CPUs (``csrc/sliding_window.cpp``, built on first use by
+``cpu_kernels``) that skips everything outside the band.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import numbers
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .. import cpu_kernels
+from .._validation import (
+    check_positive_int,
+    check_qkv,
+    check_scale,
+    check_window,
+)
+
+BORDERS = ("clip", "shift")
+BACKENDS = ("auto", "kernel", "torch")
+_TORCH_BLOCK = 64  # queries per block in the PyTorch version
+
+__all__ = [
+    "AdaptiveSpanAttention",
+    "sliding_window_attention",
+]
+
+
+def sliding_window_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    window: int | tuple[int, int] | Sequence[tuple[int, int]],
+    dilation: int | Sequence[int] = 1,
+    border: str = "clip",
+    scale: float | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Softmax attention over a window of keys around each query.
+
+    Query ``i`` attends key ``j`` iff ``i - left * dilation <= j <= i +
+    right * dilation`` and ``i - j`` is a multiple of ``dilation``. Query
+    ``i`` and key ``j`` are positions counted from the start of each
+    sequence, also when ``L != S`` (as in ``masks.sliding_window``).
+
+    Args:
+        query: ``(..., L, E)``. key: ``(..., S, E)``. value: ``(..., S, Ev)``.
+        window: ``(left, right)`` keys on each side, or an int ``w`` meaning
+            ``(w, w)``; ``(w, 0)`` is causal local attention, ``(1, 1)`` a
+            centred window of 3 keys. A sequence of ``H`` pairs gives head
+            ``h`` (dimension -3 of ``query``) its own window.
+        dilation: the gap between attended keys (Longformer), an int >= 1 or
+            one per head.
+        border: ``"clip"`` cuts a window at the sequence's ends (tokens near
+            an end see fewer keys); ``"shift"`` slides it inside the keys so
+            that every query sees ``left + right + 1`` of them (NATTEN's
+            rule; with ``dilation``, of its own residue class).
+        scale: multiplies ``Q K^T``; None means ``1 / sqrt(E)``.
+        backend: ``"kernel"`` the C++ CPU kernel, ``"torch"`` the PyTorch
+            version, ``"auto"`` the kernel where it applies (CPU, float32,
+            bfloat16 or float16, no gradient needed, a compiler here), else
+            PyTorch.
+
+    Returns:
+        ``(..., L, Ev)`` in the query's dtype. A query with no key in its
+        window (only possible when ``L > S``) gets zeros.
+
+    Raises:
+        ValueError: shapes, dtypes or devices that do not fit; a window side
+            or dilation that is not an int (>= 0, >= 1); per-head values
+            whose count is not the number of heads; an unknown border or
+            backend.
+        NotImplementedError: ``backend="kernel"`` for a tensor that needs a
+            gradient, is not on the CPU or is float64.
+        cpu_kernels.KernelUnavailable: ``backend="kernel"`` where the kernel
+            cannot be built (the message says why).
+
+    Shape:
+        ``...`` any leading dimensions (batch ``B``, heads ``H``), ``L``
+        queries, ``S`` keys, ``E`` query/key features, ``Ev`` value features.
+
+    Complexity:
+        time ``O(L * w * (E + Ev))`` for ``w = left + right + 1`` keys per
+        query, memory ``O(L * Ev)`` for the kernel; the PyTorch version
+        stores ``O(L * (w + 64))`` scores.
+
+    Equivalent to:
+        ``dense_attention(query, key, value, attn_mask=masks.create_mask(
+        masks.dilated_sliding_window(window, dilation), L, S))`` (with
+        ``masks.shifted_window`` for ``border="shift"`` and
+        ``masks.per_head`` for per-head windows).
+    """
+    check_qkv(query, key, value)
+    check_scale(scale)
+    left, right = _per_head_windows(window, query)
+    dilation = _per_head_dilation(dilation, query)
+    if border not in BORDERS:
+        raise ValueError(
+            f"border must be one of {BORDERS}; got {border!r}. 'clip' cuts "
+            f"windows at the ends, 'shift' slides them inside."
+        )
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}.")
+    # Sides wider than the sequences change nothing; capping them keeps the
+    # band (and the kernel's integers) small.
+    cap = query.shape[-2] + key.shape[-2]
+    left, right = left.clamp(max=cap), right.clamp(max=cap)
+    shift = border == "shift"
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] else 1.0
+    if _use_kernel(backend, query, key, value):
+        return _sliding_window_kernel(
+            query, key, value, left, right, dilation, shift, scale
+        )
+    return _sliding_window_torch(
+        query, key, value, left, right, dilation, shift, scale
+    )
+
+
+def _per_head_windows(
+    window: object, query: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``window`` as two int64 tensors (left, right) that broadcast against
+    the leading dimensions of ``query``: shape ``()`` or ``(H,)``."""
+    if isinstance(window, Tensor):
+        window = window.tolist()
+    is_pair_list = (
+        isinstance(window, Sequence)
+        and not isinstance(window, str)
+        and len(window) > 0
+        and all(
+            isinstance(w, Sequence) and not isinstance(w, str) for w in window
+        )
+    )
+    if not is_pair_list:
+        left, right = check_window(window)
+        return torch.tensor(left), torch.tensor(right)
+    heads = _heads(query, "window", len(window))
+    pairs = []
+    for h, pair in enumerate(window):
+        try:
+            pairs.append(check_window(tuple(pair)))
+        except ValueError as error:
+            raise ValueError(f"window of head {h}: {error}") from None
+    sides = torch.tensor(pairs, dtype=torch.int64).view(heads, 2)
+    return sides[:, 0], sides[:, 1]
+
+
+def _per_head_dilation(dilation: object, query: Tensor) -> Tensor:
+    """``dilation`` as an int64 tensor of shape ``()`` or ``(H,)``."""
+    if isinstance(dilation, Tensor):
+        dilation = dilation.tolist()
+    if isinstance(dilation, Sequence) and not isinstance(dilation, str):
+        _heads(query, "dilation", len(dilation))
+        values = [_positive_int("dilation", d) for d in dilation]
+        return torch.tensor(values, dtype=torch.int64)
+    return torch.tensor(_positive_int("dilation", dilation))
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)
+    return check_positive_int(name, value)
+
+
+def _heads(query: Tensor, name: str, count: int) -> int:
+    """Check that ``count`` per-head values match the heads of ``query``."""
+    if query.dim() < 3:
+        raise ValueError(
+            f"per-head {name} values need a heads dimension: query must be "
+            f"(..., H, L, E); got shape {tuple(query.shape)}."
+        )
+    heads = query.shape[-3]
+    if count != heads:
+        raise ValueError(
+            f"{name} has {count} per-head values but query has {heads} heads "
+            f"(dimension -3 of shape {tuple(query.shape)}); give one per head."
+        )
+    return heads
+
+
+def _use_kernel(backend: str, query: Tensor, key: Tensor, value: Tensor) -> bool:
+    """Whether to run the C++ kernel (see ``backend`` above)."""
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (query, key, value)
+    )
+    reason = None
+    if needs_grad:
+        reason = "it computes no gradients"
+    elif query.device.type != "cpu":
+        reason = f"it runs on the CPU, not {query.device.type}"
+    elif query.dtype == torch.float64:
+        reason = "it computes in float32, not float64"
+    if backend == "torch":
+        return False
+    if backend == "kernel":
+        if reason is not None:
+            raise NotImplementedError(
+                f"backend='kernel' cannot run this call: {reason}. Use "
+                f"backend='torch' (or 'auto', which picks it)."
+            )
+        cpu_kernels.load("sliding_window")  # raises with the reason
+        return True
+    if reason is not None:
+        return False
+    try:
+        cpu_kernels.load("sliding_window")
+    except cpu_kernels.KernelUnavailable as error:
+        _warn_once(str(error))
+        return False
+    return True
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _WARNED:
+        _WARNED.add(reason)
+        warnings.warn(
+            f"the sliding-window C++ kernel is unavailable here, so the "
+            f"PyTorch version runs instead: {reason}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _key_range(
+    t: Tensor, left: Tensor, right: Tensor, n_keys: Tensor, shift: bool
+) -> tuple[Tensor, Tensor]:
+    """Keys ``[lo, hi)`` that query ``t`` attends among ``n_keys`` keys.
+
+    ``clip``: ``[t - left, t + right]`` cut at the ends; ``shift``: the same
+    span slid inside ``[0, n_keys)``. All arguments broadcast.
+    """
+    lo, hi = t - left, t + right + 1
+    if shift:
+        span = left + right + 1
+        slid = torch.minimum(lo.clamp(min=0), n_keys - span)
+        lo = torch.where(span >= n_keys, torch.zeros_like(slid), slid)
+        hi = lo + span
+    return lo.clamp(min=0), torch.minimum(hi, n_keys)
+
+
+def _sliding_window_torch(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    left: Tensor,
+    right: Tensor,
+    dilation: Tensor,
+    shift: bool,
+    scale: float,
+) -> Tensor:
+    """The readable PyTorch version: dilation undone, then blocked bands.
+
+    ``left``, ``right`` and ``dilation`` are int64 tensors of shape ``()``
+    or ``(H,)``. Heads that share a dilation are computed together.
+    """
+    half = query.dtype in (torch.float16, torch.bfloat16)
+    q, k, v = (t.float() if half else t for t in (query, key, value))
+    if dilation.dim() == 0:
+        out = _dilated_band(q, k, v, left, right, int(dilation), shift, scale)
+        return out.to(query.dtype)
+    out = q.new_empty(*q.shape[:-1], v.shape[-1])  # (..., H, L, Ev)
+    for d in dilation.unique().tolist():
+        heads = (dilation == d).nonzero().flatten()  # heads of dilation d
+        pick = lambda t: t.index_select(-3, heads)  # noqa: E731
+        side = lambda s: s if s.dim() == 0 else s[heads]  # noqa: E731
+        out[..., heads, :, :] = _dilated_band(
+            pick(q), pick(k), pick(v), side(left), side(right), d, shift, scale
+        )
+    return out.to(query.dtype)
+
+
+def _dilated_band(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    left: Tensor,
+    right: Tensor,
+    d: int,
+    shift: bool,
+    scale: float,
+) -> Tensor:
+    """Dilation ``d``: the positions ``i = r + d * t`` of one residue ``r``
+    form an undilated sliding-window problem; solve the ``d`` of them at
+    once as an extra leading dimension."""
+    L, S = q.shape[-2], k.shape[-2]
+    if d == 1:
+        n_keys = torch.tensor(S)
+        return _band(q, k, v, left, right, n_keys, shift, scale)
+    to_residues = lambda t: _split_residues(t, d)  # noqa: E731
+    residue = torch.arange(d)
+    n_keys = ((S - residue + d - 1) // d).clamp(min=0)  # (d,) keys per class
+    sides = [s[..., None] if s.dim() else s for s in (left, right)]
+    out = _band(
+        to_residues(q), to_residues(k), to_residues(v), *sides, n_keys,
+        shift, scale,
+    )  # (..., d, ceil(L / d), Ev)
+    out = out.transpose(-3, -2).flatten(-3, -2)  # (..., d * ceil(L/d), Ev)
+    return out[..., :L, :]
+
+
+def _split_residues(t: Tensor, d: int) -> Tensor:
+    """``(..., N, F) -> (..., d, ceil(N / d), F)``: row ``[r, u]`` is
+    position ``r + d * u`` (zero padding past the end)."""
+    N = t.shape[-2]
+    padded = torch.nn.functional.pad(t, (0, 0, 0, -N % d))  # (..., d*n, F)
+    # (..., n, d, F) -> (..., d, n, F)
+    return padded.unflatten(-2, (-1, d)).transpose(-3, -2)
+
+
+def _band(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    left: Tensor,
+    right: Tensor,
+    n_keys: Tensor,
+    shift: bool,
+    scale: float,
+    block: int = _TORCH_BLOCK,
+) -> Tensor:
+    """Undilated sliding window, block by block of queries.
+
+    Each block of ``block`` queries scores one band of ``block + left_max
+    + right_max`` keys (a strided view, no copy), so nothing of size
+    ``L x S`` is built. ``left``, ``right`` and ``n_keys`` (keys past it
+    are padding) broadcast against the leading dimensions of ``q``.
+    """
+    *lead, L, E = q.shape
+    S = k.shape[-2]
+    left, right, n_keys = (t.to(q.device) for t in (left, right, n_keys))
+    lmax, rmax = int(left.max()), int(right.max())
+    if shift:  # a slid window lies within [i - l - r, i + l + r]
+        lmax = rmax = lmax + rmax
+    nb = -(-L // block)  # query blocks
+    width = block + lmax + rmax  # keys a block can see
+    q = torch.nn.functional.pad(q, (0, 0, 0, nb * block - L))
+    # Keys padded so that block b sees positions b*block - lmax onwards.
+    total = (nb - 1) * block + width
+    k, v = (
+        torch.nn.functional.pad(t, (0, 0, lmax, total - lmax - S))
+        for t in (k, v)
+    )
+    k_band = k.unfold(-2, width, block)  # (..., nb, E, width)
+    v_band = v.unfold(-2, width, block).transpose(-2, -1)  # (..., nb, width, Ev)
+    q_blocks = q.unflatten(-2, (nb, block))  # (..., nb, block, E)
+    scores = (q_blocks * scale) @ k_band  # (..., nb, block, width)
+
+    arange = lambda n: torch.arange(n, device=q.device)  # noqa: E731
+    starts = arange(nb).view(nb, 1, 1) * block
+    query_pos = starts + arange(block).view(1, block, 1)  # (nb, block, 1)
+    key_pos = starts - lmax + arange(width).view(1, 1, width)  # (nb, 1, width)
+    extra = (1, 1, 1)  # align (H,)-shaped sides with (..., nb, block, 1)
+    lo, hi = _key_range(
+        query_pos,
+        left.view(*left.shape, *extra),
+        right.view(*right.shape, *extra),
+        n_keys.view(*n_keys.shape, *extra),
+        shift,
+    )
+    allowed = (key_pos >= lo) & (key_pos < hi)  # (..., nb, block, width)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    no_key = ~allowed.any(-1, keepdim=True)
+    weights = torch.softmax(scores.masked_fill(no_key, 0.0), dim=-1)
+    out = (weights @ v_band).masked_fill(no_key, 0.0)  # (..., nb, block, Ev)
+    return out.flatten(-3, -2)[..., :L, :]  # (..., L, Ev)
+
+
+def _sliding_window_kernel(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    left: Tensor,
+    right: Tensor,
+    dilation: Tensor,
+    shift: bool,
+    scale: float,
+) -> Tensor:
+    """Run ``csrc/sliding_window.cpp`` on contiguous float32 copies."""
+    library = cpu_kernels.load("sliding_window")
+    *lead, L, E = query.shape
+    S, Ev = key.shape[-2], value.shape[-1]
+    BH = math.prod(lead)
+    out = torch.zeros(BH, L, Ev)
+    if out.numel() == 0 or S == 0:
+        return out.view(*lead, L, Ev).to(query.dtype)
+    q, k, v = (
+        t.reshape(BH, t.shape[-2], t.shape[-1]).to(torch.float32).contiguous()
+        for t in (query, key, value)
+    )
+    per_head = [  # one value per batch-head: (BH,)
+        torch.broadcast_to(s, lead).reshape(BH).contiguous()
+        for s in (left, right, dilation)
+    ]
+    function = library.sliding_window_forward
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    function.argtypes = [pointer] * 4 + [size] * 5 + [pointer] * 3 + [
+        ctypes.c_int, ctypes.c_float, size, ctypes.c_int,
+    ]
+    function(
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+        BH, L, S, E, Ev, *(s.data_ptr() for s in per_head),
+        int(shift), scale, 64, torch.get_num_threads(),
+    )
+    return out.view(*lead, L, Ev).to(query.dtype)
+
+
+class AdaptiveSpanAttention(nn.Module):
+    """Attention whose reach is learned, one span per head.
+
+    Adaptive Attention Span (Sukhbaatar et al. 2019): head ``h`` multiplies
+    its weights by a soft mask ``m(x) = clamp((ramp + z_h - x) / ramp, 0,
+    1)`` of the distance ``x`` from query to key, renormalises, and pays
+    ``span_loss()`` (the mean span) so that a head keeps only the reach it
+    needs. At inference each span is rounded up to a hard window, the keys
+    where ``m > 0``, and run by ``sliding_window_attention``.
+
+    Args:
+        heads: attention heads ``H``. max_span: the largest span ``z_h``.
+        ramp: width of the soft edge, in tokens.
+        initial_span: every head's span at the start, in tokens.
+        causal: keys ahead of the query are masked (distance ``i - j``);
+            else the distance is ``|i - j|``.
+
+    Shape: ``query (..., H, L, E)``, ``key (..., H, S, E)``, ``value (...,
+    H, S, Ev)`` -> ``(..., H, L, Ev)``.
+    """
+
+    def __init__(
+        self,
+        heads: int,
+        max_span: int,
+        *,
+        ramp: int = 8,
+        initial_span: float | None = None,
+        causal: bool = False,
+    ) -> None:
+        super().__init__()
+        self.heads = _positive_int("heads", heads)
+        self.max_span = _positive_int("max_span", max_span)
+        self.ramp = _positive_int("ramp", ramp)
+        if not isinstance(causal, bool):
+            raise ValueError(f"causal must be True or False; got {causal!r}.")
+        self.causal = causal
+        start = max_span / 2 if initial_span is None else initial_span
+        if not isinstance(start, numbers.Real) or not 0 <= start <= max_span:
+            raise ValueError(
+                f"initial_span must be a number in [0, max_span={max_span}]; "
+                f"got {initial_span!r}."
+            )
+        # The span as a fraction of max_span, as in the paper.
+        self.span_fraction = nn.Parameter(
+            torch.full((heads,), float(start) / max_span)
+        )
+
+    def spans(self) -> Tensor:
+        """``(H,)``: each head's span in tokens, in ``[0, max_span]``."""
+        return self.span_fraction.clamp(0, 1) * self.max_span
+
+    def span_loss(self) -> Tensor:
+        """The mean span over heads in tokens (add ``c * span_loss()``)."""
+        return self.spans().mean()
+
+    def soft_mask(self, L: int, S: int) -> Tensor:
+        """``(H, L, S)``: the soft mask ``m`` of every (query, key) pair."""
+        distance = torch.arange(L).view(L, 1) - torch.arange(S).view(1, S)
+        distance = distance.to(self.span_fraction.device)
+        if not self.causal:
+            distance = distance.abs()
+        spans = self.spans().view(-1, 1, 1)  # (H, 1, 1)
+        mask = ((self.ramp + spans - distance) / self.ramp).clamp(0, 1)
+        if self.causal:
+            mask = mask * (distance >= 0)
+        return mask  # (H, L, S)
+
+    def windows(self) -> list[tuple[int, int]]:
+        """Each head's hard window: every key where the soft mask is > 0."""
+        reach = torch.ceil(self.spans().detach() + self.ramp).long() - 1
+        reach = reach.clamp(min=0).tolist()
+        return [(r, 0) if self.causal else (r, r) for r in reach]
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        """Soft-masked attention (differentiable in the spans)."""
+        check_qkv(query, key, value)
+        _heads(query, "span", self.heads)
+        L, S = query.shape[-2], key.shape[-2]
+        scores = query @ key.transpose(-2, -1) / math.sqrt(query.shape[-1])
+        weights = torch.softmax(scores, dim=-1) * self.soft_mask(L, S)
+        weights = weights / (weights.sum(-1, keepdim=True) + 1e-8)
+        return weights @ value  # (..., H, L, Ev)
+
+    def fast_forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        """Inference: hard per-head windows on the fast kernel."""
+        return sliding_window_attention(
+            query, key, value, window=self.windows()
+        )

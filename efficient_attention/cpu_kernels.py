@@ -1,0 +1,144 @@
+"""Small C++ kernels, compiled on first use for the reader's own CPU.
+
+Some patterns cannot get near the FLOP limit in pure PyTorch on a CPU (a
+sliding window is a band of tiny matrix products, and every PyTorch call
+costs microseconds). For those, the package ships a short C++ file in
+``efficient_attention/csrc``; ``load`` compiles it once with the machine's
+C++ compiler (``-O3 -march=native``, OpenMP when the compiler has it),
+caches the library, and opens it with ``ctypes``. Nothing is downloaded.
+Where there is no compiler (or the build fails), ``status`` says why, and
+the attention functions run their PyTorch version instead. The chapter
+"Local attention" explains the sliding-window kernel.
+
+The cache folder is ``$EFFICIENT_ATTENTION_CACHE/kernels`` when that
+variable is set, else ``~/.cache/efficient_attention/kernels``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+SOURCE_DIR = pathlib.Path(__file__).resolve().parent / "csrc"
+BASE_FLAGS = ("-O3", "-std=gnu++17", "-shared", "-fPIC")
+
+
+class KernelUnavailable(RuntimeError):
+    """A kernel could not be built or loaded here; the message says why."""
+
+
+def cache_dir() -> pathlib.Path:
+    """Where compiled kernels are kept (see the module docstring)."""
+    root = os.environ.get("EFFICIENT_ATTENTION_CACHE")
+    if root:
+        return pathlib.Path(root).expanduser() / "kernels"
+    return pathlib.Path.home() / ".cache" / "efficient_attention" / "kernels"
+
+
+def _compiler() -> str | None:
+    return shutil.which(os.environ.get("CXX", "c++"))
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags: a library built with -march=native for one
+    CPU must not be reused on another."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _flag_sets() -> list[tuple[str, ...]]:
+    """Flags to try in order: native code with OpenMP, then without."""
+    native = "-mcpu=native" if platform.machine() == "arm64" else "-march=native"
+    return [
+        (*BASE_FLAGS, native, "-fopenmp"),
+        (*BASE_FLAGS, native),
+    ]
+
+
+def load(name: str) -> ctypes.CDLL:
+    """Compile (once) and open the kernel ``csrc/<name>.cpp``.
+
+    Returns:
+        the loaded library; its functions are described in the source.
+
+    Raises:
+        ValueError: no kernel of that name.
+        KernelUnavailable: no C++ compiler, or every build failed (the
+            message holds the compiler's last error lines). The outcome is
+            remembered: a failed build is not retried in this process.
+    """
+    source = SOURCE_DIR / f"{name}.cpp"
+    if not source.is_file():
+        known = sorted(p.stem for p in SOURCE_DIR.glob("*.cpp"))
+        raise ValueError(f"no kernel named {name!r}; known: {known}.")
+    library, error = _load_once(source)
+    if library is None:
+        raise KernelUnavailable(error)
+    return library
+
+
+@functools.lru_cache(maxsize=None)
+def _load_once(source: pathlib.Path) -> tuple[ctypes.CDLL | None, str]:
+    compiler = _compiler()
+    if compiler is None:
+        return None, "no C++ compiler found (set CXX, or install g++)."
+    errors: list[str] = []
+    for flags in _flag_sets():
+        library = _build(compiler, source, flags, errors)
+        if library is not None:
+            return ctypes.CDLL(str(library)), ""
+    return None, f"building {source.name} failed:\n{errors[-1]}"
+
+
+def _build(
+    compiler: str,
+    source: pathlib.Path,
+    flags: tuple[str, ...],
+    errors: list[str],
+) -> pathlib.Path | None:
+    """The path of the compiled library (built if not cached), or None."""
+    key = hashlib.sha256(
+        "\0".join(
+            (source.read_text(), compiler, *flags, _cpu_flags(), sys.platform)
+        ).encode()
+    ).hexdigest()[:16]
+    target = cache_dir() / f"{source.stem}-{key}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built = pathlib.Path(scratch) / target.name
+        result = subprocess.run(
+            [compiler, *flags, str(source), "-o", str(built)],
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            errors.append(result.stderr.strip()[-2000:])
+            return None
+        os.replace(built, target)  # atomic: concurrent builds are safe
+    return target
+
+
+def status(name: str) -> str:
+    """``"ready"`` when kernel ``name`` loads here, else the reason it does
+    not (the attention functions then run their PyTorch version)."""
+    try:
+        load(name)
+    except KernelUnavailable as error:
+        return f"unavailable: {error}"
+    return "ready"

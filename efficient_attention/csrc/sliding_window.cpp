@@ -1,0 +1,300 @@
+// Sliding-window attention on the CPU, computing only the band of scores.
+//
+// The readable PyTorch version is `_sliding_window_torch` in
+// efficient_attention/attention/local.py; this file computes the same
+// numbers (tested against it and against dense attention) and is what
+// `sliding_window_attention` runs on a CPU. Chapter "Local attention"
+// draws how it works.
+//
+// The idea: put 2 * VW consecutive queries (a "lane group") in the lanes of
+// two SIMD vectors. For every key j that any of them may attend,
+//   scores[j][lanes] = sum_e key[j][e] * query[lanes][e]
+// is a column of FMAs with the key's features broadcast, so the softmax
+// down the keys is elementwise across vectors (no horizontal sums), and
+//   out[c][lanes] = sum_j value[j][c] * weights[j][lanes]
+// is again broadcast-and-FMA. Only the keys between the group's first
+// window start and last window end are touched: for a window of w keys a
+// group computes w + 2 * VW - 1 of them instead of the sequence's S.
+//
+// Plain C++ with GCC/Clang vector extensions (no intrinsics), so the same
+// source compiles to AVX2, AVX-512 or NEON; OpenMP spreads lane groups over
+// the threads PyTorch uses.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#if defined(__AVX512F__)
+constexpr int VW = 16;  // floats per SIMD vector
+#elif defined(__AVX__)
+constexpr int VW = 8;
+#else
+constexpr int VW = 4;
+#endif
+typedef float vec __attribute__((vector_size(VW * 4)));
+typedef float vec_u __attribute__((vector_size(VW * 4), aligned(4)));
+typedef int32_t ivec __attribute__((vector_size(VW * 4)));
+
+constexpr int LANES = 2 * VW;  // queries per lane group
+constexpr int TILE = 6;        // keys (or value columns) per micro-tile
+
+static inline vec load(const float* p) { return *(const vec_u*)p; }
+static inline void store(float* p, vec x) { *(vec_u*)p = x; }
+static inline vec splat(float x) { return x - (vec){}; }
+static inline ivec isplat(int32_t x) { return x - (ivec){}; }
+static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// 2^x for x <= 0, exactly 0 below -126 (so masked scores, -inf, give 0).
+static inline vec exp2_negative(vec x) {
+  const ivec tiny = x < -126.0f;
+  x = tiny ? splat(-126.0f) : x;
+  const vec magic = splat(12582912.0f);  // 1.5 * 2^23: rounds to nearest
+  const vec n = (x + magic) - magic;
+  const vec r = x - n;  // in [-0.5, 0.5]
+  // 2^r by a degree-6 polynomial (relative error below 2e-7).
+  vec p = splat(1.535336188319500e-4f);
+  p = p * r + 1.339887440266574e-3f;
+  p = p * r + 9.618437357674640e-3f;
+  p = p * r + 5.550332471162809e-2f;
+  p = p * r + 2.402264791363012e-1f;
+  p = p * r + 6.931472028550421e-1f;
+  p = p * r + 1.0f;
+  const ivec exponent = (__builtin_convertvector(n, ivec) + 127) << 23;
+  return tiny ? (vec){} : p * (vec)exponent;
+}
+
+// scores[j][lanes] = sum_e keys[j][e] * qt[e][lanes], for KEYS keys.
+template <int KEYS>
+static inline void score_tile(const float* const* keys, const float* qt,
+                              int64_t E, float* scores) {
+  vec acc[KEYS][2] = {};
+  for (int64_t e = 0; e < E; ++e) {
+    const vec q0 = load(qt + e * LANES), q1 = load(qt + e * LANES + VW);
+    for (int j = 0; j < KEYS; ++j) {
+      const float k = keys[j][e];
+      acc[j][0] += k * q0;
+      acc[j][1] += k * q1;
+    }
+  }
+  for (int j = 0; j < KEYS; ++j) {
+    store(scores + j * LANES, acc[j][0]);
+    store(scores + j * LANES + VW, acc[j][1]);
+  }
+}
+
+// ot[c][lanes] = sum_j values[j][col + c] * weights[j][lanes], for COLS
+// value columns.
+template <int COLS>
+static inline void value_tile(const float* weights, const float* const* values,
+                              int64_t col, int64_t n, float* ot) {
+  vec acc[COLS][2] = {};
+  for (int64_t j = 0; j < n; ++j) {
+    const vec w0 = load(weights + j * LANES);
+    const vec w1 = load(weights + j * LANES + VW);
+    const float* v = values[j] + col;
+    for (int c = 0; c < COLS; ++c) {
+      acc[c][0] += v[c] * w0;
+      acc[c][1] += v[c] * w1;
+    }
+  }
+  for (int c = 0; c < COLS; ++c) {
+    store(ot + c * LANES, acc[c][0]);
+    store(ot + c * LANES + VW, acc[c][1]);
+  }
+}
+
+// Run TILE-wide micro-tiles over [0, n), then one narrower tile for the rest.
+template <template <int> class Step, typename... Args>
+static inline void tiles(int64_t n, Args... args) {
+  int64_t i = 0;
+  for (; i + TILE <= n; i += TILE) Step<TILE>::run(i, args...);
+  switch (n - i) {
+    case 5: Step<5>::run(i, args...); break;
+    case 4: Step<4>::run(i, args...); break;
+    case 3: Step<3>::run(i, args...); break;
+    case 2: Step<2>::run(i, args...); break;
+    case 1: Step<1>::run(i, args...); break;
+  }
+}
+
+template <int N>
+struct ScoreStep {
+  static void run(int64_t j, const float* const* keys, const float* qt,
+                  int64_t E, float* scores) {
+    score_tile<N>(keys + j, qt, E, scores + j * LANES);
+  }
+};
+
+template <int N>
+struct ValueStep {
+  static void run(int64_t col, const float* weights,
+                  const float* const* values, int64_t n, float* ot) {
+    value_tile<N>(weights, values, col, n, ot + col * LANES);
+  }
+};
+
+// Keys [lo, hi) that query t may attend among n keys. clip: the window
+// [t - left, t + right] cut at the ends; shift: the same span slid inside
+// the sequence (NATTEN's rule). Empty when hi <= lo.
+static inline void key_range(int64_t t, int64_t left, int64_t right,
+                             int64_t n, bool shift, int64_t* lo,
+                             int64_t* hi) {
+  int64_t a = t - left, b = t + right + 1;
+  if (shift) {
+    const int64_t span = left + right + 1;
+    a = span >= n ? 0 : std::min(std::max<int64_t>(a, 0), n - span);
+    b = a + span;
+  }
+  *lo = std::max<int64_t>(a, 0);
+  *hi = std::min<int64_t>(b, n);
+}
+
+struct Problem {
+  const float *q, *k, *v;
+  float* out;
+  int64_t L, S, E, Ev;
+  bool shift;
+  float scale;
+};
+
+struct Workspace {  // one per thread
+  std::vector<float> qt, scores, ot;
+  std::vector<const float*> rows;
+};
+
+// One lane group: queries i = res + d * t for t in [t0, t0 + count), of
+// batch-head bh. With dilation d, the queries and keys of one residue
+// class res = i mod d form an ordinary (undilated) sliding window problem.
+static void lane_group(const Problem& pb, int64_t bh, int64_t res, int64_t d,
+                       int64_t left, int64_t right, int64_t t0, int count,
+                       Workspace& ws) {
+  const int64_t E = pb.E, Ev = pb.Ev;
+  const int64_t n_keys = res < pb.S ? ceil_div(pb.S - res, d) : 0;
+  int32_t lo[LANES], hi[LANES];
+  int64_t first = INT64_MAX, last = INT64_MIN;  // the group's keys
+  for (int r = 0; r < LANES; ++r) {
+    int64_t a = 0, b = 0;
+    if (r < count) key_range(t0 + r, left, right, n_keys, pb.shift, &a, &b);
+    if (b <= a) a = b = 0;  // nothing to attend: the row gets zeros
+    lo[r] = (int32_t)a;
+    hi[r] = (int32_t)b;
+    if (b > a) {
+      first = std::min(first, a);
+      last = std::max(last, b);
+    }
+  }
+  float* out_rows[LANES];
+  for (int r = 0; r < count; ++r)
+    out_rows[r] = pb.out + (bh * pb.L + res + d * (t0 + r)) * Ev;
+  if (last <= first) {
+    for (int r = 0; r < count; ++r)
+      std::fill(out_rows[r], out_rows[r] + Ev, 0.f);
+    return;
+  }
+
+  // Queries transposed to (E, LANES), scaled by scale * log2(e) so that
+  // the softmax can use 2^x.
+  float* qt = ws.qt.data();
+  const float c = pb.scale * 1.44269504088896341f;
+  for (int r = 0; r < LANES; ++r) {
+    const int64_t t = t0 + std::min(r, count - 1);
+    const float* q = pb.q + (bh * pb.L + res + d * t) * E;
+    for (int64_t e = 0; e < E; ++e) qt[e * LANES + r] = q[e] * c;
+  }
+
+  // Scores of the group's n keys: (n, LANES).
+  const int64_t n = last - first;
+  const float** rows = ws.rows.data();
+  for (int64_t j = 0; j < n; ++j)
+    rows[j] = pb.k + (bh * pb.S + res + d * (first + j)) * E;
+  float* scores = ws.scores.data();
+  tiles<ScoreStep>(n, (const float* const*)rows, (const float*)qt, E, scores);
+
+  // Softmax down the keys, each lane its own window.
+  ivec lo_v[2], hi_v[2];
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < VW; ++l) {
+      lo_v[h][l] = lo[h * VW + l];
+      hi_v[h][l] = hi[h * VW + l];
+    }
+  const vec minus_inf = splat(-INFINITY);
+  vec max[2] = {minus_inf, minus_inf};
+  for (int64_t j = 0; j < n; ++j) {
+    const ivec key = isplat((int32_t)(first + j));
+    for (int h = 0; h < 2; ++h) {
+      float* s = scores + j * LANES + h * VW;
+      const vec masked = (key >= lo_v[h]) & (key < hi_v[h]) ? load(s) : minus_inf;
+      store(s, masked);
+      max[h] = max[h] > masked ? max[h] : masked;
+    }
+  }
+  vec sum[2] = {};
+  for (int h = 0; h < 2; ++h) max[h] = max[h] == minus_inf ? (vec){} : max[h];
+  for (int64_t j = 0; j < n; ++j)
+    for (int h = 0; h < 2; ++h) {
+      float* s = scores + j * LANES + h * VW;
+      const vec p = exp2_negative(load(s) - max[h]);
+      store(s, p);
+      sum[h] += p;
+    }
+
+  // Weighted sum of the values: (Ev, LANES), then normalised rows.
+  for (int64_t j = 0; j < n; ++j)
+    rows[j] = pb.v + (bh * pb.S + res + d * (first + j)) * Ev;
+  float* ot = ws.ot.data();
+  tiles<ValueStep>(Ev, (const float*)scores, (const float* const*)rows, n, ot);
+  for (int r = 0; r < count; ++r) {
+    const float total = sum[r / VW][r % VW];
+    const float inv = total > 0.f ? 1.f / total : 0.f;
+    for (int64_t col = 0; col < Ev; ++col)
+      out_rows[r][col] = ot[col * LANES + r] * inv;
+  }
+}
+
+struct Task {
+  int64_t bh, res, t0, rows;
+};
+
+// q (BH, L, E), k (BH, S, E), v (BH, S, Ev), out (BH, L, Ev): contiguous
+// float32. left, right, dilation: one value per batch-head, already
+// checked (>= 0, >= 0, >= 1) and capped at L + S by the caller. block:
+// queries per task (a multiple of LANES is best). Returns 0.
+extern "C" int sliding_window_forward(
+    const float* q, const float* k, const float* v, float* out, int64_t BH,
+    int64_t L, int64_t S, int64_t E, int64_t Ev, const int64_t* left,
+    const int64_t* right, const int64_t* dilation, int shift, float scale,
+    int64_t block, int threads) {
+  const Problem pb{q, k, v, out, L, S, E, Ev, shift != 0, scale};
+  block = std::max<int64_t>(LANES, block / LANES * LANES);
+  std::vector<Task> tasks;
+  int64_t widest = 1;  // most keys one lane group can touch
+  for (int64_t bh = 0; bh < BH; ++bh) {
+    const int64_t d = dilation[bh];
+    for (int64_t res = 0; res < std::min(d, L); ++res) {
+      const int64_t rows = ceil_div(L - res, d);
+      for (int64_t t = 0; t < rows; t += block)
+        tasks.push_back({bh, res, t, std::min(block, rows - t)});
+    }
+    widest = std::max(widest, std::min(LANES + left[bh] + right[bh],
+                                       ceil_div(S, d)));
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    Workspace ws;
+    ws.qt.resize(E * LANES);
+    ws.scores.resize((widest + TILE) * LANES);
+    ws.ot.resize((Ev + TILE) * LANES);
+    ws.rows.resize(widest + TILE);
+#pragma omp for schedule(dynamic)
+    for (int64_t i = 0; i < (int64_t)tasks.size(); ++i) {
+      const Task& task = tasks[i];
+      for (int64_t t0 = task.t0; t0 < task.t0 + task.rows; t0 += LANES) {
+        const int count =
+            (int)std::min<int64_t>(LANES, task.t0 + task.rows - t0);
+        lane_group(pb, task.bh, task.res, dilation[task.bh], left[task.bh],
+                   right[task.bh], t0, count, ws);
+      }
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,327 @@
+"""Local attention: sliding windows (both backends), adaptive spans."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import efficient_attention as ea
+from efficient_attention import cpu_kernels, masks
+from efficient_attention.attention import local
+
+BACKENDS = ["torch", "kernel"]
+
+
+def random_qkv(*lead, L=9, S=9, E=8, Ev=5, dtype=torch.float64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(
+        torch.randn(*lead, n, e, generator=generator, dtype=dtype)
+        for n, e in ((L, E), (S, E), (S, Ev))
+    )
+
+
+def window_mask(window, L, S, *, dilation=1, border="clip", heads=None):
+    """The dense mask that sliding_window_attention must equal."""
+
+    def one(w, d):
+        if border == "shift":
+            return masks.shifted_window(w, S, d)
+        return masks.dilated_sliding_window(w, d)
+
+    if heads is None:
+        return masks.create_mask(one(window, dilation), L, S)
+    windows = window if isinstance(window, list) else [window] * heads
+    dilations = dilation if isinstance(dilation, list) else [dilation] * heads
+    mods = [one(w, d) for w, d in zip(windows, dilations)]
+    return masks.create_mask(masks.per_head(*mods), L, S, heads=heads)
+
+
+CASES = [
+    # (L, S, window, dilation, border)
+    (9, 9, (1, 1), 1, "clip"),  # the seed's window_size=3
+    (9, 9, 2, 1, "clip"),
+    (33, 33, (4, 0), 1, "clip"),  # causal local
+    (33, 33, (0, 4), 1, "clip"),
+    (33, 33, (0, 0), 1, "clip"),
+    (17, 17, (100, 100), 1, "clip"),  # wider than the sequence
+    (70, 70, (5, 3), 3, "clip"),
+    (70, 70, (5, 3), 1, "shift"),
+    (70, 70, (5, 3), 2, "shift"),
+    (12, 30, (2, 2), 1, "clip"),  # L < S
+    (30, 12, (2, 2), 2, "clip"),  # L > S: some rows have no key
+    (30, 12, (2, 2), 1, "shift"),
+    (131, 131, (64, 64), 1, "clip"),  # L not a multiple of any block
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("L,S,window,dilation,border", CASES)
+def test_equals_dense_with_the_window_mask(
+    backend, L, S, window, dilation, border
+):
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    q, k, v = random_qkv(2, 3, L=L, S=S, dtype=dtype)
+    out = ea.sliding_window_attention(
+        q, k, v, window=window, dilation=dilation, border=border,
+        backend=backend,
+    )
+    mask = window_mask(window, L, S, dilation=dilation, border=border)
+    expected = ea.dense_attention(q, k, v, attn_mask=mask)
+    assert out.shape == (2, 3, L, 5) and out.dtype == dtype
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("border", ["clip", "shift"])
+def test_one_window_per_head(backend, border):
+    windows = [(1, 1), (6, 0), (0, 2), (3, 5)]
+    dilations = [1, 2, 1, 3]
+    q, k, v = random_qkv(2, 4, L=40, S=40, dtype=torch.float32)
+    out = ea.sliding_window_attention(
+        q, k, v, window=windows, dilation=dilations, border=border,
+        backend=backend,
+    )
+    mask = window_mask(
+        windows, 40, 40, dilation=dilations, border=border, heads=4
+    )
+    torch.testing.assert_close(
+        out, ea.dense_attention(q, k, v, attn_mask=mask)
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("lead", [(), (3,), (2, 3), (2, 1, 3)])
+def test_any_leading_dimensions(backend, lead):
+    q, k, v = random_qkv(*lead, L=20, S=20, E=4, Ev=6, dtype=torch.float32)
+    out = ea.sliding_window_attention(
+        q, k, v, window=(3, 1), backend=backend
+    )
+    mask = window_mask((3, 1), 20, 20)
+    assert out.shape == (*lead, 20, 6)
+    torch.testing.assert_close(
+        out, ea.dense_attention(q, k, v, attn_mask=mask)
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_is_computed_in_float32(backend, dtype):
+    q, k, v = random_qkv(2, L=50, S=50, dtype=dtype)
+    out = ea.sliding_window_attention(q, k, v, window=7, backend=backend)
+    assert out.dtype == dtype
+    mask = window_mask(7, 50, 50)
+    expected = ea.dense_attention(
+        *(t.float() for t in (q, k, v)), attn_mask=mask
+    )
+    torch.testing.assert_close(out.float(), expected, atol=1e-2, rtol=1e-2)
+
+
+def test_window_sentence_on_the_effective_attention():
+    """Query i attends key j iff i - left <= j <= i + right."""
+    left, right = 2, 1
+    q, k, _ = random_qkv(L=12, S=12)
+    weights = ea.effective_attention(
+        ea.sliding_window_attention, q, k, window=(left, right)
+    )
+    i = torch.arange(12).view(-1, 1)
+    j = torch.arange(12).view(1, -1)
+    assert torch.equal(weights > 0, (i - left <= j) & (j <= i + right))
+
+
+def test_the_seeds_window_size_3_is_one_key_each_side():
+    q, k, _ = random_qkv(L=6, S=6)
+    weights = ea.effective_attention(
+        ea.sliding_window_attention, q, k, window=(1, 1)
+    )
+    assert (weights > 0).sum(-1).tolist() == [2, 3, 3, 3, 3, 2]
+
+
+def test_shift_gives_every_query_the_same_number_of_keys():
+    q, k, _ = random_qkv(L=10, S=10)
+    clipped, shifted = (
+        ea.effective_attention(
+            ea.sliding_window_attention, q, k, window=(2, 2), border=border
+        )
+        for border in ("clip", "shift")
+    )
+    assert (shifted > 0).sum(-1).tolist() == [5] * 10
+    assert (clipped > 0).sum(-1).tolist() == [3, 4] + [5] * 6 + [4, 3]
+    assert torch.equal(shifted[4:6], clipped[4:6])  # away from the ends
+
+
+def test_kernel_matches_torch_on_a_long_sequence():
+    q, k, v = random_qkv(1, 3, L=1000, S=1000, E=64, Ev=64, dtype=torch.float32)
+    kw = dict(window=[(128, 128), (128, 0), (17, 40)], dilation=[1, 1, 4])
+    torch.testing.assert_close(
+        ea.sliding_window_attention(q, k, v, backend="kernel", **kw),
+        ea.sliding_window_attention(q, k, v, backend="torch", **kw),
+    )
+
+
+def test_gradients_equal_dense_and_pass_gradcheck():
+    q, k, v = (t.requires_grad_(True) for t in random_qkv(2, L=7, S=7))
+    mask = window_mask((2, 1), 7, 7, dilation=2)
+    grad = torch.randn(2, 7, 5, dtype=torch.float64)
+    out = ea.sliding_window_attention(q, k, v, window=(2, 1), dilation=2)
+    ours = torch.autograd.grad(out, (q, k, v), grad)
+    dense = ea.dense_attention(q, k, v, attn_mask=mask)
+    theirs = torch.autograd.grad(dense, (q, k, v), grad)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: ea.sliding_window_attention(
+            q, k, v, window=(1, 2), border="shift"
+        ),
+        (q, k, v),
+    )
+
+
+def test_auto_picks_the_kernel_only_without_gradients():
+    if cpu_kernels.status("sliding_window") != "ready":
+        pytest.skip(cpu_kernels.status("sliding_window"))
+    q, k, v = random_qkv(L=20, S=20, dtype=torch.float32)
+    assert local._use_kernel("auto", q, k, v)
+    assert not local._use_kernel("auto", q.requires_grad_(True), k, v)
+    with torch.no_grad():
+        assert local._use_kernel("auto", q, k, v)
+    assert not local._use_kernel("auto", q.double(), k.double(), v.double())
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda q: q.requires_grad_(True), "computes no gradients"),
+        (lambda q: q.double(), "float64"),
+    ],
+)
+def test_kernel_backend_says_what_it_cannot_do(make, message):
+    q, k, v = random_qkv(L=8, S=8, dtype=torch.float32)
+    q = make(q)
+    k, v = k.to(q.dtype), v.to(q.dtype)
+    with pytest.raises(NotImplementedError, match=message):
+        ea.sliding_window_attention(q, k, v, window=1, backend="kernel")
+
+
+def test_without_a_compiler_auto_warns_once_and_runs_torch(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_compiler", lambda: None)
+    cpu_kernels._load_once.cache_clear()
+    monkeypatch.setattr(local, "_WARNED", set())
+    try:
+        q, k, v = random_qkv(L=8, S=8, dtype=torch.float32)
+        with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+            out = ea.sliding_window_attention(q, k, v, window=1)
+        torch.testing.assert_close(
+            out,
+            ea.dense_attention(q, k, v, attn_mask=window_mask(1, 8, 8)),
+        )
+        with pytest.raises(cpu_kernels.KernelUnavailable, match="compiler"):
+            ea.sliding_window_attention(q, k, v, window=1, backend="kernel")
+        assert cpu_kernels.status("sliding_window").startswith("unavailable")
+    finally:
+        cpu_kernels._load_once.cache_clear()
+
+
+def test_kernel_builds_into_the_cache_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFICIENT_ATTENTION_CACHE", str(tmp_path))
+    cpu_kernels._load_once.cache_clear()
+    try:
+        if cpu_kernels._compiler() is None:
+            pytest.skip("no C++ compiler here")
+        cpu_kernels.load("sliding_window")
+        built = list((tmp_path / "kernels").glob("sliding_window-*.so"))
+        assert len(built) == 1
+    finally:
+        cpu_kernels._load_once.cache_clear()
+    with pytest.raises(ValueError, match="no kernel named 'nope'"):
+        cpu_kernels.load("nope")
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"window": -1}, "window sides must be >= 0"),
+        ({"window": (1, -2)}, "window sides must be >= 0"),
+        ({"window": 1.5}, "window must be an int"),
+        ({"window": "wide"}, "window must be an int"),
+        ({"window": [(1, 1), (2, 2)]}, "window has 2 per-head values"),
+        ({"window": [(1, 1)] * 3 + [(1, -1)]}, "window of head 3"),
+        ({"window": 1, "dilation": 0}, "dilation must be a positive int"),
+        ({"window": 1, "dilation": [1, 2]}, "dilation has 2 per-head"),
+        ({"window": 1, "border": "wrap"}, "border must be one of"),
+        ({"window": 1, "backend": "cuda"}, "backend must be one of"),
+        ({"window": 1, "scale": "big"}, "scale must be a float"),
+    ],
+)
+def test_bad_arguments_raise_a_clear_error(kwargs, message):
+    q, k, v = random_qkv(2, 4, L=6, S=6)
+    with pytest.raises(ValueError, match=message):
+        ea.sliding_window_attention(q, k, v, **kwargs)
+
+
+def test_bad_tensors_raise_a_clear_error():
+    q, k, v = random_qkv(L=6, S=6)
+    with pytest.raises(ValueError, match="need a heads dimension"):
+        ea.sliding_window_attention(q, k, v, window=[(1, 1)])
+    with pytest.raises(ValueError, match="share one dtype"):
+        ea.sliding_window_attention(q.float(), k, v, window=1)
+    with pytest.raises(ValueError, match="same feature size E"):
+        ea.sliding_window_attention(q[:, :3], k, v, window=1)
+    with pytest.raises(ValueError, match="one device"):
+        ea.sliding_window_attention(q, k.to("meta"), v, window=1)
+
+
+def test_encoder_layer_with_a_local_window_equals_the_masked_layer():
+    torch.manual_seed(0)
+    local_layer = ea.EncoderLayer(
+        32, 4, 64,
+        attention=functools.partial(
+            ea.sliding_window_attention, window=(1, 1)
+        ),
+    )
+    mask = window_mask((1, 1), 10, 10)
+    masked_layer = ea.EncoderLayer(
+        32, 4, 64,
+        attention=functools.partial(ea.dense_attention, attn_mask=mask),
+    )
+    masked_layer.load_state_dict(local_layer.state_dict())
+    hidden = torch.randn(2, 10, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            local_layer(hidden), masked_layer(hidden)
+        )
+
+
+def test_adaptive_span_mask_windows_and_loss():
+    span = local.AdaptiveSpanAttention(3, 16, ramp=4, initial_span=5.0)
+    with torch.no_grad():
+        span.span_fraction.copy_(torch.tensor([0.0, 5 / 16, 2.0]))
+    assert span.spans().tolist() == [0.0, 5.0, 16.0]  # clamped to [0, 1]
+    mask = span.soft_mask(50, 50)
+    windows = span.windows()
+    assert windows == [(3, 3), (8, 8), (19, 19)]
+    for h, (reach, _) in enumerate(windows):
+        row = mask[h, 25]  # query 25: distance |25 - j|
+        assert row[25 - reach] > 0 and row[25 + reach] > 0
+        assert row[25 - reach - 1] == 0 and row[25 + reach + 1] == 0
+    assert mask[1, 25, 25 - 5] == 1  # full weight inside the span
+    span.span_loss().backward()
+    assert span.span_fraction.grad[1] > 0  # a larger span costs more
+
+
+def test_adaptive_span_fast_inference_uses_the_hard_windows():
+    span = local.AdaptiveSpanAttention(2, 8, ramp=2, causal=True)
+    q, k, v = random_qkv(2, L=12, S=12, dtype=torch.float32)
+    fast = span.fast_forward(q, k, v)
+    (reach_0, _), (reach_1, _) = span.windows()
+    mask = window_mask([(reach_0, 0), (reach_1, 0)], 12, 12, heads=2)
+    torch.testing.assert_close(
+        fast, ea.dense_attention(q, k, v, attn_mask=mask)
+    )
+    soft = span(q, k, v)
+    assert soft.shape == fast.shape
+    with pytest.raises(ValueError, match="span has 2 per-head values"):
+        span(*random_qkv(3, L=4, S=4, dtype=torch.float32))
+    with pytest.raises(ValueError, match="initial_span"):
+        local.AdaptiveSpanAttention(2, 8, initial_span=9)
