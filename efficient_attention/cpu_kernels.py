@@ -81,6 +81,8 @@ def load(name: str) -> ctypes.CDLL:
             message holds the compiler's last error lines). The outcome is
             remembered: a failed build is not retried in this process.
     """
+    if name in _LOADED:
+        return _LOADED[name]
     source = SOURCE_DIR / f"{name}.cpp"
     if not source.is_file():
         known = sorted(p.stem for p in SOURCE_DIR.glob("*.cpp"))
@@ -88,7 +90,11 @@ def load(name: str) -> ctypes.CDLL:
     library, error = _load_once(source)
     if library is None:
         raise KernelUnavailable(error)
+    _LOADED[name] = library
     return library
+
+
+_LOADED: dict[str, ctypes.CDLL] = {}
 
 
 @functools.lru_cache(maxsize=None)

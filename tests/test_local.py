@@ -204,36 +204,41 @@ def test_kernel_backend_says_what_it_cannot_do(make, message):
         ea.sliding_window_attention(q, k, v, window=1, backend="kernel")
 
 
-def test_without_a_compiler_auto_warns_once_and_runs_torch(monkeypatch):
+@pytest.fixture
+def fresh_kernels(monkeypatch):
+    """Forget every loaded kernel for one test, and again after it."""
+    monkeypatch.setattr(cpu_kernels, "_LOADED", {})
+    cpu_kernels._load_once.cache_clear()
+    yield
+    cpu_kernels._load_once.cache_clear()
+
+
+def test_without_a_compiler_auto_warns_once_and_runs_torch(
+    monkeypatch, fresh_kernels
+):
     monkeypatch.setattr(cpu_kernels, "_compiler", lambda: None)
-    cpu_kernels._load_once.cache_clear()
     monkeypatch.setattr(local, "_WARNED", set())
-    try:
-        q, k, v = random_qkv(L=8, S=8, dtype=torch.float32)
-        with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
-            out = ea.sliding_window_attention(q, k, v, window=1)
-        torch.testing.assert_close(
-            out,
-            ea.dense_attention(q, k, v, attn_mask=window_mask(1, 8, 8)),
-        )
-        with pytest.raises(cpu_kernels.KernelUnavailable, match="compiler"):
-            ea.sliding_window_attention(q, k, v, window=1, backend="kernel")
-        assert cpu_kernels.status("sliding_window").startswith("unavailable")
-    finally:
-        cpu_kernels._load_once.cache_clear()
+    q, k, v = random_qkv(L=8, S=8, dtype=torch.float32)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        out = ea.sliding_window_attention(q, k, v, window=1)
+    torch.testing.assert_close(
+        out,
+        ea.dense_attention(q, k, v, attn_mask=window_mask(1, 8, 8)),
+    )
+    with pytest.raises(cpu_kernels.KernelUnavailable, match="compiler"):
+        ea.sliding_window_attention(q, k, v, window=1, backend="kernel")
+    assert cpu_kernels.status("sliding_window").startswith("unavailable")
 
 
-def test_kernel_builds_into_the_cache_folder(tmp_path, monkeypatch):
+def test_kernel_builds_into_the_cache_folder(
+    tmp_path, monkeypatch, fresh_kernels
+):
     monkeypatch.setenv("EFFICIENT_ATTENTION_CACHE", str(tmp_path))
-    cpu_kernels._load_once.cache_clear()
-    try:
-        if cpu_kernels._compiler() is None:
-            pytest.skip("no C++ compiler here")
-        cpu_kernels.load("sliding_window")
-        built = list((tmp_path / "kernels").glob("sliding_window-*.so"))
-        assert len(built) == 1
-    finally:
-        cpu_kernels._load_once.cache_clear()
+    if cpu_kernels._compiler() is None:
+        pytest.skip("no C++ compiler here")
+    cpu_kernels.load("sliding_window")
+    built = list((tmp_path / "kernels").glob("sliding_window-*.so"))
+    assert len(built) == 1
     with pytest.raises(ValueError, match="no kernel named 'nope'"):
         cpu_kernels.load("nope")
 

@@ -407,9 +407,9 @@ def _sliding_window_kernel(
     *lead, L, E = query.shape
     S, Ev = key.shape[-2], value.shape[-1]
     BH = math.prod(lead)
-    out = torch.zeros(BH, L, Ev)
-    if out.numel() == 0 or S == 0:
-        return out.view(*lead, L, Ev).to(query.dtype)
+    if BH * L * Ev == 0 or S == 0:
+        return query.new_zeros(*lead, L, Ev)
+    out = torch.empty(BH, L, Ev)  # the kernel writes every row
     q, k, v = (
         t.reshape(BH, t.shape[-2], t.shape[-1]).to(torch.float32).contiguous()
         for t in (query, key, value)
@@ -419,10 +419,11 @@ def _sliding_window_kernel(
         for s in (left, right, dilation)
     ]
     function = library.sliding_window_forward
-    pointer, size = ctypes.c_void_p, ctypes.c_int64
-    function.argtypes = [pointer] * 4 + [size] * 5 + [pointer] * 3 + [
-        ctypes.c_int, ctypes.c_float, size, ctypes.c_int,
-    ]
+    if function.argtypes is None:
+        pointer, size = ctypes.c_void_p, ctypes.c_int64
+        function.argtypes = [pointer] * 4 + [size] * 5 + [pointer] * 3 + [
+            ctypes.c_int, ctypes.c_float, size, ctypes.c_int,
+        ]
     function(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
         BH, L, S, E, Ev, *(s.data_ptr() for s in per_head),

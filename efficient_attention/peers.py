@@ -1,0 +1,180 @@
+"""Other people's sliding-window attention, to time the package against.
+
+Each ``*_attention`` builder returns a function ``fn(query, key, value)`` on
+``(B, H, L, E)`` tensors that computes local attention with a ``(w, w)``
+window the way that library does, or raises ``PeerUnavailable`` saying why
+it cannot run here (not installed, a length it does not support). The
+chapter "Local attention" checks each against the package and times them;
+``python -m efficient_attention.benchmark --variants local-peers`` does the
+same over longer sweeps.
+
+- PyTorch's SDPA with the window as a dense boolean mask (no work skipped).
+- FlexAttention (arXiv 2412.05496), compiled, with the window as a block
+  mask: whole blocks outside the band are skipped.
+- ``local-attention`` (lucidrains): buckets of ``w`` queries, each looking
+  at its own and the neighbouring buckets.
+- Longformer's "sliding chunks" from transformers (Beltagy et al. 2020):
+  overlapping chunks of ``2w`` and a diagonal re-layout.
+- NATTEN (Hassani et al. 2022): neighbourhood attention, whose windows
+  shift at the borders (``border="shift"`` here).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import masks
+
+AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+class PeerUnavailable(RuntimeError):
+    """A peer cannot run here; the message says why."""
+
+
+def _import(module: str, package: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise PeerUnavailable(
+            f"{package} is not installed (pip install {package}): {error}"
+        ) from None
+
+
+def sdpa_masked_attention(w: int, L: int, device: torch.device | str = "cpu"):
+    """SDPA with the ``(w, w)`` window as an ``(L, L)`` boolean mask."""
+    mask = masks.create_mask(masks.sliding_window(w), L, L, device=device)
+
+    def sdpa_masked(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask
+        )
+
+    return sdpa_masked
+
+
+_COMPILED_FLEX = None
+
+
+def flex_attention(w: int, L: int, device: torch.device | str = "cpu"):
+    """Compiled FlexAttention with the window as a block mask.
+
+    The first call at each length compiles (tens of seconds on a CPU).
+    """
+    global _COMPILED_FLEX
+    try:
+        from torch.nn.attention import flex_attention as flex
+    except ImportError as error:
+        raise PeerUnavailable(f"FlexAttention needs torch >= 2.5: {error}")
+    if _COMPILED_FLEX is None:
+        _COMPILED_FLEX = torch.compile(flex.flex_attention, dynamic=False)
+    compiled = _COMPILED_FLEX
+
+    def window(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return (kv_idx >= q_idx - w) & (kv_idx <= q_idx + w)
+
+    block_mask = flex.create_block_mask(window, None, None, L, L, device=device)
+
+    def flex_window(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        return compiled(query, key, value, block_mask=block_mask)
+
+    return flex_window
+
+
+def local_attention_package(w: int, L: int):
+    """lucidrains' ``local-attention``, buckets of ``w`` with exact windows."""
+    module = _import("local_attention", "local-attention")
+    if L % w:
+        raise PeerUnavailable(
+            f"local-attention needs L divisible by the window ({w}); "
+            f"got L={L}."
+        )
+    layer = module.LocalAttention(
+        window_size=w,
+        causal=False,
+        look_backward=1,
+        look_forward=1,
+        exact_windowsize=True,
+        use_rotary_pos_emb=False,
+    ).eval()
+
+    def local_attention(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        return layer(query, key, value)
+
+    return local_attention
+
+
+def longformer_attention(w: int, L: int, heads: int, head_dim: int):
+    """Longformer's sliding chunks (transformers), without global tokens."""
+    module = _import(
+        "transformers.models.longformer.modeling_longformer", "transformers"
+    )
+    if L % (2 * w):
+        raise PeerUnavailable(
+            f"Longformer's sliding chunks need L divisible by 2w ({2 * w}); "
+            f"got L={L}."
+        )
+    config = module.LongformerConfig(
+        attention_window=[2 * w],
+        num_attention_heads=heads,
+        hidden_size=heads * head_dim,
+    )
+    layer = module.LongformerSelfAttention(config, layer_id=0).eval()
+
+    def longformer(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        # (B, H, L, E) -> (B, L, H, E), the layout Longformer works in
+        q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+        q = q * q.shape[-1] ** -0.5
+        scores = layer._sliding_chunks_query_key_matmul(q, k, w)
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32)
+        out = layer._sliding_chunks_matmul_attn_probs_value(
+            weights.to(v.dtype), v, w
+        )  # (B, L, H, E)
+        return out.transpose(1, 2)
+
+    return longformer
+
+
+def natten_attention(w: int):
+    """NATTEN's 1-D neighbourhood attention, kernel ``2w + 1`` (shifted
+    borders: compare with ``border="shift"``)."""
+    natten = _import("natten", "natten")
+
+    def neighbourhood(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        q, k, v = (t.transpose(1, 2).contiguous() for t in (query, key, value))
+        return natten.na1d(q, k, v, kernel_size=2 * w + 1).transpose(1, 2)
+
+    return neighbourhood
+
+
+def local_peers(
+    w: int,
+    L: int,
+    *,
+    heads: int,
+    head_dim: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, AttentionFn | str]:
+    """Every peer for a ``(w, w)`` window at length ``L``: name -> function,
+    or name -> the reason it cannot run here."""
+    builders = {
+        "sdpa + mask": lambda: sdpa_masked_attention(w, L, device),
+        "flex (compiled)": lambda: flex_attention(w, L, device),
+        "local-attention": lambda: local_attention_package(w, L),
+        "longformer chunks": lambda: longformer_attention(
+            w, L, heads, head_dim
+        ),
+        "natten": lambda: natten_attention(w),
+    }
+    peers: dict[str, AttentionFn | str] = {}
+    for name, build in builders.items():
+        try:
+            peers[name] = build()
+        except PeerUnavailable as error:
+            peers[name] = str(error)
+    return peers
