@@ -22,6 +22,7 @@ same over longer sweeps.
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -141,13 +142,22 @@ def longformer_attention(w: int, L: int, heads: int, head_dim: int):
 
 
 def natten_attention(w: int):
-    """NATTEN's 1-D neighbourhood attention, kernel ``2w + 1`` (shifted
-    borders: compare with ``border="shift"``)."""
+    """NATTEN's 1-D neighbourhood attention, kernel ``2w + 1``.
+
+    Its windows shift at the borders: compare with ``border="shift"``. On a
+    CPU NATTEN runs FlexAttention without compiling it, which builds the
+    whole ``L x L`` score matrix.
+    """
     natten = _import("natten", "natten")
 
     def neighbourhood(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
         q, k, v = (t.transpose(1, 2).contiguous() for t in (query, key, value))
-        return natten.na1d(q, k, v, kernel_size=2 * w + 1).transpose(1, 2)
+        with warnings.catch_warnings():
+            # On a CPU NATTEN runs FlexAttention uncompiled, and says so at
+            # every call; the docstring says it once.
+            warnings.simplefilter("ignore")
+            out = natten.na1d(q, k, v, kernel_size=2 * w + 1)
+        return out.transpose(1, 2)
 
     return neighbourhood
 

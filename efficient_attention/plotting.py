@@ -180,3 +180,57 @@ def plot_scaling(
     ax.set_ylabel(ylabel or y)
     ax.legend()
     return ax
+
+
+TILE_COLORS = ListedColormap(["#ffffff", "#f2c6a0", "#2a6f97"])
+
+
+def plot_tiles(
+    mask: Tensor | np.ndarray,
+    tiles: Sequence[tuple[int, int, int, int]],
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Draw which (query, key) pairs a blocked kernel computes.
+
+    Args:
+        mask: ``(L, S)`` bool, True where query ``i`` may attend key ``j``.
+        tiles: the rectangles the kernel computes, as ``(first query, last
+            query + 1, first key, last key + 1)``.
+
+    Dark: computed and needed; orange: computed, then masked (wasted);
+    white: never computed. The title (if given) gets the share of computed
+    pairs that were wasted appended.
+
+    Raises:
+        ValueError: a mask that is not 2-D, or a tile outside it.
+    """
+    allowed = _as_2d_array("mask", mask).astype(bool)
+    L, S = allowed.shape
+    computed = np.zeros_like(allowed)
+    for tile in tiles:
+        q0, q1, k0, k1 = (int(x) for x in tile)
+        if not (0 <= q0 <= q1 <= L and 0 <= k0 <= k1 <= S):
+            raise ValueError(
+                f"tile {tuple(tile)} lies outside the ({L}, {S}) mask; tiles "
+                f"are (first query, last query + 1, first key, last key + 1)."
+            )
+        computed[q0:q1, k0:k1] = True
+    codes = np.where(computed, np.where(allowed, 2, 1), 0)
+    ax = ax or plt.figure(figsize=(4.0, 4.0)).gca()
+    ax.imshow(codes, cmap=TILE_COLORS, vmin=0, vmax=2, interpolation="nearest")
+    for q0, q1, k0, k1 in tiles:
+        ax.add_patch(
+            plt.Rectangle(
+                (k0 - 0.5, q0 - 0.5), k1 - k0, q1 - q0,
+                fill=False, edgecolor="black", linewidth=0.6,
+            )
+        )
+    ax.grid(False)
+    ax.set_xlabel("key position j")
+    ax.set_ylabel("query position i")
+    if title is not None:
+        wasted = (computed & ~allowed).sum() / max(computed.sum(), 1)
+        ax.set_title(f"{title}\n{wasted:.0%} of computed pairs wasted")
+    return ax

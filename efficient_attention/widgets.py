@@ -88,3 +88,92 @@ def mask_explorer(length: int = 32):
 
     output = widgets.interactive_output(show, controls)
     return widgets.HBox([widgets.VBox(list(controls.values())), output])
+
+
+def draw_local_windows(
+    length: int,
+    windows: list[tuple[int, int]],
+    *,
+    dilations: list[int] | None = None,
+    border: str = "clip",
+) -> Figure:
+    """One panel per head: the pattern of ``sliding_window_attention``.
+
+    Args:
+        length: tokens ``L = S``. windows: ``(left, right)`` per head.
+        dilations: one per head (default 1). border: ``"clip"`` or
+            ``"shift"``.
+
+    Raises:
+        ValueError: an empty window list, or a bad window, dilation or
+            border (the mask functions say which).
+    """
+    check_positive_int("length", length)
+    if not windows:
+        raise ValueError("windows must hold one (left, right) per head.")
+    dilations = dilations or [1] * len(windows)
+    if len(dilations) != len(windows):
+        raise ValueError(
+            f"give one dilation per window; got {len(dilations)} dilations "
+            f"for {len(windows)} windows."
+        )
+    if border not in ("clip", "shift"):
+        raise ValueError(f"border must be 'clip' or 'shift'; got {border!r}.")
+    fig, axes = plt.subplots(
+        1, len(windows), figsize=(3.0 * len(windows), 3.3), squeeze=False
+    )
+    for h, (ax, window, dilation) in enumerate(
+        zip(axes[0], windows, dilations)
+    ):
+        if border == "shift":
+            mask_mod = masks.shifted_window(window, length, dilation)
+        else:
+            mask_mod = masks.dilated_sliding_window(window, dilation)
+        mask = masks.create_mask(mask_mod, length, length)  # (L, L)
+        name = f"head {h}: {tuple(window)}"
+        name += f", dilation {dilation}" if dilation > 1 else ""
+        plot_mask(mask, ax=ax, title=name)
+        ax.label_outer()
+    fig.tight_layout()
+    return fig
+
+
+def local_window_explorer(length: int = 40):
+    """Sliders for a local pattern: window sides, dilation, causal, border,
+    and heads whose windows double head by head (multi-scale)."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    check_positive_int("length", length)
+    controls = {
+        "length": widgets.IntSlider(
+            value=length, min=8, max=128, step=8, description="length"
+        ),
+        "left": widgets.IntSlider(value=2, min=0, max=32, description="left"),
+        "right": widgets.IntSlider(
+            value=2, min=0, max=32, description="right"
+        ),
+        "causal": widgets.Checkbox(value=False, description="causal"),
+        "dilation": widgets.IntSlider(
+            value=1, min=1, max=8, description="dilation"
+        ),
+        "border": widgets.Dropdown(
+            options=["clip", "shift"], description="border"
+        ),
+        "heads": widgets.IntSlider(
+            value=1, min=1, max=4, description="heads (x2)"
+        ),
+    }
+
+    def show(length, left, right, causal, dilation, border, heads):
+        right = 0 if causal else right
+        windows = [(left * 2**h, right * 2**h) for h in range(heads)]
+        display(
+            draw_local_windows(
+                length, windows, dilations=[dilation] * heads, border=border
+            )
+        )
+        plt.close("all")
+
+    output = widgets.interactive_output(show, controls)
+    return widgets.HBox([widgets.VBox(list(controls.values())), output])
