@@ -40,6 +40,12 @@ from ._validation import (
 
 MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
+_FAR = 2**62
+"""Farther than any two positions of a tensor are apart. Window sides,
+dilations, strides, block sizes and token counts are capped at it before
+they meet int64 index tensors, where a larger Python int would overflow
+(an error from 2**63 on, a silently wrong mask just below it)."""
+
 __all__ = [
     "MaskMod",
     "full",
@@ -88,12 +94,13 @@ def sliding_window(window: int | tuple[int, int]) -> MaskMod:
         ``window=(1, 1)``, 4 tokens: query 0 sees keys {0, 1}, query 2 sees
         {1, 2, 3}.
     """
-    left, right = check_window(window)
+    left, right = (min(side, _FAR) for side in check_window(window))
 
     def sliding_window_mask(
         b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
     ) -> Tensor:
-        return (kv_idx >= q_idx - left) & (kv_idx <= q_idx + right)
+        offset = q_idx - kv_idx  # i - j: keys behind the query are > 0
+        return (offset <= left) & (-offset <= right)
 
     return sliding_window_mask
 
@@ -118,12 +125,14 @@ def dilated_sliding_window(
     """
     left, right = check_window(window)
     dilation = check_positive_int("dilation", dilation)
+    behind, ahead = min(left * dilation, _FAR), min(right * dilation, _FAR)
+    dilation = min(dilation, _FAR)
 
     def dilated_window_mask(
         b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
     ) -> Tensor:
         offset = q_idx - kv_idx
-        in_reach = (offset <= left * dilation) & (-offset <= right * dilation)
+        in_reach = (offset <= behind) & (-offset <= ahead)
         return in_reach & (offset % dilation == 0)
 
     return dilated_window_mask
@@ -139,7 +148,7 @@ def strided(stride: int) -> MaskMod:
     Raises:
         ValueError: ``stride`` is not an int >= 1.
     """
-    stride = check_positive_int("stride", stride)
+    stride = min(check_positive_int("stride", stride), _FAR)
 
     def strided_mask(
         b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
@@ -155,7 +164,7 @@ def block_local(block_size: int) -> MaskMod:
     Raises:
         ValueError: ``block_size`` is not an int >= 1.
     """
-    block_size = check_positive_int("block_size", block_size)
+    block_size = min(check_positive_int("block_size", block_size), _FAR)
 
     def block_local_mask(
         b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
@@ -183,7 +192,7 @@ def global_tokens(tokens: int | Sequence[int] | Tensor) -> MaskMod:
     Longformer.
     """
     if isinstance(tokens, numbers.Integral) and not isinstance(tokens, bool):
-        count = check_non_negative_int("tokens", tokens)
+        count = min(check_non_negative_int("tokens", tokens), _FAR)
 
         def first_tokens_global(
             b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
@@ -363,7 +372,8 @@ def _non_negative_ints(name: str, values: Sequence[int] | Tensor) -> Tensor:
         tensor = torch.as_tensor(values)
     except (TypeError, ValueError, RuntimeError) as error:
         raise ValueError(
-            f"{name} must be a 1-D sequence of ints; got {values!r}."
+            f"{name} must be a 1-D sequence of ints (each below 2**63); "
+            f"got {values!r}."
         ) from error
     if tensor.dim() == 1 and tensor.numel() == 0:
         return tensor.long()  # torch.as_tensor([]) is float32

@@ -165,6 +165,26 @@ def test_numpy_scalars_work_wherever_ints_do():
     assert set(patterns) == set(masks.example_patterns())
 
 
+@pytest.mark.parametrize("far", [2**62, 2**63 - 2, 2**63, 2**64, 2**70])
+def test_reach_beyond_int64_is_unbounded_not_wrapped(far):
+    # Python ints meet int64 index tensors: no overflow, no wrap-around
+    L = S = 5
+    everything = torch.ones(L, S, dtype=torch.bool)
+    diagonal = torch.eye(L, dtype=torch.bool)
+    cases = [
+        (masks.sliding_window(far), everything),
+        (masks.sliding_window((0, far)), ~everything.tril(-1)),
+        (masks.sliding_window((far, 0)), everything.tril()),
+        (masks.dilated_sliding_window((far, far), 1), everything),
+        (masks.dilated_sliding_window((1, 1), far), diagonal),
+        (masks.strided(far), diagonal),
+        (masks.block_local(far), everything),
+        (masks.global_tokens(far), everything),
+    ]
+    for mask_mod, expected in cases:
+        assert torch.equal(masks.create_mask(mask_mod, L, S), expected)
+
+
 def test_empty_global_token_list_means_no_global_tokens():
     torch.testing.assert_close(
         masks.create_mask(masks.global_tokens([]), 4, 5),
