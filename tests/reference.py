@@ -28,7 +28,7 @@ def reference_attention(
     """
     q, k, v = (t.double() for t in (query, key, value))
     L, S, E = q.shape[-2], k.shape[-2], q.shape[-1]
-    scale = 1 / math.sqrt(E) if scale is None else scale
+    scale = 1 / math.sqrt(E) if scale is None else float(scale)
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., L, S)
     if is_causal:
         attn_mask = torch.ones(L, S, dtype=torch.bool).tril()

@@ -351,6 +351,32 @@ def test_bad_input_raises_a_clear_error(make_inputs, kwargs, message):
         ea.dense_attention(*make_inputs(), **kwargs)
 
 
+@pytest.mark.parametrize(
+    "dtype,size,scale",
+    [
+        (torch.float32, 1e20, None),  # Q K^T ~ 1e40 > float32's 3.4e38
+        (torch.bfloat16, 1e20, None),  # computed in float32: the same
+        (torch.float32, 1.0, 1e300),  # a finite float scale, inf in float32
+        (torch.float64, 1e200, None),
+    ],
+)
+def test_scores_that_overflow_are_an_error_not_nan(dtype, size, scale):
+    q, k, v = (t * size for t in random_qkv(2, dtype=torch.float64))
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    assert (
+        F.scaled_dot_product_attention(q, k, v, scale=scale).isnan().any()
+    )  # what SDPA gives
+    with pytest.raises(ValueError, match="too large for torch.float"):
+        ea.dense_attention(q, k, v, scale=scale)
+
+
+def test_nan_or_inf_in_query_or_key_is_an_error():
+    q, k, v = random_qkv(2)
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError, match="query or key hold inf or NaN"):
+            ea.dense_attention(q, k.index_fill(-2, torch.tensor(3), bad), v)
+
+
 def test_a_batch_mask_error_suggests_a_call_that_works():
     # 3-D inputs (B, L, E) and a key-padding mask built per batch row
     q, k, v = random_qkv(2, L=3, S=5)

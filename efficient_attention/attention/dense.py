@@ -55,7 +55,11 @@ def dense_attention(
         ValueError: shapes, dtypes or devices that do not fit, ``E = 0``, a
             mask that does not broadcast or holds NaN or ``+inf``, an
             ``is_causal`` that is not a bool, a scale that is not a finite
-            real number, or both ``attn_mask`` and ``is_causal``.
+            real number, both ``attn_mask`` and ``is_causal``, or scores
+            that are not finite (``query`` or ``key`` holding inf or NaN,
+            or so large, with the scale, that ``Q K^T * scale`` overflows:
+            SDPA would return NaN). Inf or NaN in ``value`` reach the
+            output, as in any weighted sum.
 
     Shape:
         ``...`` any leading dimensions (batch ``B``, heads ``H``), ``L``
@@ -97,6 +101,13 @@ def dense_attention(
 
     # (..., L, E) @ (..., E, S) -> (..., L, S)
     scores = (q * scale) @ k.transpose(-2, -1)
+    if scores.device.type != "meta" and not scores.isfinite().all():
+        raise ValueError(
+            f"the scores query @ key^T * scale hold inf or NaN, which would "
+            f"make the output NaN: query or key hold inf or NaN, or they "
+            f"and the scale ({scale:g}) are too large for {compute_dtype} "
+            f"(its largest value is {torch.finfo(compute_dtype).max:g})."
+        )
     no_key = None
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
