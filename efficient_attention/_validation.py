@@ -2,15 +2,25 @@
 
 Each check raises a ``ValueError`` that names the argument, says what it got
 and what would fix it, so a learner never has to decode a shape error from
-deep inside a matmul.
+deep inside a matmul. Numbers are accepted as torch accepts them: any
+integral number (``int``, ``np.int64``...) where a count or position is
+expected and any real number (``float``, ``np.float32``...) where a scale or
+a time is expected, never a ``bool``; the checks return plain Python
+``int``/``float`` so no NumPy scalar (and its fixed-width overflow) travels
+further into the package.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
+
+SEED_LIMIT = 2**32
+"""Seeds are ints in ``[0, 2**32)``: the range NumPy, Python and torch all
+accept."""
 
 
 def check_heads_divide(d_model: int, heads: int) -> None:
@@ -46,12 +56,12 @@ def check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
     """Check that ``query``, ``key`` and ``value`` fit together.
 
     The shapes must be ``query (..., L, E)``, ``key (..., S, E)`` and
-    ``value (..., S, Ev)``.
+    ``value (..., S, Ev)`` with ``E >= 1``.
 
     Raises:
         ValueError: a rank below 2, differing leading dimensions, a head
-            dimension or key count that does not match, a non-floating dtype,
-            or mixed dtypes or devices.
+            dimension or key count that does not match, ``E = 0``, a
+            non-floating dtype, or mixed dtypes or devices.
     """
     for name, tensor in (("query", query), ("key", key), ("value", value)):
         check_sequence(name, tensor)
@@ -91,6 +101,11 @@ def check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
             f"query and key must have the same feature size E "
             f"(last dimension); got {shapes}."
         )
+    if query.shape[-1] == 0:
+        raise ValueError(
+            f"query and key need at least one feature (E >= 1 in the last "
+            f"dimension); got {shapes}."
+        )
     if key.shape[-2] != value.shape[-2]:
         raise ValueError(
             f"key and value must have the same number of positions S "
@@ -99,7 +114,11 @@ def check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
 
 
 def check_attn_mask(attn_mask: Tensor, query: Tensor, key: Tensor) -> None:
-    """Check that a bool or additive mask broadcasts to ``(..., L, S)``."""
+    """Check that a bool or additive mask broadcasts to ``(..., L, S)``.
+
+    An additive (float) mask may hold any finite number or ``-inf``; NaN and
+    ``+inf`` would turn the softmax into NaN, so they are refused.
+    """
     check_tensor("attn_mask", attn_mask)
     scores_shape = (*query.shape[:-1], key.shape[-2])
     if attn_mask.dtype != torch.bool and attn_mask.dtype != query.dtype:
@@ -122,39 +141,148 @@ def check_attn_mask(attn_mask: Tensor, query: Tensor, key: Tensor) -> None:
         raise ValueError(
             f"attn_mask of shape {tuple(attn_mask.shape)} "
             f"does not broadcast to the "
-            f"scores' shape (..., L, S) = {scores_shape}. Build it with "
-            f"masks.create_mask(mask_mod, "
-            f"L={scores_shape[-2]}, S={scores_shape[-1]})."
+            f"scores' shape (..., L, S) = {scores_shape}. "
+            f"{_mask_suggestion(scores_shape)}"
+        )
+    if (
+        attn_mask.dtype != torch.bool
+        and attn_mask.device.type != "meta"
+        and (attn_mask.isnan().any() or attn_mask.isposinf().any())
+    ):
+        raise ValueError(
+            "attn_mask holds NaN or +inf, which make the softmax NaN; an "
+            "additive mask holds 0 (or a finite bias) where a query may "
+            "attend and -inf where it may not."
         )
 
 
-def check_scale(scale: float | None) -> None:
-    """Check that ``scale`` is None (``1/sqrt(E)``) or a finite real number."""
+def _mask_suggestion(scores_shape: tuple[int, ...]) -> str:
+    """A ``create_mask`` call whose result broadcasts to ``scores_shape``."""
+    *lead, L, S = scores_shape
+    if not lead:
+        return f"Build it with masks.create_mask(mask_mod, L={L}, S={S})."
+    if len(lead) == 1:
+        return (
+            f"Build one mask for every row with "
+            f"masks.create_mask(mask_mod, {L}, {S}), or one per batch row "
+            f"with masks.create_mask(mask_mod, {L}, {S}, batch={lead[0]})"
+            f"[:, 0] (shape ({lead[0]}, {L}, {S}))."
+        )
+    return (
+        f"Build it with masks.create_mask(mask_mod, {L}, {S}, "
+        f"batch={lead[-2]}, heads={lead[-1]}) "
+        f"(leave out batch= or heads= where the mask does not depend on it)."
+    )
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Return ``value`` if it is a bool, else raise ValueError naming it."""
+    if not isinstance(value, bool):
+        raise ValueError(
+            f"{name} must be True or False; got {value!r} "
+            f"({type(value).__name__})."
+        )
+    return value
+
+
+def check_int(name: str, value: object, minimum: int) -> int:
+    """Return ``value`` as a Python int if integral and ``>= minimum``.
+
+    Any ``numbers.Integral`` (``int``, ``np.int64``...) is accepted; ``bool``
+    is not.
+
+    Raises:
+        ValueError: not an integral number, a bool, or below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(
+            f"{name} must be an int >= {minimum}; got {value!r} "
+            f"({type(value).__name__})."
+        )
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value}.")
+    return value
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` as an int if integral and >= 1 (see ``check_int``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(
+            f"{name} must be a positive int; got {value!r} "
+            f"({type(value).__name__})."
+        )
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    return int(value)
+
+
+def check_non_negative_int(name: str, value: object) -> int:
+    """Return ``value`` as an int if integral and >= 0 (see ``check_int``)."""
+    return check_int(name, value, 0)
+
+
+def check_real(name: str, value: object) -> float:
+    """Return ``value`` as a Python float if it is a finite real number.
+
+    Any ``numbers.Real`` (``float``, ``int``, ``np.float32``...) is accepted;
+    ``bool`` is not.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"{name} must be a real number; got {value!r} "
+            f"({type(value).__name__})."
+        )
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite; got {value}.")
+    return value
+
+
+def check_positive_real(name: str, value: object) -> float:
+    """Return ``value`` as a float if it is a finite real number > 0."""
+    value = check_real(name, value)
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0; got {value}.")
+    return value
+
+
+def check_scale(scale: object) -> float | None:
+    """Return ``scale`` as a float, or None (meaning ``1/sqrt(E)``).
+
+    Raises:
+        ValueError: not None and not a finite real number.
+    """
     if scale is None:
-        return
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise ValueError(
             f"scale must be a float or None (None means 1/sqrt(E)); "
             f"got {type(scale).__name__}."
         )
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite; got {scale}.")
+    return float(scale)
 
 
-def check_window(window: int | tuple[int, int]) -> tuple[int, int]:
+def check_window(window: object) -> tuple[int, int]:
     """Return ``window`` as ``(left, right)``; an int ``w`` means ``(w, w)``.
 
     Raises:
-        ValueError: not an int or a pair of ints, or a side below 0.
+        ValueError: not an integral number or a pair of them, or a side
+            below 0.
     """
-    if isinstance(window, int) and not isinstance(window, bool):
-        left = right = window
+    if isinstance(window, numbers.Integral) and not isinstance(window, bool):
+        left = right = int(window)
     elif (
         isinstance(window, (tuple, list))
         and len(window) == 2
-        and all(isinstance(w, int) and not isinstance(w, bool) for w in window)
+        and all(
+            isinstance(w, numbers.Integral) and not isinstance(w, bool)
+            for w in window
+        )
     ):
-        left, right = window
+        left, right = (int(w) for w in window)
     else:
         raise ValueError(
             f"window must be an int w (meaning (w, w)) "
@@ -170,15 +298,64 @@ def check_window(window: int | tuple[int, int]) -> tuple[int, int]:
     return left, right
 
 
-def check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if an int >= 1, or raise ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    return value
+def check_seed(name: str, value: object) -> int:
+    """Return ``value`` as an int if it is a seed in ``[0, 2**32)``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or not 0 <= value < SEED_LIMIT
+    ):
+        raise ValueError(
+            f"{name} must be an int in [0, 2**32); got {value!r}."
+        )
+    return int(value)
 
 
-def check_non_negative_int(name: str, value: object) -> int:
-    """Return ``value`` if an int >= 0, or raise ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0; got {value!r}.")
-    return value
+def check_dtype(
+    name: str, value: object, *, floating: bool = False
+) -> torch.dtype:
+    """Return ``value`` as a ``torch.dtype``; a name like "float32" works too.
+
+    Args:
+        name: the argument's name, for the error message.
+        value: a ``torch.dtype`` or its name (``"bfloat16"``,
+            ``"torch.float64"``).
+        floating: also require a floating-point dtype.
+
+    Raises:
+        ValueError: neither a dtype nor a dtype's name, or not floating point
+            when ``floating`` is set.
+    """
+    dtype = value
+    if isinstance(value, str):
+        dtype = getattr(torch, value.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(
+            f"{name} must be a torch.dtype such as torch.float32 "
+            f"(or its name, 'float32'); got {value!r}."
+        )
+    if floating and not dtype.is_floating_point:
+        raise ValueError(
+            f"{name} must be a floating-point dtype (float32, float64, "
+            f"float16, bfloat16); got {dtype}."
+        )
+    return dtype
+
+
+def check_device(name: str, value: object) -> torch.device:
+    """Return ``value`` as a ``torch.device``; a string like "cuda:0" works.
+
+    Only the spelling is checked, not whether this machine has the device.
+    """
+    if not isinstance(value, (str, torch.device)):
+        raise ValueError(
+            f"{name} must be a device name such as 'cpu' or 'cuda' "
+            f"(or a torch.device); got {type(value).__name__}."
+        )
+    try:
+        return torch.device(value)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{name}={value!r} is not a device name; "
+            f"use 'cpu', 'cuda' or 'cuda:<index>'."
+        ) from error

@@ -17,7 +17,7 @@ import contextlib
 import os
 import platform
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils import benchmark as torch_benchmark
 
-from ._validation import check_positive_int
+from ._validation import (
+    check_bool,
+    check_dtype,
+    check_positive_int,
+    check_positive_real,
+    check_real,
+    check_seed,
+)
 from .attention import dense_attention
 from .notebook import pick_device
 
@@ -45,6 +52,10 @@ DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
+
+TIMED_DEVICES = ("cpu", "cuda")
+"""The device types timed here: ``Timer`` synchronizes CUDA only, and peak
+memory is read on these two."""
 
 
 @dataclass(frozen=True)
@@ -85,22 +96,20 @@ def time_callable(
 
     Args:
         fn: the callable to time. args: its arguments.
-        min_run_time: keep measuring for at least this many seconds.
+        min_run_time: keep measuring for at least this many seconds (a
+            finite real number > 0).
 
     Returns:
         a ``Timing``: median and interquartile range of one call, and how
         many calls.
 
     Raises:
-        ValueError: ``fn`` not callable or ``min_run_time`` not positive.
+        ValueError: ``fn`` not callable or ``min_run_time`` not a finite
+            positive number of seconds (``inf`` would never stop).
     """
     if not callable(fn):
         raise ValueError(f"fn must be callable; got {type(fn).__name__}.")
-    if not min_run_time > 0:
-        raise ValueError(
-            f"min_run_time must be a positive number of seconds; "
-            f"got {min_run_time!r}."
-        )
+    min_run_time = _check_min_run_time(min_run_time)
     timer = torch_benchmark.Timer(
         stmt="fn(*args)",
         globals={"fn": fn, "args": args},
@@ -113,6 +122,17 @@ def time_callable(
         runs=len(measurement.times) * measurement.number_per_run,
         block_times_s=tuple(measurement.times),
     )
+
+
+def _check_min_run_time(min_run_time: object) -> float:
+    """``min_run_time`` as a float of seconds, finite and > 0."""
+    try:
+        return check_positive_real("min_run_time", min_run_time)
+    except ValueError:
+        raise ValueError(
+            f"min_run_time must be a positive, finite number of seconds "
+            f"(e.g. 0.2); got {min_run_time!r}."
+        ) from None
 
 
 def peak_memory_bytes(fn: Callable[..., object], *args: object) -> int:
@@ -194,8 +214,13 @@ def describe_hardware(
     """What a timing ran on.
 
     Device, processor or GPU name, threads, dtype and PyTorch version.
+
+    Raises:
+        ValueError: a device this machine lacks or that is not timed here
+            (only CPU and CUDA are), or a bad dtype.
     """
-    device = pick_device(None if device is None else str(device))
+    device = timing_device(device)
+    dtype = check_dtype("dtype", dtype)
     info: dict[str, str | int] = {
         "device": device.type,
         "cpu": _cpu_model(),
@@ -219,6 +244,23 @@ def hardware_summary(
         f"{where} | {info['threads']} CPU threads | dtype {info['dtype']} "
         f"| torch {info['torch']}"
     )
+
+
+def timing_device(device: torch.device | str | None = None) -> torch.device:
+    """``pick_device(device)``, refusing devices that cannot be timed here.
+
+    Raises:
+        ValueError: a device this machine lacks, or one other than CPU and
+            CUDA (``Timer`` does not synchronize the others, and ``meta``
+            computes nothing).
+    """
+    device = pick_device(device)
+    if device.type not in TIMED_DEVICES:
+        raise ValueError(
+            f"timings are taken on cpu or cuda only; got device "
+            f"{str(device)!r}."
+        )
+    return device
 
 
 def _cpu_model() -> str:
@@ -245,15 +287,29 @@ def attention_inputs(
     """Random ``query, key, value`` of shape ``(batch, heads, L, head_dim)``.
 
     Seeded with ``seed``, so the same arguments give the same tensors.
+
+    Args:
+        L: sequence length. batch, heads, head_dim: the other sizes.
+        dtype: a floating-point ``torch.dtype`` or its name ("bfloat16").
+        device: as ``pick_device`` takes it (None: CUDA if any, else CPU).
+        seed: an int in ``[0, 2**32)``.
+
+    Raises:
+        ValueError: a size that is not a positive int, a dtype that is not
+            floating point, a device this machine lacks, or a bad seed.
     """
-    for name, value in (
-        ("L", L),
-        ("batch", batch),
-        ("heads", heads),
-        ("head_dim", head_dim),
-    ):
+    L, batch, heads, head_dim = (
         check_positive_int(name, value)
-    device = pick_device(None if device is None else str(device))
+        for name, value in (
+            ("L", L),
+            ("batch", batch),
+            ("heads", heads),
+            ("head_dim", head_dim),
+        )
+    )
+    dtype = check_dtype("dtype", dtype, floating=True)
+    seed = check_seed("seed", seed)
+    device = pick_device(device)
     generator = torch.Generator().manual_seed(seed)
     shape = (batch, heads, L, head_dim)
     q, k, v = (torch.randn(shape, generator=generator) for _ in range(3))
@@ -262,7 +318,7 @@ def attention_inputs(
 
 def sweep(
     variants: Mapping[str, Callable[..., object]],
-    lengths: Sequence[int],
+    lengths: Iterable[int],
     make_inputs: Callable[[int], tuple],
     *,
     min_run_time: float = 0.2,
@@ -273,10 +329,13 @@ def sweep(
 
     Args:
         variants: name -> callable, each called as ``fn(*make_inputs(L))``.
-        lengths: the sequence lengths ``L``.
+        lengths: the sequence lengths ``L``, distinct positive ints, in any
+            iterable (list, tuple, generator, NumPy array); records follow
+            their order.
         make_inputs: ``L -> tuple`` of arguments, shared by all variants at
             that length; called once per length and round, so it should
-            return the same inputs each time (seed it).
+            return the same inputs each time (seed it). Its tensors must be
+            on the CPU or a CUDA device.
         min_run_time: seconds of timing per measurement.
         measure_memory: also record the peak memory of one call.
         rounds: sweep all lengths and variants this many times and pool the
@@ -290,10 +349,13 @@ def sweep(
         the numbers.
 
     Raises:
-        ValueError: no variants, a variant that is not callable, or a length
-            that is not a positive int, or ``rounds`` below 1.
+        ValueError: no variants, a variant that is not callable, no lengths,
+            a length that is not a positive int or that comes twice, a
+            ``make_inputs`` that is not callable or does not return a tuple
+            of arguments on CPU or CUDA, a bad ``min_run_time``, or
+            ``rounds`` below 1.
     """
-    if not variants:
+    if not isinstance(variants, Mapping) or not variants:
         raise ValueError(
             "variants must name at least one callable, "
             "e.g. {'sdpa': F.scaled_dot_product_attention}."
@@ -303,11 +365,15 @@ def sweep(
             raise ValueError(
                 f"variant {name!r} is not callable; got {type(fn).__name__}."
             )
-    if not lengths:
-        raise ValueError("lengths must hold at least one sequence length.")
-    for L in lengths:
-        check_positive_int("each length", L)
-    check_positive_int("rounds", rounds)
+    lengths = _check_lengths(lengths)
+    if not callable(make_inputs):
+        raise ValueError(
+            f"make_inputs must be a function L -> tuple of arguments; got "
+            f"{type(make_inputs).__name__}."
+        )
+    min_run_time = _check_min_run_time(min_run_time)
+    check_bool("measure_memory", measure_memory)
+    rounds = check_positive_int("rounds", rounds)
     records = {
         (L, name): _empty_record(name, L) for L in lengths for name in variants
     }
@@ -315,6 +381,8 @@ def sweep(
     for round_index in range(rounds):
         for L in lengths:
             inputs = make_inputs(L)
+            if round_index == 0:
+                _check_inputs(inputs, L)
             for name, fn in variants.items():
                 record = records[L, name]
                 if record["status"] != "ok":
@@ -341,6 +409,50 @@ def sweep(
         else:
             record["peak_bytes"] = None
     return list(records.values())
+
+
+def _check_lengths(lengths: object) -> list[int]:
+    """``lengths`` as a list of distinct positive Python ints."""
+    if isinstance(lengths, (str, bytes)) or not isinstance(lengths, Iterable):
+        raise ValueError(
+            f"lengths must be an iterable of sequence lengths, e.g. "
+            f"[256, 512]; got {lengths!r}."
+        )
+    try:
+        values = list(lengths)
+    except TypeError as error:  # a 0-d NumPy array claims to be iterable
+        raise ValueError(
+            f"lengths must be an iterable of sequence lengths, e.g. "
+            f"[256, 512]; got {lengths!r}."
+        ) from error
+    if not values:
+        raise ValueError("lengths must hold at least one sequence length.")
+    values = [check_positive_int("each length", L) for L in values]
+    repeated = sorted({L for L in values if values.count(L) > 1})
+    if repeated:
+        raise ValueError(
+            f"lengths must be distinct; got {values}, where {repeated} "
+            f"come more than once. Each length is timed once per round: "
+            f"drop the repeats, e.g. sorted(set(lengths))."
+        )
+    return values
+
+
+def _check_inputs(inputs: object, L: int) -> None:
+    """``make_inputs(L)`` must be a tuple (or list) of CPU or CUDA values."""
+    if not isinstance(inputs, (tuple, list)):
+        raise ValueError(
+            f"make_inputs({L}) must return a tuple of arguments; got "
+            f"{type(inputs).__name__}. Return (x,) for a single argument."
+        )
+    for value in inputs:
+        if isinstance(value, Tensor) and value.device.type not in (
+            TIMED_DEVICES
+        ):
+            raise ValueError(
+                f"make_inputs({L}) returned a tensor on {value.device}; "
+                f"timings are taken on cpu or cuda only."
+            )
 
 
 def _empty_record(name: str, L: int) -> dict[str, object]:
@@ -393,24 +505,42 @@ def _is_out_of_memory(error: BaseException) -> bool:
     )
 
 
-def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+def loglog_slope(xs: Iterable[float], ys: Iterable[float]) -> float:
     """The slope of the least-squares line through ``(log x, log y)``.
 
     It is the exponent ``p`` in ``y ~ x^p``.
 
+    Args:
+        xs, ys: finite positive real numbers, in any iterables of one
+            length.
+
     Raises:
-        ValueError: fewer than two points, lengths that differ, or a value
-            that is not > 0.
+        ValueError: fewer than two points, lengths that differ, a value
+            that is not a finite real number > 0, or all ``x`` equal (no
+            line fits).
     """
+    xs, ys = list(xs), list(ys)
     if len(xs) != len(ys) or len(xs) < 2:
         raise ValueError(
             f"need two or more (x, y) points of equal count; "
             f"got {len(xs)} and {len(ys)}."
         )
+    try:
+        xs = [check_real("x", v) for v in xs]
+        ys = [check_real("y", v) for v in ys]
+    except ValueError as error:
+        raise ValueError(
+            f"log-log slopes need finite positive numbers ({error}); "
+            f"drop zeros and failed runs first."
+        ) from None
     if any(not (v > 0) for v in (*xs, *ys)):
         raise ValueError(
             "log-log slopes need positive values; "
             "drop zeros and failed runs first."
+        )
+    if len(set(xs)) < 2:
+        raise ValueError(
+            f"log-log slopes need two or more distinct x values; got {xs}."
         )
     slope, _ = np.polyfit(np.log(xs), np.log(ys), 1)
     return float(slope)
@@ -423,7 +553,14 @@ def format_records(
 
     Columns: length, variant, median and interquartile range in ms, timed
     runs, peak MiB, and the median divided by the baseline's at that length.
+
+    Raises:
+        ValueError: no records.
     """
+    if not records:
+        raise ValueError(
+            "records must hold at least one record (from benchmark.sweep)."
+        )
     base_times = {
         r["L"]: r["median_s"] for r in records if r["variant"] == baseline
     }
@@ -448,8 +585,28 @@ def format_records(
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: time attention variants against SDPA over lengths."""
+def _positive_int_argument(text: str) -> int:
+    """argparse type: a positive int, or a usage error."""
+    try:
+        return check_positive_int("the value", int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive int; got {text!r}"
+        ) from None
+
+
+def _positive_seconds_argument(text: str) -> float:
+    """argparse type: a finite number of seconds > 0, or a usage error."""
+    try:
+        return check_positive_real("the value", float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number of seconds > 0; got {text!r}"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: every number is checked as it is read."""
     parser = argparse.ArgumentParser(
         prog="python -m efficient_attention.benchmark",
         description=(
@@ -462,21 +619,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS)
     )
     parser.add_argument(
-        "--lengths", nargs="+", type=int, default=[256, 512, 1024, 2048, 4096]
+        "--lengths",
+        nargs="+",
+        type=_positive_int_argument,
+        default=[256, 512, 1024, 2048, 4096],
     )
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--heads", type=int, default=1)
-    parser.add_argument("--head-dim", type=int, default=64)
+    for option in ("--batch", "--heads"):
+        parser.add_argument(option, type=_positive_int_argument, default=1)
+    parser.add_argument("--head-dim", type=_positive_int_argument, default=64)
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
     parser.add_argument(
         "--device",
         default=None,
-        help="cpu or cuda (default: cuda if available)",
+        help="cpu, cuda or cuda:<index> (default: cuda if available)",
     )
-    parser.add_argument("--min-run-time", type=float, default=0.2)
+    parser.add_argument(
+        "--min-run-time", type=_positive_seconds_argument, default=0.2
+    )
     parser.add_argument(
         "--rounds",
-        type=int,
+        type=_positive_int_argument,
         default=1,
         help="sweep this many times and pool the timings",
     )
@@ -485,9 +647,29 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="skip the peak-memory measurement",
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: time attention variants against SDPA over lengths.
+
+    Bad arguments (a number that is not positive, a repeated length or
+    variant, a device this machine lacks or that is not timed here) are
+    usage errors: the program exits with status 2 before timing anything.
+    """
+    parser = build_parser()
     args = parser.parse_args(argv)
+    for option, values in (
+        ("--lengths", args.lengths),
+        ("--variants", args.variants),
+    ):
+        if len(set(values)) != len(values):
+            parser.error(f"argument {option}: each value must come once")
+    try:
+        device = timing_device(args.device)
+    except ValueError as error:
+        parser.error(f"argument --device: {error}")
     dtype = DTYPES[args.dtype]
-    device = pick_device(args.device)
     print(hardware_summary(device, dtype))
     print(
         f"shape (batch, heads, L, head_dim) = "

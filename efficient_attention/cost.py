@@ -4,14 +4,15 @@ Chapter 1 ("Why attention is slow") derives these counts and then checks them
 against timings and memory measured on the reader's machine. Only matrix
 products are counted (one multiply-add = 2 FLOPs); the softmax, norms and
 activations add ``O(L * S)`` and ``O(L * d)`` terms that matter little next to
-them.
+them. Sizes may be any integral numbers (``np.int64`` too); every count is
+computed with Python ints, which do not overflow.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._validation import check_heads_divide, check_positive_int
+from ._validation import check_dtype, check_heads_divide, check_positive_int
 
 
 def attention_flops(
@@ -33,18 +34,23 @@ def attention_flops(
         batch, heads: how many independent attention problems.
 
     Returns:
-        ``2 * L * S * (E + Ev) * batch * heads``.
+        ``2 * L * S * (E + Ev) * batch * heads``, a Python int.
+
+    Raises:
+        ValueError: a size that is not a positive int.
     """
     Ev = E if Ev is None else Ev
-    for name, value in (
-        ("L", L),
-        ("S", S),
-        ("E", E),
-        ("Ev", Ev),
-        ("batch", batch),
-        ("heads", heads),
-    ):
+    L, S, E, Ev, batch, heads = (
         check_positive_int(name, value)
+        for name, value in (
+            ("L", L),
+            ("S", S),
+            ("E", E),
+            ("Ev", Ev),
+            ("batch", batch),
+            ("heads", heads),
+        )
+    )
     return 2 * L * S * (E + Ev) * batch * heads
 
 
@@ -54,20 +60,34 @@ def score_matrix_bytes(
     *,
     batch: int = 1,
     heads: int = 1,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
 ) -> int:
-    """Bytes of one ``L x S`` score matrix per (batch, head).
+    """Bytes of ``batch * heads`` score matrices of ``L x S`` entries.
 
     This is what dense attention stores.
+
+    Args:
+        L: queries. S: keys. batch, heads: how many matrices.
+        dtype: the scores' dtype, or its name (``"bfloat16"``).
+
+    Returns:
+        ``L * S * batch * heads * bytes per element``, a Python int.
+
+    Raises:
+        ValueError: a size that is not a positive int, or a dtype that is
+            neither a ``torch.dtype`` nor a dtype's name.
     """
-    for name, value in (
-        ("L", L),
-        ("S", S),
-        ("batch", batch),
-        ("heads", heads),
-    ):
+    L, S, batch, heads = (
         check_positive_int(name, value)
-    return L * S * batch * heads * torch.empty((), dtype=dtype).element_size()
+        for name, value in (
+            ("L", L),
+            ("S", S),
+            ("batch", batch),
+            ("heads", heads),
+        )
+    )
+    dtype = check_dtype("dtype", dtype)
+    return L * S * batch * heads * dtype.itemsize
 
 
 def encoder_layer_flops(
@@ -90,14 +110,16 @@ def encoder_layer_flops(
         ValueError: a size that is not a positive int, or ``d_model`` not
             divisible by ``heads``.
     """
-    for name, value in (
-        ("L", L),
-        ("d_model", d_model),
-        ("heads", heads),
-        ("d_ff", d_ff),
-        ("batch", batch),
-    ):
+    L, d_model, heads, d_ff, batch = (
         check_positive_int(name, value)
+        for name, value in (
+            ("L", L),
+            ("d_model", d_model),
+            ("heads", heads),
+            ("d_ff", d_ff),
+            ("batch", batch),
+        )
+    )
     check_heads_divide(d_model, heads)
     return {
         "projections": 4 * 2 * L * d_model * d_model * batch,
@@ -113,7 +135,10 @@ def attention_crossover_length(d_model: int, d_ff: int) -> int:
 
     ``4 L^2 d = 8 L d^2 + 4 L d d_ff`` gives ``L = 2 d + d_ff`` (``6 d`` for
     BERT's ``d_ff = 4 d``).
+
+    Raises:
+        ValueError: a size that is not a positive int.
     """
-    check_positive_int("d_model", d_model)
-    check_positive_int("d_ff", d_ff)
+    d_model = check_positive_int("d_model", d_model)
+    d_ff = check_positive_int("d_ff", d_ff)
     return 2 * d_model + d_ff

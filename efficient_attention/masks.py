@@ -16,22 +16,35 @@ Window semantics, used everywhere in this package (as flash-attn's
 ``window_size``): ``window=(left, right)`` lets query ``i`` attend key ``j``
 iff ``i - left <= j <= i + right``. An int ``w`` means ``(w, w)``; causal
 local attention is ``(w, 0)``; a centred window of 3 keys is ``(1, 1)``.
+
+A mask function built for one batch (``key_padding``: one length per batch
+row) carries that batch size as its ``batch`` attribute; the combinators keep
+it and ``create_mask`` refuses any other ``batch``, so a padding mask can never
+be evaluated for the wrong rows.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from ._validation import (
+    check_device,
     check_non_negative_int,
     check_positive_int,
     check_window,
 )
 
 MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+_FAR = 2**62
+"""Farther than any two positions of a tensor are apart. Window sides,
+dilations, strides, block sizes and token counts are capped at it before
+they meet int64 index tensors, where a larger Python int would overflow
+(an error from 2**63 on, a silently wrong mask just below it)."""
 
 __all__ = [
     "MaskMod",
@@ -83,12 +96,13 @@ def sliding_window(window: int | tuple[int, int]) -> MaskMod:
         ``window=(1, 1)``, 4 tokens: query 0 sees keys {0, 1}, query 2 sees
         {1, 2, 3}.
     """
-    left, right = check_window(window)
+    left, right = (min(side, _FAR) for side in check_window(window))
 
     def sliding_window_mask(
         b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
     ) -> Tensor:
-        return (kv_idx >= q_idx - left) & (kv_idx <= q_idx + right)
+        offset = q_idx - kv_idx  # i - j: keys behind the query are > 0
+        return (offset <= left) & (-offset <= right)
 
     return sliding_window_mask
 
@@ -112,13 +126,15 @@ def dilated_sliding_window(
         ValueError: a window side below 0 or a dilation below 1.
     """
     left, right = check_window(window)
-    check_positive_int("dilation", dilation)
+    dilation = check_positive_int("dilation", dilation)
+    behind, ahead = min(left * dilation, _FAR), min(right * dilation, _FAR)
+    dilation = min(dilation, _FAR)
 
     def dilated_window_mask(
         b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
     ) -> Tensor:
         offset = q_idx - kv_idx
-        in_reach = (offset <= left * dilation) & (-offset <= right * dilation)
+        in_reach = (offset <= behind) & (-offset <= ahead)
         return in_reach & (offset % dilation == 0)
 
     return dilated_window_mask
@@ -206,7 +222,7 @@ def strided(stride: int) -> MaskMod:
     Raises:
         ValueError: ``stride`` is not an int >= 1.
     """
-    check_positive_int("stride", stride)
+    stride = min(check_positive_int("stride", stride), _FAR)
 
     def strided_mask(
         b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
@@ -222,7 +238,7 @@ def block_local(block_size: int) -> MaskMod:
     Raises:
         ValueError: ``block_size`` is not an int >= 1.
     """
-    check_positive_int("block_size", block_size)
+    block_size = min(check_positive_int("block_size", block_size), _FAR)
 
     def block_local_mask(
         b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
@@ -240,17 +256,17 @@ def global_tokens(tokens: int | Sequence[int] | Tensor) -> MaskMod:
     Args:
         tokens: an int ``n`` makes the first ``n`` positions global (a [CLS]
             token is ``1``); a sequence or 1-D tensor of positions makes those
-            positions global.
+            positions global (an empty one: none, as ``0``).
 
     Raises:
-        ValueError: a negative count or position, or a tensor that is not 1-D
-            integers.
+        ValueError: a negative count or position, or positions that are not
+            a 1-D sequence of ints.
 
     Alone it is the "star" pattern; ``or_masks`` it with a window for
     Longformer.
     """
-    if isinstance(tokens, int) and not isinstance(tokens, bool):
-        count = check_non_negative_int("tokens", tokens)
+    if isinstance(tokens, numbers.Integral) and not isinstance(tokens, bool):
+        count = min(check_non_negative_int("tokens", tokens), _FAR)
 
         def first_tokens_global(
             b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
@@ -275,25 +291,37 @@ def global_tokens(tokens: int | Sequence[int] | Tensor) -> MaskMod:
 def key_padding(lengths: Sequence[int] | Tensor) -> MaskMod:
     """Batch row ``b`` has ``lengths[b]`` real tokens; later keys are padding.
 
-    Query ``i`` of row ``b`` attends key ``j`` iff ``j < lengths[b]``. Pass
-    ``batch=len(lengths)`` to ``create_mask`` to get one mask per row.
+    Query ``i`` of row ``b`` attends key ``j`` iff ``j < lengths[b]``. The
+    mask function only makes sense for a batch of ``len(lengths)`` rows: it
+    carries that number as its ``batch`` attribute, and ``create_mask``
+    needs ``batch=len(lengths)`` (it raises a ValueError otherwise).
 
     Raises:
-        ValueError: ``lengths`` is not a 1-D sequence of ints >= 0.
+        ValueError: ``lengths`` is empty or not a 1-D sequence of ints >= 0.
+
+    Example:
+        ``create_mask(key_padding([2, 5]), 3, 5, batch=2)`` has shape
+        ``(2, 1, 3, 5)``; row 0 attends keys 0 and 1, row 1 all five.
     """
     lengths = _non_negative_ints("lengths", lengths)
+    if not len(lengths):
+        raise ValueError(
+            "lengths must hold one length per batch row; got an empty "
+            "sequence."
+        )
 
     def key_padding_mask(
         b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
     ) -> Tensor:
         return kv_idx < lengths.to(kv_idx.device)[b]
 
+    key_padding_mask.batch = len(lengths)
     return key_padding_mask
 
 
 def and_masks(*mask_mods: MaskMod) -> MaskMod:
     """A key is allowed iff all of ``mask_mods`` allow it (intersection)."""
-    _check_mask_mods(mask_mods, "and_masks")
+    batch = _check_mask_mods(mask_mods, "and_masks")
 
     def all_of(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         result = mask_mods[0](b, h, q_idx, kv_idx)
@@ -301,12 +329,12 @@ def and_masks(*mask_mods: MaskMod) -> MaskMod:
             result = result & mask_mod(b, h, q_idx, kv_idx)
         return result
 
-    return all_of
+    return _with_batch(all_of, batch)
 
 
 def or_masks(*mask_mods: MaskMod) -> MaskMod:
     """A key is allowed iff at least one of ``mask_mods`` allows it (union)."""
-    _check_mask_mods(mask_mods, "or_masks")
+    batch = _check_mask_mods(mask_mods, "or_masks")
 
     def any_of(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         result = mask_mods[0](b, h, q_idx, kv_idx)
@@ -314,19 +342,19 @@ def or_masks(*mask_mods: MaskMod) -> MaskMod:
             result = result | mask_mod(b, h, q_idx, kv_idx)
         return result
 
-    return any_of
+    return _with_batch(any_of, batch)
 
 
 def invert(mask_mod: MaskMod) -> MaskMod:
     """A key is allowed iff ``mask_mod`` forbids it (complement)."""
-    _check_mask_mods((mask_mod,), "invert")
+    batch = _check_mask_mods((mask_mod,), "invert")
 
     def inverted(
         b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
     ) -> Tensor:
         return ~mask_mod(b, h, q_idx, kv_idx)
 
-    return inverted
+    return _with_batch(inverted, batch)
 
 
 def create_mask(
@@ -345,7 +373,9 @@ def create_mask(
         L: number of queries. S: number of keys.
         batch, heads: when given, the mask gets that leading dimension; when
             None, the dimension is left out and ``mask_mod`` is evaluated with
-            ``b = 0`` / ``h = 0``.
+            ``b = 0`` / ``h = 0``. A mask function built for a batch
+            (``key_padding``) needs ``batch`` equal to its ``batch``
+            attribute.
         device: where to build the mask (default: CPU).
 
     Returns:
@@ -354,28 +384,38 @@ def create_mask(
         scores of shape ``(batch, heads, L, S)``.
 
     Raises:
-        ValueError: ``L``, ``S``, ``batch`` or ``heads`` not positive ints, or
-            a ``mask_mod`` that does not return a bool tensor of a
-            broadcastable shape.
+        ValueError: ``L``, ``S``, ``batch`` or ``heads`` not positive ints, a
+            ``batch`` other than the one ``mask_mod`` was built for, a device
+            name torch does not know, or a ``mask_mod`` that does not return
+            a bool tensor of a broadcastable shape.
 
     Complexity: ``O(L * S)`` time and memory; it is for drawing and for the
     dense reference, not for the fast path of a sparse variant.
     """
-    _check_mask_mods((mask_mod,), "create_mask")
-    check_positive_int("L", L)
-    check_positive_int("S", S)
+    needed_batch = _check_mask_mods((mask_mod,), "create_mask")
+    L = check_positive_int("L", L)
+    S = check_positive_int("S", S)
+    if heads is not None:
+        heads = check_positive_int("heads", heads)
+    if batch is not None:
+        batch = check_positive_int("batch", batch)
+    if needed_batch is not None and batch != needed_batch:
+        raise ValueError(
+            f"mask_mod was built for a batch of {needed_batch} rows (by "
+            f"key_padding, one length per row) but create_mask got "
+            f"batch={batch}; pass batch={needed_batch} (= len(lengths)) so "
+            f"that each batch row gets its own mask."
+        )
+    if device is not None:
+        device = check_device("device", device)
     b = torch.zeros((), dtype=torch.long, device=device)
     h = torch.zeros((), dtype=torch.long, device=device)
     shape = [L, S]
     if heads is not None:
-        h = torch.arange(
-            check_positive_int("heads", heads), device=device
-        ).view(-1, 1, 1)
+        h = torch.arange(heads, device=device).view(-1, 1, 1)
         shape.insert(0, heads)
     if batch is not None:
-        b = torch.arange(
-            check_positive_int("batch", batch), device=device
-        ).view(-1, 1, 1, 1)
+        b = torch.arange(batch, device=device).view(-1, 1, 1, 1)
         shape = [batch, heads or 1, L, S]
     q_idx = torch.arange(L, device=device).view(L, 1)  # (L, 1)
     kv_idx = torch.arange(S, device=device).view(1, S)  # (1, S)
@@ -398,11 +438,23 @@ def create_mask(
 
 
 def _non_negative_ints(name: str, values: Sequence[int] | Tensor) -> Tensor:
-    """``values`` as a 1-D integer tensor, or a ValueError naming ``name``."""
-    tensor = torch.as_tensor(values)
+    """``values`` as a 1-D integer tensor, or a ValueError naming ``name``.
+
+    An empty sequence gives an empty integer tensor.
+    """
+    try:
+        tensor = torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(
+            f"{name} must be a 1-D sequence of ints (each below 2**63); "
+            f"got {values!r}."
+        ) from error
+    if tensor.dim() == 1 and tensor.numel() == 0:
+        return tensor.long()  # torch.as_tensor([]) is float32
     if (
         tensor.dim() != 1
         or tensor.is_floating_point()
+        or tensor.is_complex()
         or tensor.dtype == torch.bool
     ):
         raise ValueError(
@@ -413,7 +465,13 @@ def _non_negative_ints(name: str, values: Sequence[int] | Tensor) -> Tensor:
     return tensor
 
 
-def _check_mask_mods(mask_mods: tuple, caller: str) -> None:
+def _check_mask_mods(mask_mods: tuple, caller: str) -> int | None:
+    """Check ``mask_mods`` and return the batch they were built for, if any.
+
+    Raises:
+        ValueError: no mask function, one that is not callable, or two built
+            for different batches.
+    """
     if not mask_mods:
         raise ValueError(f"{caller} needs at least one mask function.")
     for mask_mod in mask_mods:
@@ -424,6 +482,21 @@ def _check_mask_mods(mask_mods: tuple, caller: str) -> None:
                 f"got {type(mask_mod).__name__}. "
                 f"Did you pass a mask tensor instead?"
             )
+    batches = {getattr(m, "batch", None) for m in mask_mods} - {None}
+    if len(batches) > 1:
+        raise ValueError(
+            f"{caller} got mask functions built for different batches "
+            f"{sorted(batches)} (key_padding lengths of different counts); "
+            f"give every key_padding one length per row of the same batch."
+        )
+    return batches.pop() if batches else None
+
+
+def _with_batch(mask_mod: MaskMod, batch: int | None) -> MaskMod:
+    """``mask_mod``, marked as built for ``batch`` rows when not None."""
+    if batch is not None:
+        mask_mod.batch = batch
+    return mask_mod
 
 
 def example_patterns(

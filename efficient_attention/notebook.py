@@ -15,27 +15,65 @@ import random
 import numpy as np
 import torch
 
+from ._validation import check_device, check_seed
 
-def pick_device(prefer: str | None = None) -> torch.device:
+RUNNABLE_DEVICES = ("cpu", "cuda", "mps")
+"""The device types ``pick_device`` hands out: those that compute."""
+
+
+def pick_device(prefer: str | torch.device | None = None) -> torch.device:
     """The device to run on: ``prefer`` if given, else CUDA if any, else CPU.
 
+    Args:
+        prefer: ``"cpu"``, ``"cuda"``, ``"cuda:<index>"``, ``"mps"`` or a
+            ``torch.device``; None picks CUDA when available, else the CPU.
+
+    Returns:
+        a ``torch.device`` this machine has.
+
     Raises:
-        ValueError: ``prefer`` names a device this machine does not have.
+        ValueError: ``prefer`` is not a device name, names a device this
+            machine does not have (CUDA or a CUDA index, Apple's MPS), or one
+            that does not compute (``meta``) or that this package does not
+            support.
     """
     if prefer is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(prefer)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    device = check_device("prefer", prefer)
+    if device.type not in RUNNABLE_DEVICES:
         raise ValueError(
-            f"device {prefer!r} was asked for "
-            f"but CUDA is not available here; use 'cpu' "
-            f"or None to pick automatically."
+            f"prefer={str(prefer)!r} is not a device to compute on here: use "
+            f"one of {', '.join(RUNNABLE_DEVICES)}, or None to pick "
+            f"automatically."
+        )
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"prefer={str(prefer)!r} was asked for "
+                f"but CUDA is not available here; use 'cpu' "
+                f"or None to pick automatically."
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"prefer={str(prefer)!r} was asked for but this machine has "
+                f"{count} CUDA device(s), cuda:0 to cuda:{count - 1}."
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"prefer={str(prefer)!r} was asked for but Apple's MPS is not "
+            f"available here; use 'cpu' or None to pick automatically."
         )
     return device
 
 
 def setup_notebook(seed: int = 0) -> None:
-    """Seed Python, NumPy and PyTorch; make figures PNG in the book's style."""
+    """Seed Python, NumPy and PyTorch; make figures PNG in the book's style.
+
+    Raises:
+        ValueError: ``seed`` is not an int in ``[0, 2**32)`` (NumPy's range).
+    """
+    seed = check_seed("seed", seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -11,10 +11,13 @@ from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from torch import Tensor
+
+from ._validation import check_positive_int
 
 BOOK_STYLE = {
     "figure.dpi": 100,
@@ -38,17 +41,70 @@ def use_book_style() -> None:
 
 
 def _as_2d_array(name: str, matrix: Tensor | np.ndarray) -> np.ndarray:
-    array = (
-        matrix.detach().cpu().numpy()
-        if isinstance(matrix, Tensor)
-        else np.asarray(matrix)
-    )
+    """``matrix`` as a non-empty 2-D NumPy array of bools, ints or floats.
+
+    Tensors of dtypes NumPy lacks (bfloat16) become float32 first.
+    """
+    if isinstance(matrix, Tensor):
+        if matrix.device.type == "meta":
+            raise ValueError(
+                f"{name} is on the meta device and holds no values to draw; "
+                f"compute it on 'cpu' or 'cuda'."
+            )
+        matrix = matrix.detach().cpu()
+        if matrix.dtype == torch.bfloat16:
+            matrix = matrix.float()
+        array = matrix.numpy()
+    else:
+        array = np.asarray(matrix)
     if array.ndim != 2:
         raise ValueError(
             f"{name} must be 2-D (L, S); got shape {array.shape}. "
             f"Select one batch row and head first, e.g. {name}[0, 0]."
         )
+    if array.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{name} must hold real numbers or bools; got dtype {array.dtype}."
+        )
+    if array.size == 0:
+        raise ValueError(
+            f"{name} is empty (shape {array.shape}); there is nothing to draw."
+        )
     return array
+
+
+def _allowed(mask: Tensor | np.ndarray) -> np.ndarray:
+    """A bool or additive mask as a bool array: True = may attend.
+
+    Raises:
+        ValueError: integers other than 0 and 1, or floats other than 0,
+            -inf and the dtype's most negative value (an additive mask).
+    """
+    array = _as_2d_array("mask", mask)
+    if array.dtype.kind == "b":
+        return array
+    if array.dtype.kind in "iu":
+        if not np.isin(array, (0, 1)).all():
+            raise ValueError(
+                "an integer mask must hold only 0 and 1 (1 = may attend); "
+                "use plot_heatmap to draw other numbers."
+            )
+        return array.astype(bool)
+    dtype = mask.dtype if isinstance(mask, Tensor) else array.dtype
+    lowest = (
+        torch.finfo(dtype).min
+        if isinstance(dtype, torch.dtype)
+        else np.finfo(dtype).min
+    )  # bfloat16's is not float32's, so read it before the conversion
+    blocked = np.isneginf(array) | (array == lowest)
+    if not (blocked | (array == 0)).all():
+        raise ValueError(
+            "a float mask is drawn as an additive mask: 0 = may attend, "
+            "-inf (or the dtype's most negative value) = blocked; this one "
+            "holds other values. Draw weights with plot_heatmap, or pass a "
+            "bool mask (e.g. weights > 0)."
+        )
+    return ~blocked
 
 
 def plot_mask(
@@ -57,11 +113,24 @@ def plot_mask(
     ax: Axes | None = None,
     title: str | None = None,
 ) -> Axes:
-    """Draw a boolean ``(L, S)`` mask: dark where query ``i`` may attend ``j``.
+    """Draw an ``(L, S)`` mask: dark where query ``i`` may attend ``j``.
 
-    The title (if given) gets the share of allowed pairs appended.
+    Args:
+        mask: a bool mask (True = may attend, as SDPA's), an integer mask of
+            0 and 1 (1 = may attend), or an additive float mask as SDPA
+            adds it to the scores: 0 = may attend, ``-inf`` (or the dtype's
+            most negative value, as Hugging Face masks use) = blocked.
+        ax: the axes to draw on (default: a new figure).
+        title: the title; the share of allowed pairs is appended to it.
+
+    Returns:
+        the axes.
+
+    Raises:
+        ValueError: a mask that is not 2-D, is empty, or holds other
+            numbers (attention weights: draw those with ``plot_heatmap``).
     """
-    array = _as_2d_array("mask", mask).astype(bool)
+    array = _allowed(mask)
     ax = ax or plt.figure(figsize=(3.2, 3.2)).gca()
     ax.imshow(array, cmap=MASK_COLORS, vmin=0, vmax=1, interpolation="nearest")
     ax.grid(False)
@@ -81,9 +150,20 @@ def plot_mask(
 def plot_mask_gallery(
     masks: Mapping[str, Tensor], *, ncols: int = 4
 ) -> Figure:
-    """Draw several ``(L, S)`` masks side by side, titled by their names."""
+    """Draw several ``(L, S)`` masks side by side, titled by their names.
+
+    Raises:
+        ValueError: ``masks`` is not a non-empty mapping of names to masks,
+            or ``ncols`` is not a positive int.
+    """
+    if not isinstance(masks, Mapping):
+        raise ValueError(
+            f"masks must map names to masks, e.g. {{'causal': mask}}; got "
+            f"{type(masks).__name__}."
+        )
     if not masks:
         raise ValueError("masks must hold at least one named mask.")
+    ncols = check_positive_int("ncols", ncols)
     nrows = -(-len(masks) // ncols)
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(3.0 * ncols, 3.6 * nrows), squeeze=False
@@ -106,7 +186,11 @@ def plot_heatmap(
 ) -> Axes:
     """Draw an ``(L, S)`` matrix of attention weights.
 
-    Row ``i`` is query ``i``; column ``j`` is key ``j``.
+    Row ``i`` is query ``i``; column ``j`` is key ``j``. Any real dtype
+    works, bfloat16 included (drawn as float32).
+
+    Raises:
+        ValueError: ``weights`` is not 2-D, is empty, or is not real.
     """
     array = _as_2d_array("weights", weights)
     ax = ax or plt.figure(figsize=(4.0, 3.4)).gca()
@@ -143,7 +227,17 @@ def plot_scaling(
             value (e.g. ``1e3`` for ms).
         guides: draw dashed lines of these slopes (``L^1``, ``L^2``) through
             the first point.
+
+    Raises:
+        ValueError: no records, or no record has the key ``y``.
     """
+    if not records:
+        raise ValueError("records must hold at least one record to plot.")
+    if not any(y in r for r in records):
+        raise ValueError(
+            f"no record has the key y={y!r}; the records have "
+            f"{sorted(set().union(*records))}."
+        )
     ax = ax or plt.figure().gca()
     variants = list(dict.fromkeys(r["variant"] for r in records))
     anchor = None

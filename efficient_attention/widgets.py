@@ -31,7 +31,7 @@ def draw_pattern(
         ValueError: an unknown pattern name or a bad parameter (the mask
             functions say which).
     """
-    check_positive_int("length", length)
+    length = check_positive_int("length", length)
     patterns = masks.example_patterns(
         window=window,
         dilation=dilation,
@@ -52,18 +52,26 @@ def draw_pattern(
 def mask_explorer(length: int = 32):
     """An interactive pattern viewer.
 
-    A dropdown of patterns and sliders for their parameters.
+    A dropdown of patterns and sliders for their parameters. The length
+    slider runs from 8 to 128 tokens, widened to include ``length``.
+
+    Raises:
+        ValueError: ``length`` is not a positive int.
     """
     import ipywidgets as widgets
     from IPython.display import display
 
-    check_positive_int("length", length)
+    length = check_positive_int("length", length)
     controls = {
         "name": widgets.Dropdown(
             options=list(masks.example_patterns()), description="pattern"
         ),
         "length": widgets.IntSlider(
-            value=length, min=8, max=128, step=8, description="length"
+            value=length,
+            min=min(8, length),
+            max=max(128, length),
+            step=8,
+            description="length",
         ),
         "window": widgets.IntSlider(
             value=2, min=0, max=16, description="window"

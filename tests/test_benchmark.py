@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,11 +21,35 @@ def test_time_callable_measures_a_known_duration():
 
 
 def test_time_callable_uses_all_threads():
-    seen = []
-    benchmark.time_callable(
-        lambda: seen.append(torch.get_num_threads()), min_run_time=0.01
+    # Timer runs on 1 thread unless told otherwise: with 3 torch threads set
+    # here (more than 1 on any machine), the timed call must see 3.
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        seen = []
+        benchmark.time_callable(
+            lambda: seen.append(torch.get_num_threads()), min_run_time=0.01
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {3}
+
+
+@pytest.mark.parametrize(
+    "min_run_time", [math.inf, -math.inf, math.nan, 0, -1.0, True, "0.1"]
+)
+def test_time_callable_refuses_endless_or_meaningless_run_times(
+    min_run_time,
+):
+    with pytest.raises(ValueError, match="min_run_time must be a positive"):
+        benchmark.time_callable(lambda: None, min_run_time=min_run_time)
+
+
+def test_time_callable_takes_numpy_seconds():
+    timing = benchmark.time_callable(
+        lambda: None, min_run_time=np.float32(0.01)
     )
-    assert set(seen) == {torch.get_num_threads()}
+    assert timing.runs > 0
 
 
 def test_cpu_peak_memory_counts_what_is_alive_at_once():
@@ -83,6 +109,58 @@ def test_sweep_returns_plain_records():
         )
         assert record["device"] == "cpu" and record["dtype"] == "float32"
         assert record["threads"] == torch.get_num_threads()
+
+
+def quick_sweep(lengths, **kwargs):
+    return benchmark.sweep(
+        {"noop": lambda *args: None},
+        lengths,
+        lambda L: (L,),
+        min_run_time=0.001,
+        measure_memory=False,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize(
+    "make_lengths",
+    [
+        lambda: [16, 8, 32],
+        lambda: (16, 8, 32),
+        lambda: (L for L in (16, 8, 32)),
+        lambda: np.array([16, 8, 32]),
+        lambda: range(16, 33, 8),
+    ],
+    ids=["list", "tuple", "generator", "numpy", "range"],
+)
+def test_sweep_takes_lengths_in_any_iterable(make_lengths):
+    expected = list(make_lengths())
+    records = quick_sweep(make_lengths())
+    assert [r["L"] for r in records] == expected
+    assert all(type(r["L"]) is int for r in records)
+    assert all(r["status"] == "ok" and r["runs"] > 0 for r in records)
+
+
+@pytest.mark.parametrize(
+    "lengths", [[8, 16, 8], np.array([8, 8]), (L for L in (4, 4))]
+)
+def test_sweep_refuses_repeated_lengths(lengths):
+    with pytest.raises(ValueError, match="lengths must be distinct"):
+        quick_sweep(lengths)
+
+
+def test_sweep_refuses_inputs_that_cannot_be_timed():
+    with pytest.raises(ValueError, match="must return a tuple"):
+        benchmark.sweep(
+            {"x": print}, [4], lambda L: torch.ones(L), min_run_time=0.01
+        )
+    with pytest.raises(ValueError, match="tensor on meta"):
+        benchmark.sweep(
+            {"x": print},
+            [4],
+            lambda L: (torch.ones(L, device="meta"),),
+            min_run_time=0.01,
+        )
 
 
 def test_pooled_timing_takes_the_median_of_all_blocks():
@@ -171,6 +249,27 @@ def test_sweep_records_out_of_memory_and_reraises_other_errors():
         )
 
 
+def test_attention_inputs_take_numpy_numbers_and_dtype_names():
+    first = benchmark.attention_inputs(
+        np.int64(6), heads=np.int32(2), head_dim=np.int64(4), seed=np.int64(7)
+    )
+    again = benchmark.attention_inputs(6, heads=2, head_dim=4, seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    bf16 = benchmark.attention_inputs(6, dtype="bfloat16")
+    assert all(t.dtype == torch.bfloat16 for t in bf16)
+
+
+def test_loglog_slope_takes_iterables_and_refuses_what_has_no_slope():
+    xs = np.array([256, 512, 1024])
+    assert benchmark.loglog_slope(
+        (x for x in xs), (float(x) ** 2 for x in xs)
+    ) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="distinct x"):
+        benchmark.loglog_slope([512, 512], [1.0, 2.0])
+    with pytest.raises(ValueError, match="finite positive numbers"):
+        benchmark.loglog_slope([1, 2], [1.0, math.inf])
+
+
 def test_loglog_slope():
     xs = [256, 512, 1024, 2048]
     assert benchmark.loglog_slope(xs, [x**2 for x in xs]) == pytest.approx(2.0)
@@ -226,6 +325,8 @@ def test_format_records_gives_ratios_to_the_baseline():
     table = benchmark.format_records(records).splitlines()
     assert table[1].split()[-1] == "1.00" and table[2].split()[-1] == "3.00"
     assert "out of memory" in table[3]
+    with pytest.raises(ValueError, match="at least one record"):
+        benchmark.format_records([])
 
 
 def test_command_line(capsys):
@@ -241,6 +342,50 @@ def test_command_line(capsys):
         ("32", "sdpa"),
         ("32", "dense"),
     ]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        ("--lengths -5", "--lengths: must be a positive int; got '-5'"),
+        ("--lengths 0", "--lengths: must be a positive int; got '0'"),
+        ("--lengths 64 32 64", "--lengths: each value must come once"),
+        ("--batch 0", "--batch: must be a positive int"),
+        ("--heads -1", "--heads: must be a positive int"),
+        ("--head-dim 0", "--head-dim: must be a positive int"),
+        ("--rounds 0", "--rounds: must be a positive int"),
+        ("--min-run-time 0", "--min-run-time: must be a finite number"),
+        ("--min-run-time inf", "--min-run-time: must be a finite number"),
+        ("--min-run-time nan", "--min-run-time: must be a finite number"),
+        ("--variants dense dense", "--variants: each value must come once"),
+        ("--device meta", "--device: prefer='meta' is not a device"),
+        ("--device tpu", "--device: prefer='tpu' is not a device name"),
+        ("--device cuda:99", "--device"),
+        ("--device mps", "--device"),
+    ],
+)
+def test_command_line_bad_arguments_are_usage_errors(
+    argv, message, capsys, monkeypatch
+):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("nothing may run after a bad argument")
+
+    monkeypatch.setattr(benchmark, "sweep", must_not_run)
+    monkeypatch.setattr(benchmark, "hardware_summary", must_not_run)
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(argv.split())
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "usage:" in captured.err and message in captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_command_line_refuses_cuda_without_a_gpu(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "CUDA is not available" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -274,6 +419,48 @@ def test_command_line(capsys):
         (
             lambda: benchmark.attention_inputs(8, heads=0),
             "heads must be a positive int",
+        ),
+        (
+            lambda: benchmark.attention_inputs(8, dtype=torch.long),
+            "dtype must be a floating-point dtype",
+        ),
+        (
+            lambda: benchmark.attention_inputs(8, dtype="float33"),
+            "dtype must be a torch.dtype",
+        ),
+        (
+            lambda: benchmark.attention_inputs(8, seed=1.5),
+            r"seed must be an int in \[0, 2\*\*32\)",
+        ),
+        (
+            lambda: benchmark.attention_inputs(8, seed=-1),
+            r"seed must be an int in \[0, 2\*\*32\)",
+        ),
+        (
+            lambda: benchmark.attention_inputs(8, device="meta"),
+            "prefer='meta' is not a device",
+        ),
+        (
+            lambda: benchmark.describe_hardware("meta"),
+            "prefer='meta' is not a device",
+        ),
+        (
+            lambda: benchmark.sweep({"x": print}, 8, lambda L: ()),
+            "lengths must be an iterable",
+        ),
+        (
+            lambda: benchmark.sweep({"x": print}, [8], None),
+            "make_inputs must be a function",
+        ),
+        (
+            lambda: benchmark.sweep(
+                {"x": print}, [8], lambda L: (), min_run_time=math.inf
+            ),
+            "min_run_time must be a positive, finite",
+        ),
+        (
+            lambda: benchmark.sweep([print], [8], lambda L: ()),
+            "variants must name at least one callable",
         ),
     ],
 )

@@ -4,6 +4,9 @@ against PyTorch's.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -55,6 +58,27 @@ def test_crossover_length_balances_attention_and_the_rest(d_model, d_ff):
     assert parts["attention"] == parts["projections"] + parts["feed_forward"]
     below = cost.encoder_layer_flops(L // 2, d_model, 1, d_ff)
     assert below["attention"] < below["projections"] + below["feed_forward"]
+
+
+def test_numpy_sizes_give_exact_python_ints():
+    # 2 * 2^22 * 2^22 * 2^22 overflows int64: NumPy would wrap around
+    L = S = np.int64(2**22)
+    flops = cost.attention_flops(L, S, np.int64(2**21))
+    assert type(flops) is int and flops == 2 * 2**22 * 2**22 * 2**22
+    assert cost.score_matrix_bytes(np.int32(8), np.int64(4)) == 128
+    parts = cost.encoder_layer_flops(np.int64(10), np.int64(64), 4, 256)
+    assert parts == cost.encoder_layer_flops(10, 64, 4, 256)
+    assert all(type(v) is int for v in parts.values())
+    assert cost.attention_crossover_length(np.int64(384), 1536) == 2304
+
+
+def test_score_matrix_bytes_takes_dtype_names():
+    assert cost.score_matrix_bytes(8, 4, dtype="bfloat16") == 64
+    assert cost.score_matrix_bytes(8, 4, dtype="torch.float64") == 256
+    with pytest.raises(ValueError, match="dtype must be a torch.dtype"):
+        cost.score_matrix_bytes(8, 4, dtype="float33")
+    with pytest.raises(ValueError, match="dtype must be a torch.dtype"):
+        cost.score_matrix_bytes(8, 4, dtype=4)
 
 
 def test_cost_bad_input():
@@ -118,6 +142,73 @@ def test_encoder_layer_attention_is_swappable():
     )
     fused(x)
     assert calls == [(2, 4, 9, 8)]
+
+
+def test_encoder_layer_in_float64_equals_pytorch_layer():
+    torch.manual_seed(0)
+    layer = ea.EncoderLayer(np.int64(16), np.int64(2), 32).to(torch.float64)
+    reference = copy_into_torch_layer(layer.float(), 16, 2, 32).double()
+    layer = layer.double()
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), reference(x))
+
+
+@pytest.mark.parametrize(
+    "hidden,message",
+    [
+        (
+            torch.randn(2, 9, 32, dtype=torch.float64),
+            r"dtype torch.float64 but the layer's weights are torch.float32; "
+            r"call layer.to\(torch.float64\)",
+        ),
+        (
+            torch.randn(2, 9, 32).bfloat16(),
+            r"call layer.to\(torch.bfloat16\)",
+        ),
+        (
+            torch.ones(2, 9, 32, dtype=torch.long),
+            r"convert it with hidden.to\(torch.float32\)",
+        ),
+        (
+            torch.ones(2, 9, 32, device="meta"),
+            "hidden is on meta but the layer's weights are on cpu",
+        ),
+    ],
+    ids=["float64", "bfloat16", "int64", "meta"],
+)
+def test_encoder_layer_input_that_does_not_fit_its_weights(hidden, message):
+    with pytest.raises(ValueError, match=message):
+        ea.EncoderLayer(32, 4, 64)(hidden)
+
+
+@pytest.mark.parametrize(
+    "attention,got",
+    [
+        (lambda q, k, v: q[..., :1], r"got shape \(2, 4, 9, 1\)"),
+        (lambda q, k, v: q.transpose(1, 2), r"got shape \(2, 9, 4, 8\)"),
+        (lambda q, k, v: q.double(), "dtype torch.float64"),
+        (lambda q, k, v: None, "got NoneType"),
+    ],
+)
+def test_encoder_layer_names_the_shape_attention_must_return(attention, got):
+    layer = ea.EncoderLayer(32, 4, 64, attention=attention)
+    with pytest.raises(ValueError, match=r"\(B, H, L, E\) = \(2, 4, 9, 8\)"):
+        layer(torch.randn(2, 9, 32))
+    with pytest.raises(ValueError, match=got):
+        layer(torch.randn(2, 9, 32))
+
+
+@pytest.mark.parametrize("eps", ["x", None, 0, -1e-5, math.nan, math.inf])
+def test_encoder_layer_norm_eps_must_be_a_positive_number(eps):
+    with pytest.raises(ValueError, match="layer_norm_eps must be"):
+        ea.EncoderLayer(32, 4, 64, layer_norm_eps=eps)
+
+
+def test_encoder_layer_norm_eps_takes_numpy_numbers():
+    layer = ea.EncoderLayer(32, 4, 64, layer_norm_eps=np.float32(1e-5))
+    assert layer.attention_norm.eps == pytest.approx(1e-5)
+    assert type(layer.attention_norm.eps) is float
 
 
 def test_encoder_layer_bad_input():

@@ -5,6 +5,7 @@ Also what they do with bad input.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.nn.attention.flex_attention import create_mask as flex_create_mask
@@ -106,6 +107,92 @@ def test_key_padding_per_batch_row():
     assert mask[1, 0].sum(-1).tolist() == [4, 4, 4]
 
 
+@pytest.mark.parametrize("batch", [None, 1, 3])
+def test_key_padding_refuses_any_batch_but_its_own(batch):
+    padding = masks.key_padding([2, 5])
+    assert padding.batch == 2
+    with pytest.raises(ValueError, match=r"pass batch=2 \(= len\(lengths\)\)"):
+        masks.create_mask(padding, 3, 5, batch=batch)
+
+
+def test_key_padding_keeps_its_batch_through_the_combinators():
+    padding = masks.key_padding([2, 5])
+    combined = [
+        masks.and_masks(masks.causal, padding),
+        masks.or_masks(masks.sliding_window(0), padding),
+        masks.invert(padding),
+        masks.and_masks(masks.full, masks.or_masks(padding, masks.causal)),
+    ]
+    for mask_mod in combined:
+        with pytest.raises(ValueError, match="pass batch=2"):
+            masks.create_mask(mask_mod, 3, 5)
+        assert masks.create_mask(mask_mod, 3, 5, batch=2).shape == (
+            2,
+            1,
+            3,
+            5,
+        )
+    torch.testing.assert_close(
+        masks.create_mask(masks.invert(padding), 3, 5, batch=2),
+        ~masks.create_mask(padding, 3, 5, batch=2),
+    )
+    with pytest.raises(ValueError, match="different batches"):
+        masks.and_masks(padding, masks.key_padding([1, 2, 3]))
+
+
+def test_numpy_scalars_work_wherever_ints_do():
+    i64, i32 = np.int64, np.int32
+    pairs = [
+        (masks.sliding_window(i64(2)), masks.sliding_window(2)),
+        (masks.sliding_window((i64(2), i32(1))), masks.sliding_window((2, 1))),
+        (
+            masks.dilated_sliding_window(i32(1), i64(2)),
+            masks.dilated_sliding_window(1, 2),
+        ),
+        (masks.strided(i64(3)), masks.strided(3)),
+        (masks.block_local(i64(4)), masks.block_local(4)),
+        (masks.global_tokens(i64(2)), masks.global_tokens(2)),
+        (masks.global_tokens(np.array([1, 4])), masks.global_tokens([1, 4])),
+    ]
+    for ours, plain in pairs:
+        torch.testing.assert_close(
+            masks.create_mask(
+                ours, i64(7), i32(9), batch=i64(2), heads=i64(3)
+            ),
+            masks.create_mask(plain, 7, 9, batch=2, heads=3),
+        )
+    patterns = masks.example_patterns(window=i64(1), n_global=i64(1))
+    assert set(patterns) == set(masks.example_patterns())
+
+
+@pytest.mark.parametrize("far", [2**62, 2**63 - 2, 2**63, 2**64, 2**70])
+def test_reach_beyond_int64_is_unbounded_not_wrapped(far):
+    # Python ints meet int64 index tensors: no overflow, no wrap-around
+    L = S = 5
+    everything = torch.ones(L, S, dtype=torch.bool)
+    diagonal = torch.eye(L, dtype=torch.bool)
+    cases = [
+        (masks.sliding_window(far), everything),
+        (masks.sliding_window((0, far)), ~everything.tril(-1)),
+        (masks.sliding_window((far, 0)), everything.tril()),
+        (masks.dilated_sliding_window((far, far), 1), everything),
+        (masks.dilated_sliding_window((1, 1), far), diagonal),
+        (masks.strided(far), diagonal),
+        (masks.block_local(far), everything),
+        (masks.global_tokens(far), everything),
+    ]
+    for mask_mod, expected in cases:
+        assert torch.equal(masks.create_mask(mask_mod, L, S), expected)
+
+
+def test_empty_global_token_list_means_no_global_tokens():
+    torch.testing.assert_close(
+        masks.create_mask(masks.global_tokens([]), 4, 5),
+        masks.create_mask(masks.global_tokens(0), 4, 5),
+    )
+    assert not masks.create_mask(masks.global_tokens([]), 4, 5).any()
+
+
 @pytest.mark.parametrize(
     "batch,heads,shape",
     [
@@ -170,6 +257,20 @@ def test_key_padding_and_listed_globals_match_flex_attention():
             "lengths must be a 1-D sequence",
         ),
         (lambda: masks.key_padding([-1]), "lengths must be >= 0"),
+        (lambda: masks.key_padding([]), "lengths must hold one length"),
+        (lambda: masks.key_padding(["a"]), "lengths must be a 1-D sequence"),
+        (lambda: masks.key_padding(None), "lengths must be a 1-D sequence"),
+        (
+            lambda: masks.global_tokens([None]),
+            "global token positions must be a 1-D sequence",
+        ),
+        (lambda: masks.sliding_window(np.float32(1)), "window must be an int"),
+        (lambda: masks.strided(np.float64(2)), "stride must be a positive"),
+        (lambda: masks.block_local(True), "block_size must be a positive"),
+        (
+            lambda: masks.create_mask(masks.causal, 4, 4, device="gpu"),
+            "device='gpu' is not a device name",
+        ),
         (lambda: masks.and_masks(), "needs at least one mask function"),
         (
             lambda: masks.or_masks(torch.ones(2, 2)),

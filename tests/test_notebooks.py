@@ -92,6 +92,31 @@ def test_code_lines_fit_the_page(path):
             )
 
 
+SHOW_SOURCE = re.compile(r"^ea\.show_source\(([\w.]+)\)$")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=name_of)
+def test_committed_source_listings_show_the_current_source(path):
+    # nbval compares a show_source cell's Markdown with the committed one:
+    # a change to the function shown must update that output too.
+    import efficient_attention as ea
+    from efficient_attention.notebook import source_markdown
+
+    for cell in json.loads(path.read_text())["cells"]:
+        found = SHOW_SOURCE.match("".join(cell["source"]).strip())
+        if cell["cell_type"] != "code" or not found:
+            continue
+        shown = eval(found.group(1), {"ea": ea})
+        (output,) = cell["outputs"]
+        assert "".join(output["data"]["text/markdown"]) == source_markdown(
+            shown
+        ), (
+            f"{found.group(0)}: the committed listing is stale; write "
+            f"source_markdown({found.group(1)}) into that cell's output "
+            f"(or run make execute)"
+        )
+
+
 def make_notebook(**cell_fields) -> dict:
     notebook = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_code_cell("x = 1")

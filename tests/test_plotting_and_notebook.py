@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -33,6 +35,44 @@ def test_plot_mask_draws_the_mask_and_its_density():
     assert "58% of pairs" in ax.get_title()  # 21 of 36
 
 
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+)
+@pytest.mark.parametrize("blocked", ["-inf", "lowest"])
+def test_plot_mask_draws_an_additive_mask_like_its_bool_mask(dtype, blocked):
+    mask = masks.create_mask(masks.causal, 6, 6)
+    value = -math.inf if blocked == "-inf" else torch.finfo(dtype).min
+    additive = torch.zeros(6, 6, dtype=dtype).masked_fill(~mask, value)
+    ax = plotting.plot_mask(additive, title="causal")
+    assert np.array_equal(ax.images[0].get_array(), mask.numpy())
+    assert "58% of pairs" in ax.get_title()
+
+
+def test_plot_mask_draws_an_integer_mask_of_zeros_and_ones():
+    mask = masks.create_mask(masks.causal, 6, 6)
+    ax = plotting.plot_mask(mask.long())
+    assert np.array_equal(ax.images[0].get_array(), mask.numpy())
+
+
+@pytest.mark.parametrize(
+    "weights,message",
+    [
+        (torch.full((4, 4), 0.25), "a float mask is drawn as an additive"),
+        (torch.eye(4), "a float mask is drawn as an additive"),
+        (torch.zeros(4, 4).fill_diagonal_(math.nan), "additive"),
+        (torch.arange(16).view(4, 4), "integer mask must hold only 0 and 1"),
+        (
+            torch.ones(4, 0, dtype=torch.bool),
+            r"mask is empty \(shape \(4, 0\)",
+        ),
+        (torch.ones(4, 4, device="meta"), "meta device"),
+    ],
+)
+def test_plot_mask_refuses_what_is_not_a_mask(weights, message):
+    with pytest.raises(ValueError, match=message):
+        plotting.plot_mask(weights)
+
+
 def test_plot_mask_rejects_batched_masks():
     with pytest.raises(
         ValueError, match=r"must be 2-D \(L, S\); got shape \(2, 1, 4, 4\)"
@@ -53,6 +93,41 @@ def test_heatmap_shows_the_weights():
     weights = torch.softmax(torch.randn(5, 7), -1)
     ax = plotting.plot_heatmap(weights, title="w")
     assert np.allclose(ax.images[0].get_array(), weights.numpy())
+
+
+def test_heatmap_draws_bfloat16_the_package_returns():
+    q = torch.randn(6, 8).bfloat16()
+    weights = ea.effective_attention(ea.dense_attention, q, q)
+    assert weights.dtype == torch.bfloat16
+    ax = plotting.plot_heatmap(weights)
+    assert np.array_equal(ax.images[0].get_array(), weights.float().numpy())
+
+
+@pytest.mark.parametrize(
+    "weights,message",
+    [
+        (torch.ones(3, 0), "empty"),
+        (torch.ones(3, 3, dtype=torch.complex64), "real numbers"),
+        (torch.ones(3, 3, device="meta"), "meta device"),
+    ],
+)
+def test_heatmap_refuses_what_it_cannot_draw(weights, message):
+    with pytest.raises(ValueError, match=message):
+        plotting.plot_heatmap(weights)
+
+
+def test_gallery_and_scaling_bad_input():
+    mask = masks.create_mask(masks.causal, 4, 4)
+    with pytest.raises(ValueError, match="ncols must be a positive int"):
+        plotting.plot_mask_gallery({"causal": mask}, ncols=0)
+    with pytest.raises(ValueError, match="masks must map names to masks"):
+        plotting.plot_mask_gallery([mask])
+    with pytest.raises(ValueError, match="at least one record"):
+        plotting.plot_scaling([])
+    with pytest.raises(ValueError, match="no record has the key y='median'"):
+        plotting.plot_scaling(
+            [{"variant": "a", "L": 8, "median_s": 1.0}], y="median"
+        )
 
 
 def test_plot_scaling_one_line_per_variant_plus_guides():
@@ -76,16 +151,40 @@ def test_plot_scaling_one_line_per_variant_plus_guides():
     ]  # the missing value is skipped
 
 
-def test_draw_pattern_and_explorer():
+def test_draw_pattern():
     fig = widgets.draw_pattern("dilated window", 16, window=2, dilation=3)
     expected = masks.create_mask(masks.dilated_sliding_window(2, 3), 16, 16)
     assert np.array_equal(fig.axes[0].images[0].get_array(), expected.numpy())
     with pytest.raises(ValueError, match="unknown pattern 'diagonal'"):
         widgets.draw_pattern("diagonal", 16)
-    explorer = widgets.mask_explorer()
-    pattern = explorer.children[0].children[0]
-    pattern.value = "block local"  # re-renders through the widget's callback
-    assert "block local" in pattern.options
+    fig = widgets.draw_pattern("causal", np.int64(5))
+    assert fig.axes[0].images[0].get_array().shape == (5, 5)
+
+
+def test_explorer_redraws_with_the_controls_values(monkeypatch):
+    drawn = []
+
+    def record(**values):
+        drawn.append(values)
+        return plt.figure()
+
+    monkeypatch.setattr(widgets, "draw_pattern", record)
+    explorer = widgets.mask_explorer(length=24)
+    pattern, length, window = explorer.children[0].children[:3]
+    assert drawn[-1]["name"] == "full" and drawn[-1]["length"] == 24
+    pattern.value = "block local"
+    assert drawn[-1]["name"] == "block local"
+    window.value = 5
+    assert drawn[-1]["window"] == 5 and drawn[-1]["name"] == "block local"
+    length.value = 64
+    assert drawn[-1]["length"] == 64
+
+
+@pytest.mark.parametrize("length", [3, 300])
+def test_explorer_starts_at_the_length_asked_for(length, monkeypatch):
+    monkeypatch.setattr(widgets, "draw_pattern", lambda **v: plt.figure())
+    slider = widgets.mask_explorer(length=length).children[0].children[1]
+    assert slider.value == length
 
 
 def test_source_markdown_shows_the_package_function():
@@ -106,11 +205,60 @@ def test_setup_notebook_seeds_everything():
     assert plt.rcParams["axes.spines.top"] is False
 
 
-def test_pick_device():
-    assert ea.pick_device("cpu").type == "cpu"
-    assert ea.pick_device().type == (
-        "cuda" if torch.cuda.is_available() else "cpu"
-    )
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            ea.pick_device("cuda")
+@pytest.mark.parametrize("seed", [np.int64(3), np.uint32(3), 3])
+def test_setup_notebook_takes_any_integral_seed(seed):
+    ea.setup_notebook(seed=seed)
+    first = torch.rand(2)
+    ea.setup_notebook(seed=3)
+    assert torch.equal(first, torch.rand(2))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, "0", None, True])
+def test_setup_notebook_bad_seed(seed):
+    with pytest.raises(
+        ValueError, match=r"seed must be an int in \[0, 2\*\*32\)"
+    ):
+        ea.setup_notebook(seed=seed)
+
+
+def pretend(monkeypatch, *, cuda: int = 0, mps: bool = False) -> None:
+    """Make this machine look as if it had ``cuda`` GPUs and MPS or not."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+
+def test_pick_device_prefers_cuda_when_there_is_one(monkeypatch):
+    pretend(monkeypatch, cuda=2)
+    assert ea.pick_device() == torch.device("cuda")
+    assert ea.pick_device("cuda:1") == torch.device("cuda:1")
+    assert ea.pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="has 2 CUDA device"):
+        ea.pick_device("cuda:2")
+    pretend(monkeypatch, cuda=0)
+    assert ea.pick_device() == torch.device("cpu")
+    assert ea.pick_device(torch.device("cpu")) == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    "prefer,message",
+    [
+        ("cuda", "CUDA is not available"),
+        ("cuda:0", "CUDA is not available"),
+        ("mps", "MPS is not available"),
+        ("meta", "prefer='meta' is not a device to compute on"),
+        ("xla", "prefer='xla' is not a device to compute on"),
+        ("gpu", "prefer='gpu' is not a device name"),
+        ("", "prefer='' is not a device name"),
+        (0, "prefer must be a device name"),
+    ],
+)
+def test_pick_device_refuses_what_is_not_here(prefer, message, monkeypatch):
+    pretend(monkeypatch, cuda=0, mps=False)
+    with pytest.raises(ValueError, match=message):
+        ea.pick_device(prefer)
+
+
+def test_pick_device_gives_mps_where_there_is_one(monkeypatch):
+    pretend(monkeypatch, cuda=0, mps=True)
+    assert ea.pick_device("mps") == torch.device("mps")

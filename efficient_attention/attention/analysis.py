@@ -34,8 +34,9 @@ def effective_attention(
         ``(..., L, S)``: row ``i`` holds the weight query ``i`` gives each key.
 
     Raises:
-        ValueError: ``fn`` is not callable, or ``query``/``key`` are not
-            tensors of rank >= 2 (``fn`` itself checks the rest).
+        ValueError: ``fn`` is not callable, ``query``/``key`` are not
+            tensors of rank >= 2, or ``kwargs`` holds ``value`` (the
+            identity is the value); ``fn`` itself checks the rest.
 
     Complexity: one call of ``fn`` with ``Ev = S``; memory ``O(L * S)``.
 
@@ -45,6 +46,11 @@ def effective_attention(
     if not callable(fn):
         raise ValueError(
             f"fn must be an attention function; got {type(fn).__name__}."
+        )
+    if "value" in kwargs:
+        raise ValueError(
+            "effective_attention feeds the identity matrix as value; call "
+            "it without value= (multiply its result by your value instead)."
         )
     check_sequence("query", query)
     check_sequence("key", key)

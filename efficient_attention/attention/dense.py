@@ -15,7 +15,12 @@ import math
 import torch
 from torch import Tensor
 
-from .._validation import check_attn_mask, check_qkv, check_scale
+from .._validation import (
+    check_attn_mask,
+    check_bool,
+    check_qkv,
+    check_scale,
+)
 
 
 def dense_attention(
@@ -33,17 +38,28 @@ def dense_attention(
         query: ``(..., L, E)``. key: ``(..., S, E)``. value: ``(..., S, Ev)``.
         attn_mask: broadcastable to ``(..., L, S)``; bool (True = may attend)
             or a float tensor of the query's dtype added to the scores.
-        is_causal: query ``i`` attends keys ``j <= i`` (cannot be combined with
-            ``attn_mask``: combine the masks with ``masks.and_masks`` instead).
-        scale: multiplies ``Q K^T``; None means ``1 / sqrt(E)``.
+            An additive mask holds finite numbers or ``-inf``, never NaN or
+            ``+inf``.
+        is_causal: True or False; True: query ``i`` attends keys ``j <= i``
+            (cannot be combined with ``attn_mask``: combine the masks with
+            ``masks.and_masks`` instead).
+        scale: a finite real number that multiplies ``Q K^T``; None means
+            ``1 / sqrt(E)``.
 
     Returns:
         ``(..., L, Ev)``, in the query's dtype. A query with no key to attend
-        returns zeros.
+        returns zeros (all its keys masked by False or ``-inf``, or
+        ``S = 0``).
 
     Raises:
-        ValueError: shapes, dtypes or devices that do not fit, a mask that
-            does not broadcast, or both ``attn_mask`` and ``is_causal``.
+        ValueError: shapes, dtypes or devices that do not fit, ``E = 0``, a
+            mask that does not broadcast or holds NaN or ``+inf``, an
+            ``is_causal`` that is not a bool, a scale that is not a finite
+            real number, both ``attn_mask`` and ``is_causal``, or scores
+            that are not finite (``query`` or ``key`` holding inf or NaN,
+            or so large, with the scale, that ``Q K^T * scale`` overflows:
+            SDPA would return NaN). Inf or NaN in ``value`` reach the
+            output, as in any weighted sum.
 
     Shape:
         ``...`` any leading dimensions (batch ``B``, heads ``H``), ``L``
@@ -57,11 +73,14 @@ def dense_attention(
 
     Equivalent to:
         ``F.scaled_dot_product_attention(query, key, value,
-        attn_mask=attn_mask, is_causal=is_causal, scale=scale)``, except that
-        rows with nothing to attend give zeros instead of NaN.
+        attn_mask=attn_mask, is_causal=is_causal, scale=scale)``. Rows with
+        nothing to attend give zeros here on every PyTorch version; SDPA of
+        the pinned torch 2.13 also gives zeros there (bool and ``-inf``
+        masks, tested), where some earlier versions gave NaN.
     """
     check_qkv(query, key, value)
-    check_scale(scale)
+    scale = check_scale(scale)
+    check_bool("is_causal", is_causal)
     if attn_mask is not None and is_causal:
         raise ValueError(
             "pass either attn_mask or is_causal=True, not both (as in SDPA); "
@@ -82,6 +101,13 @@ def dense_attention(
 
     # (..., L, E) @ (..., E, S) -> (..., L, S)
     scores = (q * scale) @ k.transpose(-2, -1)
+    if scores.device.type != "meta" and not scores.isfinite().all():
+        raise ValueError(
+            f"the scores query @ key^T * scale hold inf or NaN, which would "
+            f"make the output NaN: query or key hold inf or NaN, or they "
+            f"and the scale ({scale:g}) are too large for {compute_dtype} "
+            f"(its largest value is {torch.finfo(compute_dtype).max:g})."
+        )
     no_key = None
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
