@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import platform
 import sys
@@ -45,6 +46,18 @@ VARIANTS: dict[str, Callable[..., Tensor]] = {
 
 ``sdpa`` is the baseline.
 """
+
+LOCAL_VARIANTS = (
+    "sliding-window",
+    "sdpa-mask",
+    "flex",
+    "local-attention",
+    "longformer",
+    "natten",
+)
+"""Variants of the command line that time a ``--window``: the package's
+``sliding_window_attention`` and the peers of ``efficient_attention.peers``
+(with ``--causal`` only ``sliding-window``)."""
 
 DTYPES = {
     "float32": torch.float32,
@@ -346,7 +359,8 @@ def sweep(
         one plain dict per (length, variant): ``variant, L, median_s, iqr_s,
         min_s, runs, peak_bytes, status, device, dtype, threads``. A variant
         that runs out of memory gets ``status="out of memory"`` and None for
-        the numbers.
+        the numbers; one that raises ``NotImplementedError`` (it cannot run
+        that length or here) gets ``status="skipped: <its message>"``.
 
     Raises:
         ValueError: no variants, a variant that is not callable, no lengths,
@@ -389,7 +403,11 @@ def sweep(
                     continue
                 if round_index == 0:
                     record.update(_context(inputs))
-                timing = _time_or_none(fn, inputs, min_run_time)
+                try:
+                    timing = _time_or_none(fn, inputs, min_run_time)
+                except NotImplementedError as error:
+                    record["status"] = f"skipped: {error}"
+                    continue
                 if timing is None:
                     record["status"] = "out of memory"
                     continue
@@ -595,6 +613,19 @@ def _positive_int_argument(text: str) -> int:
         ) from None
 
 
+def _non_negative_int_argument(text: str) -> int:
+    """argparse type: an int >= 0, or a usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be an int >= 0; got {text!r}"
+        )
+    return value
+
+
 def _positive_seconds_argument(text: str) -> float:
     """argparse type: a finite number of seconds > 0, or a usage error."""
     try:
@@ -616,7 +647,23 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
-        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS)
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=[*VARIANTS, *LOCAL_VARIANTS],
+        help="what to time; the local ones need --window",
+    )
+    parser.add_argument(
+        "--window",
+        type=_non_negative_int_argument,
+        default=None,
+        help="keys on each side of the query, W: window (W, W), or (W, 0) "
+        "with --causal",
+    )
+    parser.add_argument(
+        "--causal",
+        action="store_true",
+        help="causal attention: sdpa with is_causal=True, windows (W, 0)",
     )
     parser.add_argument(
         "--lengths",
@@ -669,14 +716,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         device = timing_device(args.device)
     except ValueError as error:
         parser.error(f"argument --device: {error}")
+    local = [name for name in args.variants if name in LOCAL_VARIANTS]
+    if local and args.window is None:
+        parser.error(f"the variants {local} need --window")
+    if args.causal and set(local) - {"sliding-window"}:
+        parser.error(
+            "with --causal only sdpa, dense and sliding-window are timed"
+        )
     dtype = DTYPES[args.dtype]
     print(hardware_summary(device, dtype))
     print(
         f"shape (batch, heads, L, head_dim) = "
         f"({args.batch}, {args.heads}, L, {args.head_dim})"
     )
+    if args.window is not None:
+        side = (args.window, 0) if args.causal else (args.window, args.window)
+        print(f"window (left, right) = {side}")
     records = sweep(
-        {name: VARIANTS[name] for name in args.variants},
+        {name: _variant(name, args) for name in args.variants},
         args.lengths,
         lambda L: attention_inputs(
             L,
@@ -691,6 +748,37 @@ def main(argv: Sequence[str] | None = None) -> None:
         rounds=args.rounds,
     )
     print(format_records(records))
+
+
+def _variant(name: str, args: argparse.Namespace) -> Callable[..., Tensor]:
+    """The function the command line times for variant ``name``."""
+    if name in VARIANTS:
+        if args.causal:
+            return functools.partial(VARIANTS[name], is_causal=True)
+        return VARIANTS[name]
+    from . import peers
+    from .attention import sliding_window_attention
+
+    w = args.window
+    if name == "sliding-window":
+        window = (w, 0) if args.causal else (w, w)
+        return functools.partial(sliding_window_attention, window=window)
+    builders = {
+        "sdpa-mask": lambda L, device: peers.sdpa_masked_attention(
+            w, L, device
+        ),
+        "flex": lambda L, device: peers.flex_attention(w, L, device),
+        "local-attention": lambda L, device: peers.local_attention_package(
+            w, L
+        ),
+        "longformer": lambda L, device: peers.longformer_attention(
+            w, L, args.heads, args.head_dim
+        ),
+        "natten": lambda L, device: peers.natten_attention(
+            w, L, args.batch * args.heads
+        ),
+    }
+    return peers.per_length(builders[name])
 
 
 if __name__ == "__main__":

@@ -34,8 +34,11 @@ from . import masks
 AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-class PeerUnavailable(RuntimeError):
-    """A peer cannot run here; the message says why."""
+class PeerUnavailable(NotImplementedError):
+    """A peer cannot run here; the message says why.
+
+    A ``NotImplementedError``, so ``benchmark.sweep`` records it as skipped.
+    """
 
 
 def _import(module: str, package: str):
@@ -141,7 +144,12 @@ def longformer_attention(w: int, L: int, heads: int, head_dim: int):
     return longformer
 
 
-def natten_attention(w: int):
+NATTEN_CPU_LIMIT_BYTES = 2**31
+"""On a CPU NATTEN builds the whole score matrix; above this size (2 GiB)
+``natten_attention`` declines rather than risk the machine's memory."""
+
+
+def natten_attention(w: int, L: int | None = None, heads: int = 1):
     """NATTEN's 1-D neighbourhood attention, kernel ``2w + 1``.
 
     Its windows shift at the borders: compare with ``border="shift"``. On a
@@ -149,6 +157,17 @@ def natten_attention(w: int):
     whole ``L x L`` score matrix.
     """
     natten = _import("natten", "natten")
+    if L is not None and 2 * w + 1 > L:
+        raise PeerUnavailable(
+            f"NATTEN needs the window's {2 * w + 1} keys to fit in the "
+            f"sequence; got L={L}."
+        )
+    if L is not None and 4 * L * L * heads > NATTEN_CPU_LIMIT_BYTES:
+        raise PeerUnavailable(
+            f"NATTEN's CPU path would build a "
+            f"{4 * L * L * heads / 2**30:.0f} GiB score matrix at L={L} "
+            f"with {heads} heads (the limit here is 2 GiB)."
+        )
 
     def neighbourhood(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
         q, k, v = (t.transpose(1, 2).contiguous() for t in (query, key, value))
@@ -160,6 +179,31 @@ def natten_attention(w: int):
         return out.transpose(1, 2)
 
     return neighbourhood
+
+
+def per_length(
+    build: Callable[[int, torch.device], AttentionFn],
+) -> AttentionFn:
+    """``fn(query, key, value)`` that builds its peer on first use at each
+    length ``L`` and device (``build(L, device)``), then reuses it.
+
+    Raises ``PeerUnavailable`` (when called) where the peer cannot run.
+    """
+    built: dict[tuple[int, torch.device], AttentionFn | str] = {}
+
+    def run(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        where = (query.shape[-2], query.device)
+        if where not in built:
+            try:
+                built[where] = build(*where)
+            except PeerUnavailable as error:
+                built[where] = str(error)
+        peer = built[where]
+        if isinstance(peer, str):
+            raise PeerUnavailable(peer)
+        return peer(query, key, value)
+
+    return run
 
 
 def local_peers(
@@ -179,7 +223,7 @@ def local_peers(
         "longformer chunks": lambda: longformer_attention(
             w, L, heads, head_dim
         ),
-        "natten": lambda: natten_attention(w),
+        "natten": lambda: natten_attention(w, L, heads),
     }
     peers: dict[str, AttentionFn | str] = {}
     for name, build in builders.items():
