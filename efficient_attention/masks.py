@@ -163,9 +163,10 @@ def shifted_window(
         ``window=(1, 1)``, 5 keys: query 0 sees keys {0, 1, 2} (clipped:
         {0, 1}), query 4 sees {2, 3, 4}.
     """
-    left, right = check_window(window)
-    check_positive_int("length", length)
-    check_positive_int("dilation", dilation)
+    # Past the length, wider windows change nothing.
+    length = min(check_positive_int("length", length), _FAR // 4)
+    left, right = (min(side, length) for side in check_window(window))
+    dilation = min(check_positive_int("dilation", dilation), _FAR)
     span = left + right + 1
 
     def shifted_window_mask(

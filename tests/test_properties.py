@@ -544,6 +544,98 @@ def dense_bad_kwargs(p: Problem) -> st.SearchStrategy[tuple[dict, str]]:
     )
 
 
+def local_heads(p: Problem) -> int | None:
+    """Heads a per-head window list can name: dimension -3 of the query."""
+    return p.lead[-1] if p.lead and p.lead[-1] else None
+
+
+@st.composite
+def local_kwargs(draw, p: Problem) -> dict:
+    side = reach(0, 12)
+    one = side | st.tuples(side, side)
+    heads = local_heads(p)
+    window = one
+    dilation = reach(1, 4)
+    if heads is not None:
+        window = one | st.lists(st.tuples(side, side), min_size=heads,
+                                max_size=heads)
+        dilation = dilation | st.lists(reach(1, 4), min_size=heads,
+                                       max_size=heads)
+    backends = ["auto", "torch"]
+    if p.dtype != torch.float64:  # the kernel computes in float32
+        backends.append("kernel")
+    kwargs = {
+        "window": draw(window),
+        "border": draw(st.sampled_from(["clip", "shift"])),
+        "backend": draw(st.sampled_from(backends)),
+    }
+    if draw(st.booleans()):
+        kwargs["dilation"] = draw(dilation)
+    return {**kwargs, **draw(scales())}
+
+
+def local_mask(kwargs: dict, p: Problem) -> Tensor:
+    if not (p.L and p.S):
+        return torch.zeros(p.L, p.S, dtype=torch.bool)
+    window, dilation = kwargs["window"], kwargs.get("dilation", 1)
+    border = kwargs["border"]
+
+    def one(w, d):
+        if border == "shift":
+            return masks.shifted_window(w, p.S, d)
+        return masks.dilated_sliding_window(w, d)
+
+    if not isinstance(window, list) and not isinstance(dilation, list):
+        return masks.create_mask(one(window, dilation), p.L, p.S)
+    heads = local_heads(p)
+    windows = window if isinstance(window, list) else [window] * heads
+    dilations = dilation if isinstance(dilation, list) else [dilation] * heads
+    mods = [one(w, d) for w, d in zip(windows, dilations)]
+    return masks.create_mask(masks.per_head(*mods), p.L, p.S, heads=heads)
+
+
+def local_bad_kwargs(p: Problem) -> st.SearchStrategy[tuple[dict, str]]:
+    good = {"window": 2}
+    wrong_count = [(1, 1)] * ((local_heads(p) or 0) + 1)
+    return st.one_of(
+        st.tuples(
+            st.one_of(
+                not_non_negative_ints(),
+                st.tuples(st.integers(-5, -1), st.integers(0, 3)),
+                st.just((1, 2, 3)),
+                st.just(wrong_count),
+            ).map(lambda w: {"window": w}),
+            st.just("window"),
+        ),
+        st.tuples(
+            st.one_of(
+                # a list is a per-head dilation: [1] can be valid
+                not_positive_ints().filter(lambda d: not isinstance(d, list)),
+                st.just([1] * 9),
+            ).map(lambda d: {**good, "dilation": d}),
+            st.just("dilation"),
+        ),
+        st.tuples(
+            st.sampled_from(["wrap", None, 1]).map(
+                lambda b: {**good, "border": b}
+            ),
+            st.just("border"),
+        ),
+        st.tuples(
+            st.sampled_from(["gpu", None]).map(
+                lambda b: {**good, "backend": b}
+            ),
+            st.just("backend"),
+        ),
+        st.tuples(
+            not_finite_reals()
+            .filter(lambda x: x is not None)
+            .map(lambda x: {**good, "scale": x}),
+            st.just("scale"),
+        ),
+    )
+
+
 VARIANTS = [
     Variant(
         "dense_attention",
@@ -551,6 +643,13 @@ VARIANTS = [
         dense_kwargs,
         dense_mask,
         dense_bad_kwargs,
+    ),
+    Variant(
+        "sliding_window_attention",
+        ea.sliding_window_attention,
+        local_kwargs,
+        local_mask,
+        local_bad_kwargs,
     ),
 ]
 

@@ -114,9 +114,12 @@ def sliding_window_attention(
         ``masks.per_head`` for per-head windows).
     """
     check_qkv(query, key, value)
-    check_scale(scale)
-    left, right = _per_head_windows(window, query)
-    dilation = _per_head_dilation(dilation, query)
+    scale = check_scale(scale)
+    # Sides wider than the sequences change nothing, nor does a dilation
+    # past their length; capping keeps the band and the integers small.
+    L, S = query.shape[-2], key.shape[-2]
+    left, right = _per_head_windows(window, query, cap=L + S)
+    dilation = _per_head_dilation(dilation, query, cap=max(L, S, 1))
     if border not in BORDERS:
         raise ValueError(
             f"border must be one of {BORDERS}; got {border!r}. 'clip' cuts "
@@ -124,10 +127,6 @@ def sliding_window_attention(
         )
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}.")
-    # Sides wider than the sequences change nothing; capping them keeps the
-    # band (and the kernel's integers) small.
-    cap = query.shape[-2] + key.shape[-2]
-    left, right = left.clamp(max=cap), right.clamp(max=cap)
     shift = border == "shift"
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] else 1.0
@@ -141,10 +140,11 @@ def sliding_window_attention(
 
 
 def _per_head_windows(
-    window: object, query: Tensor
+    window: object, query: Tensor, cap: int
 ) -> tuple[Tensor, Tensor]:
     """``window`` as two int64 tensors (left, right) that broadcast against
-    the leading dimensions of ``query``: shape ``()`` or ``(H,)``."""
+    the leading dimensions of ``query``: shape ``()`` or ``(H,)``; sides
+    are capped at ``cap``."""
     if isinstance(window, Tensor):
         window = window.tolist()
     is_pair_list = (
@@ -157,33 +157,30 @@ def _per_head_windows(
     )
     if not is_pair_list:
         left, right = check_window(window)
-        return torch.tensor(left), torch.tensor(right)
+        return torch.tensor(min(left, cap)), torch.tensor(min(right, cap))
     heads = _heads(query, "window", len(window))
     pairs = []
     for h, pair in enumerate(window):
         try:
-            pairs.append(check_window(tuple(pair)))
+            pairs.append([min(side, cap) for side in check_window(pair)])
         except ValueError as error:
             raise ValueError(f"window of head {h}: {error}") from None
     sides = torch.tensor(pairs, dtype=torch.int64).view(heads, 2)
     return sides[:, 0], sides[:, 1]
 
 
-def _per_head_dilation(dilation: object, query: Tensor) -> Tensor:
-    """``dilation`` as an int64 tensor of shape ``()`` or ``(H,)``."""
+def _per_head_dilation(dilation: object, query: Tensor, cap: int) -> Tensor:
+    """``dilation`` as an int64 tensor of shape ``()`` or ``(H,)``, capped
+    at ``cap``."""
     if isinstance(dilation, Tensor):
         dilation = dilation.tolist()
     if isinstance(dilation, Sequence) and not isinstance(dilation, str):
         _heads(query, "dilation", len(dilation))
-        values = [_positive_int("dilation", d) for d in dilation]
+        values = [
+            min(check_positive_int("dilation", d), cap) for d in dilation
+        ]
         return torch.tensor(values, dtype=torch.int64)
-    return torch.tensor(_positive_int("dilation", dilation))
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        value = int(value)
-    return check_positive_int(name, value)
+    return torch.tensor(min(check_positive_int("dilation", dilation), cap))
 
 
 def _heads(query: Tensor, name: str, count: int) -> int:
@@ -282,6 +279,11 @@ def _sliding_window_torch(
     """
     half = query.dtype in (torch.float16, torch.bfloat16)
     q, k, v = (t.float() if half else t for t in (query, key, value))
+    if q.numel() == 0 or k.numel() == 0 or v.numel() == 0:
+        # Nothing to attend (or to compute): zeros, still in the autograd
+        # graph of the inputs.
+        zeros = v.new_zeros(*q.shape[:-1], v.shape[-1])
+        return (zeros + 0 * (q.sum() + k.sum() + v.sum())).to(query.dtype)
     if dilation.dim() == 0:
         out = _dilated_band(q, k, v, left, right, int(dilation), shift, scale)
         return out.to(query.dtype)
@@ -371,6 +373,8 @@ def _band(
     v_band = v.unfold(-2, width, block).transpose(-2, -1)  # (..., nb, width, Ev)
     q_blocks = q.unflatten(-2, (nb, block))  # (..., nb, block, E)
     scores = (q_blocks * scale) @ k_band  # (..., nb, block, width)
+    if scores.device.type != "meta" and not scores.isfinite().all():
+        raise _not_finite(scale, scores.dtype)
 
     arange = lambda n: torch.arange(n, device=q.device)  # noqa: E731
     starts = arange(nb).view(nb, 1, 1) * block
@@ -390,6 +394,15 @@ def _band(
     weights = torch.softmax(scores.masked_fill(no_key, 0.0), dim=-1)
     out = (weights @ v_band).masked_fill(no_key, 0.0)  # (..., nb, block, Ev)
     return out.flatten(-3, -2)[..., :L, :]  # (..., L, Ev)
+
+
+def _not_finite(scale: float, dtype: torch.dtype) -> ValueError:
+    return ValueError(
+        f"the scores query @ key^T * scale hold inf or NaN, which would "
+        f"make the output NaN: query or key hold inf or NaN, or they and "
+        f"the scale ({scale:g}) are too large for {dtype} (its largest "
+        f"value is {torch.finfo(dtype).max:g})."
+    )
 
 
 def _sliding_window_kernel(
@@ -424,11 +437,14 @@ def _sliding_window_kernel(
         function.argtypes = [pointer] * 4 + [size] * 5 + [pointer] * 3 + [
             ctypes.c_int, ctypes.c_float, size, ctypes.c_int,
         ]
-    function(
+        function.restype = ctypes.c_int64
+    not_finite = function(
         q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
         BH, L, S, E, Ev, *(s.data_ptr() for s in per_head),
         int(shift), scale, 64, torch.get_num_threads(),
     )
+    if not_finite:
+        raise _not_finite(scale, torch.float32)
     return out.view(*lead, L, Ev).to(query.dtype)
 
 
@@ -463,9 +479,9 @@ class AdaptiveSpanAttention(nn.Module):
         causal: bool = False,
     ) -> None:
         super().__init__()
-        self.heads = _positive_int("heads", heads)
-        self.max_span = _positive_int("max_span", max_span)
-        self.ramp = _positive_int("ramp", ramp)
+        self.heads = check_positive_int("heads", heads)
+        self.max_span = check_positive_int("max_span", max_span)
+        self.ramp = check_positive_int("ramp", ramp)
         if not isinstance(causal, bool):
             raise ValueError(f"causal must be True or False; got {causal!r}.")
         self.causal = causal

@@ -165,9 +165,10 @@ struct Workspace {  // one per thread
 // One lane group: queries i = res + d * t for t in [t0, t0 + count), of
 // batch-head bh. With dilation d, the queries and keys of one residue
 // class res = i mod d form an ordinary (undilated) sliding window problem.
-static void lane_group(const Problem& pb, int64_t bh, int64_t res, int64_t d,
-                       int64_t left, int64_t right, int64_t t0, int count,
-                       Workspace& ws) {
+// Returns how many of its queries had scores that were not finite.
+static int64_t lane_group(const Problem& pb, int64_t bh, int64_t res,
+                          int64_t d, int64_t left, int64_t right, int64_t t0,
+                          int count, Workspace& ws) {
   const int64_t E = pb.E, Ev = pb.Ev;
   const int64_t n_keys = res < pb.S ? ceil_div(pb.S - res, d) : 0;
   int32_t lo[LANES], hi[LANES];
@@ -189,7 +190,7 @@ static void lane_group(const Problem& pb, int64_t bh, int64_t res, int64_t d,
   if (last <= first) {
     for (int r = 0; r < count; ++r)
       std::fill(out_rows[r], out_rows[r] + Ev, 0.f);
-    return;
+    return 0;
   }
 
   // Queries transposed to (E, LANES), scaled by scale * log2(e) so that
@@ -217,13 +218,17 @@ static void lane_group(const Problem& pb, int64_t bh, int64_t res, int64_t d,
       lo_v[h][l] = lo[h * VW + l];
       hi_v[h][l] = hi[h * VW + l];
     }
-  const vec minus_inf = splat(-INFINITY);
+  const vec minus_inf = splat(-INFINITY), plus_inf = splat(INFINITY);
   vec max[2] = {minus_inf, minus_inf};
+  ivec overflow[2] = {};  // lanes with a score that is inf or NaN
   for (int64_t j = 0; j < n; ++j) {
     const ivec key = isplat((int32_t)(first + j));
     for (int h = 0; h < 2; ++h) {
       float* s = scores + j * LANES + h * VW;
-      const vec masked = (key >= lo_v[h]) & (key < hi_v[h]) ? load(s) : minus_inf;
+      const vec score = load(s);
+      const ivec in_window = (key >= lo_v[h]) & (key < hi_v[h]);
+      overflow[h] |= in_window & ~((score < plus_inf) & (score > minus_inf));
+      const vec masked = in_window ? score : minus_inf;
       store(s, masked);
       max[h] = max[h] > masked ? max[h] : masked;
     }
@@ -243,12 +248,15 @@ static void lane_group(const Problem& pb, int64_t bh, int64_t res, int64_t d,
     rows[j] = pb.v + (bh * pb.S + res + d * (first + j)) * Ev;
   float* ot = ws.ot.data();
   tiles<ValueStep>(Ev, (const float*)scores, (const float* const*)rows, n, ot);
+  int64_t not_finite = 0;
   for (int r = 0; r < count; ++r) {
     const float total = sum[r / VW][r % VW];
+    not_finite += overflow[r / VW][r % VW] != 0;
     const float inv = total > 0.f ? 1.f / total : 0.f;
     for (int64_t col = 0; col < Ev; ++col)
       out_rows[r][col] = ot[col * LANES + r] * inv;
   }
+  return not_finite;
 }
 
 struct Task {
@@ -258,8 +266,9 @@ struct Task {
 // q (BH, L, E), k (BH, S, E), v (BH, S, Ev), out (BH, L, Ev): contiguous
 // float32. left, right, dilation: one value per batch-head, already
 // checked (>= 0, >= 0, >= 1) and capped at L + S by the caller. block:
-// queries per task (a multiple of LANES is best). Returns 0.
-extern "C" int sliding_window_forward(
+// queries per task (a multiple of LANES is best). Returns the number of
+// queries whose scores held inf or NaN (their rows are then not valid).
+extern "C" int64_t sliding_window_forward(
     const float* q, const float* k, const float* v, float* out, int64_t BH,
     int64_t L, int64_t S, int64_t E, int64_t Ev, const int64_t* left,
     const int64_t* right, const int64_t* dilation, int shift, float scale,
@@ -278,7 +287,8 @@ extern "C" int sliding_window_forward(
     widest = std::max(widest, std::min(LANES + left[bh] + right[bh],
                                        ceil_div(S, d)));
   }
-#pragma omp parallel num_threads(threads)
+  int64_t not_finite = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : not_finite)
   {
     Workspace ws;
     ws.qt.resize(E * LANES);
@@ -291,10 +301,11 @@ extern "C" int sliding_window_forward(
       for (int64_t t0 = task.t0; t0 < task.t0 + task.rows; t0 += LANES) {
         const int count =
             (int)std::min<int64_t>(LANES, task.t0 + task.rows - t0);
-        lane_group(pb, task.bh, task.res, dilation[task.bh], left[task.bh],
-                   right[task.bh], t0, count, ws);
+        not_finite +=
+            lane_group(pb, task.bh, task.res, dilation[task.bh],
+                       left[task.bh], right[task.bh], t0, count, ws);
       }
     }
   }
-  return 0;
+  return not_finite;
 }
