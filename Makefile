@@ -17,6 +17,10 @@ $(INSTALLED): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --editable .
+	@# Build the C++ kernels for this CPU now (seconds) rather than in the
+	@# middle of a timed chapter; without a compiler they say why, and the
+	@# package runs its PyTorch versions.
+	$(BIN)/python -c "from efficient_attention import cpu_kernels as k; print('sliding-window kernel:', k.status('sliding_window'))"
 	@# Flush the install to disk now: background writeback would skew the
 	@# timings that the chapters measure right after.
 	sync

@@ -4,10 +4,13 @@
   re-execution).
 - ``toc_files``: the pages ``_toc.yml`` lists.
 - ``notebook_problems``: the hygiene rules of DESIGN.md section 4.
+- ``LISTING_HEADER``, ``listed_object``: the package object a committed
+  ``ea.show_source`` listing shows.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import pathlib
 import re
@@ -95,3 +98,21 @@ def notebook_problems(
             if ABSOLUTE_PATH.search(json.dumps(output)):
                 problems.append(f"{where}: an absolute path in the output")
     return problems
+
+
+LISTING_HEADER = re.compile(
+    r"^`([\w.]+)` in `(efficient_attention/[\w/]+)\.py`"
+)
+"""The first line of an ``ea.show_source`` listing: the name and the file."""
+
+
+def listed_object(header: re.Match) -> object:
+    """The package object a show_source listing's header names."""
+    name, path = header.groups()
+    module = importlib.import_module(path.replace("/", "."))
+    if name == module.__name__:  # a listing of the whole module
+        return module
+    found = module
+    for part in name.split("."):  # a qualified name: Class.method
+        found = getattr(found, part)
+    return found

@@ -359,3 +359,26 @@ def check_device(name: str, value: object) -> torch.device:
             f"{name}={value!r} is not a device name; "
             f"use 'cpu', 'cuda' or 'cuda:<index>'."
         ) from error
+
+
+def check_finite_scores(scores: Tensor, scale: float) -> None:
+    """Raise ``scores_not_finite`` if the attention scores hold inf or NaN.
+
+    Reads only their minimum and maximum (NaN propagates to both), so no
+    temporary the size of ``scores`` is made.
+    """
+    if scores.device.type == "meta" or scores.numel() == 0:
+        return
+    low, high = torch.aminmax(scores)
+    if not bool(torch.isfinite(low) & torch.isfinite(high)):
+        raise scores_not_finite(scale, scores.dtype)
+
+
+def scores_not_finite(scale: float, dtype: torch.dtype) -> ValueError:
+    """The error for attention scores that hold inf or NaN."""
+    return ValueError(
+        f"the scores query @ key^T * scale hold inf or NaN, which would "
+        f"make the output NaN: query or key hold inf or NaN, or they and the "
+        f"scale ({scale:g}) are too large for {dtype} (its largest value is "
+        f"{torch.finfo(dtype).max:g})."
+    )

@@ -620,9 +620,7 @@ def _non_negative_int_argument(text: str) -> int:
     except ValueError:
         value = -1
     if value < 0:
-        raise argparse.ArgumentTypeError(
-            f"must be an int >= 0; got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"must be an int >= 0; got {text!r}")
     return value
 
 

@@ -62,7 +62,9 @@ def _cpu_flags() -> str:
 
 def _flag_sets() -> list[tuple[str, ...]]:
     """Flags to try in order: native code with OpenMP, then without."""
-    native = "-mcpu=native" if platform.machine() == "arm64" else "-march=native"
+    native = (
+        "-mcpu=native" if platform.machine() == "arm64" else "-march=native"
+    )
     return [
         (*BASE_FLAGS, native, "-fopenmp"),
         (*BASE_FLAGS, native),

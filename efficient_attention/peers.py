@@ -82,7 +82,9 @@ def flex_attention(w: int, L: int, device: torch.device | str = "cpu"):
     def window(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return (kv_idx >= q_idx - w) & (kv_idx <= q_idx + w)
 
-    block_mask = flex.create_block_mask(window, None, None, L, L, device=device)
+    block_mask = flex.create_block_mask(
+        window, None, None, L, L, device=device
+    )
 
     def flex_window(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
         return compiled(query, key, value, block_mask=block_mask)

@@ -317,8 +317,12 @@ def plot_tiles(
     for q0, q1, k0, k1 in tiles:
         ax.add_patch(
             plt.Rectangle(
-                (k0 - 0.5, q0 - 0.5), k1 - k0, q1 - q0,
-                fill=False, edgecolor="black", linewidth=0.6,
+                (k0 - 0.5, q0 - 0.5),
+                k1 - k0,
+                q1 - q0,
+                fill=False,
+                edgecolor="black",
+                linewidth=0.6,
             )
         )
     ax.grid(False)

@@ -43,7 +43,11 @@ def offset_copy(
         ValueError: a size below 1, no offsets, or an offset that is not an
             int in ``[1, length)``.
     """
-    for name, value in (("batch", batch), ("length", length), ("vocab", vocab)):
+    for name, value in (
+        ("batch", batch),
+        ("length", length),
+        ("vocab", vocab),
+    ):
         check_positive_int(name, value)
     offsets = list(offsets)
     if not offsets:

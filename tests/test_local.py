@@ -64,7 +64,12 @@ def test_equals_dense_with_the_window_mask(
     dtype = torch.float64 if backend == "torch" else torch.float32
     q, k, v = random_qkv(2, 3, L=L, S=S, dtype=dtype)
     out = ea.sliding_window_attention(
-        q, k, v, window=window, dilation=dilation, border=border,
+        q,
+        k,
+        v,
+        window=window,
+        dilation=dilation,
+        border=border,
         backend=backend,
     )
     mask = window_mask(window, L, S, dilation=dilation, border=border)
@@ -80,7 +85,12 @@ def test_one_window_per_head(backend, border):
     dilations = [1, 2, 1, 3]
     q, k, v = random_qkv(2, 4, L=40, S=40, dtype=torch.float32)
     out = ea.sliding_window_attention(
-        q, k, v, window=windows, dilation=dilations, border=border,
+        q,
+        k,
+        v,
+        window=windows,
+        dilation=dilations,
+        border=border,
         backend=backend,
     )
     mask = window_mask(
@@ -95,9 +105,7 @@ def test_one_window_per_head(backend, border):
 @pytest.mark.parametrize("lead", [(), (3,), (2, 3), (2, 1, 3)])
 def test_any_leading_dimensions(backend, lead):
     q, k, v = random_qkv(*lead, L=20, S=20, E=4, Ev=6, dtype=torch.float32)
-    out = ea.sliding_window_attention(
-        q, k, v, window=(3, 1), backend=backend
-    )
+    out = ea.sliding_window_attention(q, k, v, window=(3, 1), backend=backend)
     mask = window_mask((3, 1), 20, 20)
     assert out.shape == (*lead, 20, 6)
     torch.testing.assert_close(
@@ -152,7 +160,9 @@ def test_shift_gives_every_query_the_same_number_of_keys():
 
 
 def test_kernel_matches_torch_on_a_long_sequence():
-    q, k, v = random_qkv(1, 3, L=1000, S=1000, E=64, Ev=64, dtype=torch.float32)
+    q, k, v = random_qkv(
+        1, 3, L=1000, S=1000, E=64, Ev=64, dtype=torch.float32
+    )
     kw = dict(window=[(128, 128), (128, 0), (17, 40)], dilation=[1, 1, 4])
     torch.testing.assert_close(
         ea.sliding_window_attention(q, k, v, backend="kernel", **kw),
@@ -280,22 +290,24 @@ def test_bad_tensors_raise_a_clear_error():
 def test_encoder_layer_with_a_local_window_equals_the_masked_layer():
     torch.manual_seed(0)
     local_layer = ea.EncoderLayer(
-        32, 4, 64,
+        32,
+        4,
+        64,
         attention=functools.partial(
             ea.sliding_window_attention, window=(1, 1)
         ),
     )
     mask = window_mask((1, 1), 10, 10)
     masked_layer = ea.EncoderLayer(
-        32, 4, 64,
+        32,
+        4,
+        64,
         attention=functools.partial(ea.dense_attention, attn_mask=mask),
     )
     masked_layer.load_state_dict(local_layer.state_dict())
     hidden = torch.randn(2, 10, 32)
     with torch.no_grad():
-        torch.testing.assert_close(
-            local_layer(hidden), masked_layer(hidden)
-        )
+        torch.testing.assert_close(local_layer(hidden), masked_layer(hidden))
 
 
 def test_adaptive_span_mask_windows_and_loss():

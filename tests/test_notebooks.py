@@ -14,7 +14,12 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "book"))
-from notebook_tools import notebook_problems, toc_files  # noqa: E402
+from notebook_tools import (  # noqa: E402
+    LISTING_HEADER,
+    listed_object,
+    notebook_problems,
+    toc_files,
+)
 
 NOTEBOOKS = sorted(
     p
@@ -93,23 +98,6 @@ def test_code_lines_fit_the_page(path):
             )
 
 
-LISTING_HEADER = re.compile(
-    r"^`([\w.]+)` in `(efficient_attention/[\w/]+)\.py`"
-)
-
-
-def listed_object(header: re.Match) -> object:
-    """The package object a show_source listing's header names."""
-    name, path = header.groups()
-    module = importlib.import_module(path.replace("/", "."))
-    if name == module.__name__:  # a listing of the whole module
-        return module
-    found = module
-    for part in name.split("."):  # a qualified name: Class.method
-        found = getattr(found, part)
-    return found
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=name_of)
 def test_committed_source_listings_show_the_current_source(path):
     # nbval compares a show_source cell's Markdown with the committed one:
@@ -125,9 +113,8 @@ def test_committed_source_listings_show_the_current_source(path):
             if header is None:
                 continue
             assert listing == source_markdown(listed_object(header)), (
-                f"the committed listing of {header.group(1)} is stale: "
-                f"write notebook.source_markdown of it into that cell's "
-                f"output (or run make execute)"
+                f"the committed listing of {header.group(1)} is stale: run "
+                f"scripts/refresh_listings.py (or make execute)"
             )
 
 

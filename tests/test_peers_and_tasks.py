@@ -38,9 +38,7 @@ def test_peer_computes_the_same_window(name):
         pytest.skip(built)
     q, k, v = benchmark.attention_inputs(L, heads=2, head_dim=32)
     border = "shift" if name == "natten" else "clip"
-    expected = ea.sliding_window_attention(
-        q, k, v, window=w, border=border
-    )
+    expected = ea.sliding_window_attention(q, k, v, window=w, border=border)
     torch.testing.assert_close(built(q, k, v), expected, atol=1e-5, rtol=0)
 
 
@@ -54,7 +52,10 @@ def test_peers_say_why_they_cannot_run():
 
 def test_offset_copy_targets_are_the_tokens_offsets_back():
     tokens, targets = tasks.offset_copy(
-        3, 10, offsets=(1, 4), vocab=5,
+        3,
+        10,
+        offsets=(1, 4),
+        vocab=5,
         generator=torch.Generator().manual_seed(0),
     )
     assert tokens.shape == (3, 10) and targets.shape == (3, 10, 2)
@@ -63,7 +64,10 @@ def test_offset_copy_targets_are_the_tokens_offsets_back():
     assert torch.equal(targets[:, 4:, 1], tokens[:, :-4])
     assert (targets[:, :4, 1] == tasks.IGNORE).all()
     again, _ = tasks.offset_copy(
-        3, 10, offsets=(1, 4), vocab=5,
+        3,
+        10,
+        offsets=(1, 4),
+        vocab=5,
         generator=torch.Generator().manual_seed(0),
     )
     assert torch.equal(tokens, again)

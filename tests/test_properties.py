@@ -557,10 +557,12 @@ def local_kwargs(draw, p: Problem) -> dict:
     window = one
     dilation = reach(1, 4)
     if heads is not None:
-        window = one | st.lists(st.tuples(side, side), min_size=heads,
-                                max_size=heads)
-        dilation = dilation | st.lists(reach(1, 4), min_size=heads,
-                                       max_size=heads)
+        window = one | st.lists(
+            st.tuples(side, side), min_size=heads, max_size=heads
+        )
+        dilation = dilation | st.lists(
+            reach(1, 4), min_size=heads, max_size=heads
+        )
     backends = ["auto", "torch"]
     if p.dtype != torch.float64:  # the kernel computes in float32
         backends.append("kernel")

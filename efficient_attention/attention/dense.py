@@ -18,6 +18,7 @@ from torch import Tensor
 from .._validation import (
     check_attn_mask,
     check_bool,
+    check_finite_scores,
     check_qkv,
     check_scale,
 )
@@ -101,13 +102,7 @@ def dense_attention(
 
     # (..., L, E) @ (..., E, S) -> (..., L, S)
     scores = (q * scale) @ k.transpose(-2, -1)
-    if scores.device.type != "meta" and not scores.isfinite().all():
-        raise ValueError(
-            f"the scores query @ key^T * scale hold inf or NaN, which would "
-            f"make the output NaN: query or key hold inf or NaN, or they "
-            f"and the scale ({scale:g}) are too large for {compute_dtype} "
-            f"(its largest value is {torch.finfo(compute_dtype).max:g})."
-        )
+    check_finite_scores(scores, scale)
     no_key = None
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:

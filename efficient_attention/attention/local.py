@@ -32,10 +32,12 @@ from torch import Tensor, nn
 
 from .. import cpu_kernels
 from .._validation import (
+    check_finite_scores,
     check_positive_int,
     check_qkv,
     check_scale,
     check_window,
+    scores_not_finite,
 )
 
 BORDERS = ("clip", "shift")
@@ -126,7 +128,9 @@ def sliding_window_attention(
             f"windows at the ends, 'shift' slides them inside."
         )
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}.")
+        raise ValueError(
+            f"backend must be one of {BACKENDS}; got {backend!r}."
+        )
     shift = border == "shift"
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] else 1.0
@@ -199,7 +203,9 @@ def _heads(query: Tensor, name: str, count: int) -> int:
     return heads
 
 
-def _use_kernel(backend: str, query: Tensor, key: Tensor, value: Tensor) -> bool:
+def _use_kernel(
+    backend: str, query: Tensor, key: Tensor, value: Tensor
+) -> bool:
     """Whether to run the C++ kernel (see ``backend`` above)."""
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (query, key, value)
@@ -320,8 +326,13 @@ def _dilated_band(
     n_keys = ((S - residue + d - 1) // d).clamp(min=0)  # (d,) keys per class
     sides = [s[..., None] if s.dim() else s for s in (left, right)]
     out = _band(
-        to_residues(q), to_residues(k), to_residues(v), *sides, n_keys,
-        shift, scale,
+        to_residues(q),
+        to_residues(k),
+        to_residues(v),
+        *sides,
+        n_keys,
+        shift,
+        scale,
     )  # (..., d, ceil(L / d), Ev)
     out = out.transpose(-3, -2).flatten(-3, -2)  # (..., d * ceil(L/d), Ev)
     return out[..., :L, :]
@@ -370,11 +381,12 @@ def _band(
         for t in (k, v)
     )
     k_band = k.unfold(-2, width, block)  # (..., nb, E, width)
-    v_band = v.unfold(-2, width, block).transpose(-2, -1)  # (..., nb, width, Ev)
+    v_band = v.unfold(-2, width, block).transpose(
+        -2, -1
+    )  # (..., nb, width, Ev)
     q_blocks = q.unflatten(-2, (nb, block))  # (..., nb, block, E)
     scores = (q_blocks * scale) @ k_band  # (..., nb, block, width)
-    if scores.device.type != "meta" and not scores.isfinite().all():
-        raise _not_finite(scale, scores.dtype)
+    check_finite_scores(scores, scale)
 
     arange = lambda n: torch.arange(n, device=q.device)  # noqa: E731
     starts = arange(nb).view(nb, 1, 1) * block
@@ -394,15 +406,6 @@ def _band(
     weights = torch.softmax(scores.masked_fill(no_key, 0.0), dim=-1)
     out = (weights @ v_band).masked_fill(no_key, 0.0)  # (..., nb, block, Ev)
     return out.flatten(-3, -2)[..., :L, :]  # (..., L, Ev)
-
-
-def _not_finite(scale: float, dtype: torch.dtype) -> ValueError:
-    return ValueError(
-        f"the scores query @ key^T * scale hold inf or NaN, which would "
-        f"make the output NaN: query or key hold inf or NaN, or they and "
-        f"the scale ({scale:g}) are too large for {dtype} (its largest "
-        f"value is {torch.finfo(dtype).max:g})."
-    )
 
 
 def _sliding_window_kernel(
@@ -434,17 +437,36 @@ def _sliding_window_kernel(
     function = library.sliding_window_forward
     if function.argtypes is None:
         pointer, size = ctypes.c_void_p, ctypes.c_int64
-        function.argtypes = [pointer] * 4 + [size] * 5 + [pointer] * 3 + [
-            ctypes.c_int, ctypes.c_float, size, ctypes.c_int,
-        ]
+        function.argtypes = (
+            [pointer] * 4
+            + [size] * 5
+            + [pointer] * 3
+            + [
+                ctypes.c_int,
+                ctypes.c_float,
+                size,
+                ctypes.c_int,
+            ]
+        )
         function.restype = ctypes.c_int64
     not_finite = function(
-        q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
-        BH, L, S, E, Ev, *(s.data_ptr() for s in per_head),
-        int(shift), scale, 64, torch.get_num_threads(),
+        q.data_ptr(),
+        k.data_ptr(),
+        v.data_ptr(),
+        out.data_ptr(),
+        BH,
+        L,
+        S,
+        E,
+        Ev,
+        *(s.data_ptr() for s in per_head),
+        int(shift),
+        scale,
+        64,
+        torch.get_num_threads(),
     )
-    if not_finite:
-        raise _not_finite(scale, torch.float32)
+    if not_finite:  # the kernel counts rows whose scores were not finite
+        raise scores_not_finite(scale, torch.float32)
     return out.view(*lead, L, Ev).to(query.dtype)
 
 
@@ -532,7 +554,9 @@ class AdaptiveSpanAttention(nn.Module):
         weights = weights / (weights.sum(-1, keepdim=True) + 1e-8)
         return weights @ value  # (..., H, L, Ev)
 
-    def fast_forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+    def fast_forward(
+        self, query: Tensor, key: Tensor, value: Tensor
+    ) -> Tensor:
         """Inference: hard per-head windows on the fast kernel."""
         return sliding_window_attention(
             query, key, value, window=self.windows()
