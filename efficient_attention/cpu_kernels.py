@@ -101,6 +101,7 @@ _LOADED: dict[str, ctypes.CDLL] = {}
 
 @functools.lru_cache(maxsize=None)
 def _load_once(source: pathlib.Path) -> tuple[ctypes.CDLL | None, str]:
+    """The library and a note on how it was built, or None and the error."""
     compiler = _compiler()
     if compiler is None:
         return None, "no C++ compiler found (set CXX, or install g++)."
@@ -108,7 +109,15 @@ def _load_once(source: pathlib.Path) -> tuple[ctypes.CDLL | None, str]:
     for flags in _flag_sets():
         library = _build(compiler, source, flags, errors)
         if library is not None:
-            return ctypes.CDLL(str(library)), ""
+            note = (
+                ""
+                if "-fopenmp" in flags
+                else (
+                    "built without OpenMP (the compiler has none), so it runs "
+                    "on one thread"
+                )
+            )
+            return ctypes.CDLL(str(library)), note
     return None, f"building {source.name} failed:\n{errors[-1]}"
 
 
@@ -143,10 +152,12 @@ def _build(
 
 
 def status(name: str) -> str:
-    """``"ready"`` when kernel ``name`` loads here, else the reason it does
-    not (the attention functions then run their PyTorch version)."""
+    """``"ready"`` when kernel ``name`` loads here (with a note if it could
+    only be built for one thread), else the reason it does not (the
+    attention functions then run their PyTorch version)."""
     try:
         load(name)
     except KernelUnavailable as error:
         return f"unavailable: {error}"
-    return "ready"
+    _, note = _load_once(SOURCE_DIR / f"{name}.cpp")
+    return f"ready, but {note}" if note else "ready"

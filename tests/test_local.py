@@ -342,3 +342,21 @@ def test_adaptive_span_fast_inference_uses_the_hard_windows():
         span(*random_qkv(3, L=4, S=4, dtype=torch.float32))
     with pytest.raises(ValueError, match="initial_span"):
         local.AdaptiveSpanAttention(2, 8, initial_span=9)
+
+
+def test_without_openmp_the_kernel_runs_on_one_thread_and_says_so(
+    tmp_path, monkeypatch, fresh_kernels
+):
+    if cpu_kernels._compiler() is None:
+        pytest.skip("no C++ compiler here")
+    monkeypatch.setenv("EFFICIENT_ATTENTION_CACHE", str(tmp_path))
+    only_serial = [
+        flags for flags in cpu_kernels._flag_sets() if "-fopenmp" not in flags
+    ]
+    monkeypatch.setattr(cpu_kernels, "_flag_sets", lambda: only_serial)
+    assert "one thread" in cpu_kernels.status("sliding_window")
+    q, k, v = random_qkv(2, L=30, S=30, dtype=torch.float32)
+    torch.testing.assert_close(
+        ea.sliding_window_attention(q, k, v, window=4, backend="kernel"),
+        ea.dense_attention(q, k, v, attn_mask=window_mask(4, 30, 30)),
+    )
