@@ -390,8 +390,9 @@ def _band(
 
     arange = lambda n: torch.arange(n, device=q.device)  # noqa: E731
     starts = arange(nb).view(nb, 1, 1) * block
-    query_pos = starts + arange(block).view(1, block, 1)  # (nb, block, 1)
-    key_pos = starts - lmax + arange(width).view(1, 1, width)  # (nb, 1, width)
+    # positions of block b's queries (nb, block, 1) and keys (nb, 1, width)
+    query_pos = starts + arange(block).view(1, block, 1)
+    key_pos = starts - lmax + arange(width).view(1, 1, width)
     extra = (1, 1, 1)  # align (H,)-shaped sides with (..., nb, block, 1)
     lo, hi = _key_range(
         query_pos,
