@@ -30,6 +30,7 @@ from torch.utils import benchmark as torch_benchmark
 from ._validation import (
     check_bool,
     check_dtype,
+    check_non_negative_int,
     check_positive_int,
     check_positive_real,
     check_real,
@@ -616,12 +617,11 @@ def _positive_int_argument(text: str) -> int:
 def _non_negative_int_argument(text: str) -> int:
     """argparse type: an int >= 0, or a usage error."""
     try:
-        value = int(text)
+        return check_non_negative_int("the value", int(text))
     except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0; got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(
+            f"must be an int >= 0; got {text!r}"
+        ) from None
 
 
 def _positive_seconds_argument(text: str) -> float:

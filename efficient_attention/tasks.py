@@ -8,6 +8,7 @@ different spans. Chapter "Local attention" trains on it.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -43,22 +44,27 @@ def offset_copy(
         ValueError: a size below 1, no offsets, or an offset that is not an
             int in ``[1, length)``.
     """
-    for name, value in (
-        ("batch", batch),
-        ("length", length),
-        ("vocab", vocab),
-    ):
+    batch, length, vocab = (
         check_positive_int(name, value)
+        for name, value in (
+            ("batch", batch),
+            ("length", length),
+            ("vocab", vocab),
+        )
+    )
     offsets = list(offsets)
     if not offsets:
         raise ValueError("offsets must hold at least one distance.")
     for offset in offsets:
-        if isinstance(offset, bool) or not isinstance(offset, int):
+        if isinstance(offset, bool) or not isinstance(
+            offset, numbers.Integral
+        ):
             raise ValueError(f"offsets must be ints; got {offset!r}.")
         if not 1 <= offset < length:
             raise ValueError(
                 f"each offset must be in [1, length={length}); got {offset}."
             )
+    offsets = [int(offset) for offset in offsets]
     tokens = torch.randint(vocab, (batch, length), generator=generator)
     targets = torch.full((batch, length, len(offsets)), IGNORE)
     for c, offset in enumerate(offsets):

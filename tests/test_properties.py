@@ -48,6 +48,7 @@ from efficient_attention import (  # noqa: E402
     cost,
     masks,
     plotting,
+    tasks,
 )
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
@@ -1380,3 +1381,131 @@ def test_encoder_layer_runs_in_its_weights_dtype_and_only_there(
             )
         if other != dtype:
             raises_naming("hidden", lambda: dense(hidden.to(other)))
+
+
+# -- local attention's patterns and task ----------------------------------
+
+
+def shifted_allowed(i: int, j: int, left: int, right: int, S: int, d: int):
+    """NATTEN's rule, by its definition: of the windows of ``left + right +
+    1`` consecutive keys of ``i``'s residue class that fit in the sequence,
+    the one whose start is nearest to ``t - left``."""
+    if j % d != i % d:
+        return False
+    n = len(range(i % d, S, d))  # keys of the class
+    span = left + right + 1
+    starts = range(max(n - span, 0) + 1)
+    start = min(starts, key=lambda a: (abs(a - (i // d - left)), a))
+    return start <= j // d < start + span
+
+
+@given(
+    window=windows(),
+    L=st.integers(1, 9),
+    S=st.integers(1, 9),
+    dilation=ints(1, 4) | ints(2**61, 2**70),
+)
+def test_shifted_window_equals_its_definition(window, L, S, dilation):
+    left, right = (window, window) if np.ndim(window) == 0 else window
+    left, right, d = (min(int(x), 50) for x in (left, right, dilation))
+    mask = masks.create_mask(masks.shifted_window(window, S, dilation), L, S)
+    expected = torch.tensor(
+        [
+            [shifted_allowed(i, j, left, right, S, d) for j in range(S)]
+            for i in range(L)
+        ]
+    )
+    assert torch.equal(mask, expected)
+
+
+@given(
+    bad=st.one_of(
+        st.tuples(
+            not_non_negative_ints().map(lambda w: (w, 4, 1)), st.just("window")
+        ),
+        st.tuples(
+            not_positive_ints().map(lambda n: (1, n, 1)), st.just("length")
+        ),
+        st.tuples(
+            not_positive_ints().map(lambda d: (1, 4, d)), st.just("dilation")
+        ),
+    )
+)
+def test_shifted_window_bad_arguments_name_themselves(bad):
+    (window, length, dilation), name = bad
+    raises_naming(name, lambda: masks.shifted_window(window, length, dilation))
+
+
+@given(data=st.data(), heads=st.integers(1, 4))
+def test_per_head_gives_each_head_its_own_pattern(data, heads):
+    chosen = [
+        data.draw(st.sampled_from([sliding(1), strided(2), block_local(3)]))
+        for _ in range(heads)
+    ]
+    L, S = data.draw(st.integers(1, 7)), data.draw(st.integers(1, 7))
+    mask = masks.create_mask(
+        masks.per_head(*(c.mask_mod for c in chosen)), L, S, heads=heads
+    )
+    for h, pattern in enumerate(chosen):
+        assert torch.equal(mask[h], masks.create_mask(pattern.mask_mod, L, S))
+    raises_naming(
+        "heads",
+        lambda: masks.create_mask(
+            masks.per_head(*(c.mask_mod for c in chosen)),
+            L,
+            S,
+            heads=heads + 1,
+        ),
+    )
+
+
+@given(
+    batch=ints(1, 3),
+    length=ints(2, 12),
+    vocab=ints(1, 5),
+    data=st.data(),
+)
+def test_offset_copy_targets_are_the_tokens_offsets_back(
+    batch, length, vocab, data
+):
+    offsets = data.draw(
+        st.lists(st.integers(1, int(length) - 1), min_size=1, max_size=3)
+    )
+    tokens, targets = tasks.offset_copy(
+        batch,
+        length,
+        offsets=offsets,
+        vocab=vocab,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert tokens.shape == (batch, length)
+    assert 0 <= int(tokens.min()) and int(tokens.max()) < vocab
+    for c, offset in enumerate(offsets):
+        assert torch.equal(targets[:, offset:, c], tokens[:, :-offset])
+        assert (targets[:, :offset, c] == tasks.IGNORE).all()
+
+
+@given(
+    bad=st.one_of(
+        st.tuples(
+            not_positive_ints().map(lambda b: {"batch": b}), st.just("batch")
+        ),
+        st.tuples(
+            not_positive_ints().map(lambda n: {"length": n}), st.just("length")
+        ),
+        st.tuples(
+            not_positive_ints().map(lambda v: {"vocab": v}), st.just("vocab")
+        ),
+        st.tuples(
+            st.sampled_from([[], [0], [8], [1.5], [True]]).map(
+                lambda o: {"offsets": o}
+            ),
+            st.just("offset"),
+        ),
+    )
+)
+def test_offset_copy_bad_arguments_name_themselves(bad):
+    changes, name = bad
+    kwargs = {"batch": 2, "length": 8, **changes}
+    batch, length = kwargs.pop("batch"), kwargs.pop("length")
+    raises_naming(name, lambda: tasks.offset_copy(batch, length, **kwargs))
