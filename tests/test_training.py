@@ -1,0 +1,154 @@
+"""Fine-tuning, metrics, batching, latency, size and the checkpoint cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from efficient_attention import data, models, training
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return models.load_encoder(verbose=False)[1]
+
+
+def test_metrics_by_hand():
+    metrics = training.classification_metrics(
+        torch.tensor([1, 1, 0, 0, 1]), torch.tensor([1, 0, 1, 0, 1])
+    )
+    # tp = 2, predicted positives 3, actual positives 3: F1 = 4 / 6
+    assert metrics == pytest.approx({"accuracy": 0.6, "f1": 2 / 3})
+    assert training.classification_metrics(torch.zeros(3), torch.zeros(3)) == {
+        "accuracy": 1.0,
+        "f1": 0.0,
+    }
+
+
+def test_metrics_refuse_unknown_labels_and_bad_shapes():
+    with pytest.raises(ValueError, match="labels hold -1"):
+        training.classification_metrics(
+            torch.tensor([1, 0]), torch.tensor([-1, -1])
+        )
+    with pytest.raises(ValueError, match=r"two \(N,\) tensors"):
+        training.classification_metrics(
+            torch.tensor([1, 0]), torch.tensor([1])
+        )
+
+
+def test_batches_pad_to_the_longest_and_keep_labels_with_pairs(tokenizer):
+    pairs = data.generate_paraphrase_pairs("dev", size=40)
+    examples = training.encode_pairs(tokenizer, pairs)
+    kept = list(training.batches(examples, 16))
+    assert [b["labels"].shape[0] for b in kept] == [16, 16, 8]
+    first = kept[0]
+    longest = max(len(e["input_ids"]) for e in examples[:16])
+    assert first["input_ids"].shape == (16, longest)
+    lengths = first["attention_mask"].sum(-1).tolist()
+    assert lengths == [len(e["input_ids"]) for e in examples[:16]]
+    assert first["labels"].tolist() == list(pairs["label"][:16])
+    assert (
+        first["input_ids"][first["attention_mask"] == 0]
+        == tokenizer.pad_token_id
+    ).all()
+
+
+def test_shuffled_batches_are_a_seeded_permutation_grouped_by_length(
+    tokenizer,
+):
+    pairs = data.generate_paraphrase_pairs("train", size=200)
+    examples = training.encode_pairs(tokenizer, pairs)
+    by_ids = {tuple(e["input_ids"]): e["label"] for e in examples}
+
+    def run(seed):
+        out = list(
+            training.batches(
+                examples, 8, generator=torch.Generator().manual_seed(seed)
+            )
+        )
+        rows = [
+            (tuple(ids[mask.bool()].tolist()), int(label))
+            for b in out
+            for ids, mask, label in zip(
+                b["input_ids"], b["attention_mask"], b["labels"]
+            )
+        ]
+        return out, rows
+
+    batches_a, rows_a = run(0)
+    _, rows_b = run(0)
+    _, rows_c = run(1)
+    assert rows_a == rows_b and rows_a != rows_c
+    assert sorted(rows_a) == sorted(
+        by_ids.items()
+    )  # every pair once, label attached
+    padded = sum(b["input_ids"].numel() for b in batches_a)
+    unsorted = sum(
+        b["input_ids"].numel() for b in training.batches(examples, 8)
+    )
+    assert padded < unsorted
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("epochs", 0, "epochs must be a positive int"),
+        ("batch_size", 2.0, "batch_size must be a positive int"),
+        ("learning_rate", 0.0, "learning_rate must be in"),
+        ("warmup_ratio", 1.0, "warmup_ratio must be in"),
+    ],
+)
+def test_config_refuses_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        training.FineTuneConfig(**{field: value})
+
+
+def test_fine_tuning_learns_and_the_cache_returns_the_same_model(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("EFFICIENT_ATTENTION_CACHE", str(tmp_path))
+    train = data.generate_paraphrase_pairs("train", size=16)
+    config = training.FineTuneConfig(
+        epochs=12, batch_size=16, learning_rate=2e-4, warmup_ratio=0.0
+    )
+    model, tokenizer, info = training.fine_tune_mrpc(
+        config, train=train, progress=False
+    )
+    assert not info["from_cache"] and info["path"].startswith(str(tmp_path))
+    assert (
+        training.evaluate(model, tokenizer, train)["accuracy"] == 1.0
+    )  # it fits 16 pairs
+    cached, _, cached_info = training.fine_tune_mrpc(
+        config, train=train, progress=False
+    )
+    assert cached_info["from_cache"] and cached_info["key"] == info["key"]
+    torch.testing.assert_close(
+        training.predict(cached, tokenizer, train),
+        training.predict(model, tokenizer, train),
+    )
+    other_seed = training.FineTuneConfig(**{**config.__dict__, "seed": 1})
+    assert training.checkpoint_key(other_seed, train) != info["key"]
+
+
+def test_the_cache_key_sees_the_data():
+    train = data.generate_paraphrase_pairs("train", size=8)
+    flipped = train.map(lambda row: {"label": 1 - row["label"]})
+    config = training.FineTuneConfig()
+    assert training.checkpoint_key(config, train) != training.checkpoint_key(
+        config, flipped
+    )
+
+
+def test_latency_and_size(tokenizer):
+    model = models.load_encoder(verbose=False)[0]
+    pairs = data.generate_paraphrase_pairs("dev", size=4)
+    timing = training.measure_latency(
+        model, tokenizer, pairs, batch_size=4, min_run_time=0.05
+    )
+    assert timing["median"] > 0 and timing["iqr"] >= 0
+    lengths = [
+        len(e["input_ids"]) for e in training.encode_pairs(tokenizer, pairs)
+    ]
+    assert timing["tokens"] == 4 * max(lengths)
+    assert training.model_size_mb(torch.nn.Linear(10, 10)) == 110 * 4 / 2**20
+    assert 80 < training.model_size_mb(model) < 90  # 22.7M float32 parameters
