@@ -46,8 +46,10 @@ class FineTuneConfig:
     epochs: int = 2
     batch_size: int = 32
     learning_rate: float = 1e-4
+    head_learning_rate: float = 1e-3
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
+    dropout: float = 0.1
     max_length: int = 128
     seed: int = 0
 
@@ -62,9 +64,13 @@ class FineTuneConfig:
                 raise ValueError(
                     f"{name} must be a positive int; got {value!r}."
                 )
-        if not 0 < self.learning_rate < 1:
+        for name in ("learning_rate", "head_learning_rate"):
+            value = getattr(self, name)
+            if not 0 < value < 1:
+                raise ValueError(f"{name} must be in (0, 1); got {value!r}.")
+        if not 0 <= self.dropout < 1:
             raise ValueError(
-                f"learning_rate must be in (0, 1); got {self.learning_rate!r}."
+                f"dropout must be in [0, 1); got {self.dropout!r}."
             )
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(
@@ -166,15 +172,14 @@ def train_classifier(
 ) -> list[float]:
     """Fine-tune ``model`` on ``train`` in place; returns the batch losses.
 
-    AdamW (no decay on biases and LayerNorm), the learning rate warmed up
+    AdamW (no decay on biases and LayerNorm; the head, the pooler and the
+    classifier, at ``head_learning_rate``), the learning rates warmed up
     linearly over ``warmup_ratio`` of the steps and decayed linearly to 0,
     one shuffled pass per epoch seeded by ``config.seed``.
     """
     examples = encode_pairs(tokenizer, train, config.max_length)
     steps = config.epochs * math.ceil(len(examples) / config.batch_size)
-    optimizer = torch.optim.AdamW(
-        _parameter_groups(model, config.weight_decay), lr=config.learning_rate
-    )
+    optimizer = _adamw(model, config)
     schedule = transformers.get_linear_schedule_with_warmup(
         optimizer, round(config.warmup_ratio * steps), steps
     )
@@ -203,17 +208,41 @@ def train_classifier(
     return losses
 
 
+def _adamw(
+    model: torch.nn.Module, config: FineTuneConfig
+) -> torch.optim.AdamW:
+    """AdamW, fused where torch has the fused kernel for this device (on a
+    CPU it makes the step about 7x faster than the loop over tensors)."""
+    groups = _parameter_groups(model, config)
+    try:
+        return torch.optim.AdamW(groups, lr=config.learning_rate, fused=True)
+    except (RuntimeError, TypeError):  # older torch, or an unsupported device
+        return torch.optim.AdamW(groups, lr=config.learning_rate)
+
+
 def _parameter_groups(
-    model: torch.nn.Module, weight_decay: float
+    model: torch.nn.Module, config: FineTuneConfig
 ) -> list[dict]:
-    decay, no_decay = [], []
+    """Four groups: the pretrained body and the head (the pooler and the
+    classifier, new or barely trained) at their learning rates, each with
+    weight decay on matrices only (not on biases and LayerNorm)."""
+    body = getattr(model, "base_model_prefix", "") + "."
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {
+        (head, decay): [] for head in (False, True) for decay in (False, True)
+    }
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            is_norm_or_bias = parameter.dim() < 2 or "LayerNorm" in name
-            (no_decay if is_norm_or_bias else decay).append(parameter)
+            head = not name.startswith(body) or ".pooler." in name
+            decay = parameter.dim() >= 2 and "LayerNorm" not in name
+            groups[head, decay].append(parameter)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {
+            "params": parameters,
+            "lr": config.head_learning_rate if head else config.learning_rate,
+            "weight_decay": config.weight_decay if decay else 0.0,
+        }
+        for (head, decay), parameters in groups.items()
+        if parameters
     ]
 
 
@@ -226,16 +255,27 @@ def predict(
     batch_size: int = 64,
     max_length: int = 128,
 ) -> Tensor:
-    """The model's logits for every pair, in order: ``(N, num_labels)``."""
+    """The model's logits for every pair, in order: ``(N, num_labels)``.
+
+    The pairs run sorted by length, so a batch pads little; the logits come
+    back in the dataset's order.
+    """
     model.eval()
     examples = encode_pairs(tokenizer, dataset, max_length)
+    order = sorted(
+        range(len(examples)), key=lambda i: len(examples[i]["input_ids"])
+    )
     logits = [
         model(**{k: v for k, v in batch.items() if k != "labels"}).logits
         for batch in batches(
-            examples, batch_size, pad_token_id=tokenizer.pad_token_id or 0
+            [examples[i] for i in order],
+            batch_size,
+            pad_token_id=tokenizer.pad_token_id or 0,
         )
     ]
-    return torch.cat(logits).float()
+    in_order = torch.empty_like(torch.cat(logits))
+    in_order[torch.tensor(order)] = torch.cat(logits)
+    return in_order.float()
 
 
 def classification_metrics(
@@ -434,6 +474,7 @@ def fine_tune_mrpc(
         )
     source = config.model if start_from is None else start_from
     model, tokenizer = models.load_encoder(source, seed=config.seed)
+    set_dropout(model, config.dropout)
     _attach(model, attention)
     start = time.perf_counter()
     losses = train_classifier(
@@ -448,6 +489,15 @@ def fine_tune_mrpc(
     if use_cache:
         _save_atomically(model, tokenizer, info, folder)
     return model, tokenizer, {**info, "path": str(folder), "from_cache": False}
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> int:
+    """Set every dropout layer of ``model`` to probability ``p``; returns how
+    many there are."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    for layer in layers:
+        layer.p = p
+    return len(layers)
 
 
 def _attach(

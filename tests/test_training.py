@@ -96,6 +96,8 @@ def test_shuffled_batches_are_a_seeded_permutation_grouped_by_length(
         ("batch_size", 2.0, "batch_size must be a positive int"),
         ("learning_rate", 0.0, "learning_rate must be in"),
         ("warmup_ratio", 1.0, "warmup_ratio must be in"),
+        ("dropout", -0.1, "dropout must be in"),
+        ("head_learning_rate", 1.5, "head_learning_rate must be in"),
     ],
 )
 def test_config_refuses_bad_values(field, value, message):
@@ -152,3 +154,49 @@ def test_latency_and_size(tokenizer):
     assert timing["tokens"] == 4 * max(lengths)
     assert training.model_size_mb(torch.nn.Linear(10, 10)) == 110 * 4 / 2**20
     assert 80 < training.model_size_mb(model) < 90  # 22.7M float32 parameters
+
+
+def test_predict_returns_logits_in_the_dataset_order(tokenizer):
+    model = models.load_encoder(verbose=False)[0]
+    pairs = data.generate_paraphrase_pairs("dev", size=6)
+    logits = training.predict(model, tokenizer, pairs, batch_size=4)
+    for i, row in enumerate(pairs):
+        one = tokenizer(
+            row["sentence1"], row["sentence2"], return_tensors="pt"
+        )
+        with torch.no_grad():
+            expected = model(**one).logits[0]
+        torch.testing.assert_close(logits[i], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_head_learns_at_its_own_rate_and_biases_do_not_decay():
+    model = models.load_encoder(verbose=False)[0]
+    config = training.FineTuneConfig(
+        learning_rate=1e-4, head_learning_rate=1e-3
+    )
+    groups = training._parameter_groups(model, config)
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen = [names[id(p)] for g in groups for p in g["params"]]
+    assert sorted(seen) == sorted(names.values())  # each parameter once
+    for group in groups:
+        for parameter in group["params"]:
+            name = names[id(parameter)]
+            head = name.startswith("classifier") or ".pooler." in name
+            assert group["lr"] == (1e-3 if head else 1e-4), name
+            matrix = parameter.dim() == 2 and "LayerNorm" not in name
+            assert group["weight_decay"] == (0.01 if matrix else 0.0), name
+
+
+def test_set_dropout_reaches_every_dropout_layer():
+    model = models.load_encoder(verbose=False)[0]
+    # embeddings, classifier, and per layer: attention probabilities,
+    # attention output, feed-forward output
+    assert training.set_dropout(model, 0.0) == 2 + 6 * 3
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert all(m.p == 0.0 for m in layers)
+    model.train()
+    batch = {"input_ids": torch.tensor([[101, 7592, 102]])}
+    with torch.no_grad():  # no dropout left: training mode is deterministic
+        torch.testing.assert_close(
+            model(**batch).logits, model(**batch).logits
+        )
