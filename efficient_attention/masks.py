@@ -25,6 +25,7 @@ be evaluated for the wrong rows.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Sequence
 
@@ -726,7 +727,7 @@ def random_layout(
     generator: torch.Generator | None = None,
     heads: int | None = None,
 ) -> Tensor:
-    """Every block row keeps ``max(1, round(density * n_k))`` random blocks.
+    """Every block row keeps ``ceil(density * n_k)`` random blocks (>= 1).
 
     Used to time block-sparse attention at a given density.
 
@@ -746,7 +747,7 @@ def random_layout(
     generator = _generator(generator)
     count = 1 if heads is None else check_positive_int("heads", heads)
     nq, nk = i.shape[0], j.shape[1]
-    keep = max(1, round(float(density) * nk))
+    keep = max(1, math.ceil(float(density) * nk))
     draws = torch.rand(count, nq, nk, generator=generator)
     where = draws.topk(keep, dim=-1).indices
     layout = torch.zeros(count, nq, nk, dtype=torch.bool).scatter(

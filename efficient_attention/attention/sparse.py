@@ -666,37 +666,35 @@ def kmeans_clusters(
         )
     iterations = check_non_negative_int("iterations", iterations)
     generator = _check_generator(generator, query.device)
+    N = math.prod(lead)
     with torch.no_grad():
         q = torch.nn.functional.normalize(
-            query.reshape(-1, L, E).float(), dim=-1
+            query.reshape(N, L, E).float(), dim=-1
         )
-        k = torch.nn.functional.normalize(
-            key.reshape(-1, S, E).float(), dim=-1
-        )
-        N = q.shape[0]
+        k = torch.nn.functional.normalize(key.reshape(N, S, E).float(), dim=-1)
         if N == 0 or S == 0:
             return (
                 torch.zeros(*lead, L, dtype=torch.long, device=query.device),
                 torch.zeros(*lead, S, dtype=torch.long, device=query.device),
             )
-        points = torch.cat([q, k], dim=1)  # (N, L + S, E)
         draw = torch.rand(N, S, generator=generator, device=generator.device)
         start = draw.to(query.device).argsort(-1)[:, :clusters]  # (N, C)
-        centroids = k.gather(
-            1, start[..., None].expand(-1, -1, E)
-        )  # (N, C, E)
+        # (N, C, E)
+        centroids = k.gather(1, start[..., None].expand(-1, -1, E))
         for _ in range(iterations):
-            labels = (points @ centroids.transpose(1, 2)).argmax(-1)
-            sums = torch.zeros_like(centroids).index_put_(
-                (torch.arange(N, device=q.device)[:, None], labels),
-                points,
-                accumulate=True,
-            )  # (N, C, E)
+            sums = torch.zeros_like(centroids)  # (N, C, E)
+            for points in (q, k):
+                # nearest centroid (largest cosine) of each point: (N, n)
+                labels = (points @ centroids.transpose(1, 2)).argmax(-1)
+                members = torch.nn.functional.one_hot(labels, clusters)
+                # (N, C, n) @ (N, n, E) -> (N, C, E)
+                sums += members.transpose(1, 2).to(points.dtype) @ points
             moved = torch.nn.functional.normalize(sums, dim=-1)
             empty = sums.norm(dim=-1, keepdim=True) == 0
             centroids = torch.where(empty, centroids, moved)
-        labels = (points @ centroids.transpose(1, 2)).argmax(-1)  # (N, L+S)
-    return labels[:, :L].reshape(*lead, L), labels[:, L:].reshape(*lead, S)
+        q_labels = (q @ centroids.transpose(1, 2)).argmax(-1)  # (N, L)
+        k_labels = (k @ centroids.transpose(1, 2)).argmax(-1)  # (N, S)
+    return q_labels.reshape(*lead, L), k_labels.reshape(*lead, S)
 
 
 def _check_generator(

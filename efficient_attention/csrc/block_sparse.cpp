@@ -40,6 +40,8 @@ constexpr int VW = 4;
 typedef float vec __attribute__((vector_size(VW * 4)));
 typedef float vec_u __attribute__((vector_size(VW * 4), aligned(4)));
 typedef int32_t ivec __attribute__((vector_size(VW * 4)));
+typedef uint8_t u8vec __attribute__((vector_size(VW)));
+typedef uint8_t u8vec_u __attribute__((vector_size(VW), aligned(1)));
 
 constexpr int LANES = 2 * VW;  // queries per lane group
 constexpr int TILE = 6;        // keys (or value columns) per micro-tile
@@ -152,61 +154,131 @@ struct Problem {
 };
 
 struct Workspace {  // one per thread
-  std::vector<float> qt, scores, ot;
+  std::vector<float> qt, scores, ot;    // qt and ot: one slice per group
+  std::vector<vec> run_max, sum;        // 2 per lane group
+  std::vector<ivec> overflow;           // 2 per lane group
   std::vector<const float*> krows, vrows;
-  std::vector<const uint8_t*> mrows;  // per key: mask column, or null
+  std::vector<const uint8_t*> mrows;  // per key: mask row, or null
 };
 
-// One lane group: queries q0 .. q0 + count - 1 of batch-head bh, all in
-// query block qb. Returns how many of its queries had a kept score that
-// was not finite.
-static int64_t lane_group(const Problem& pb, int64_t bh, int64_t qb,
-                          int64_t q0, int count, Workspace& ws) {
+// One chunk of n keys for one lane group (queries lane0 .. lane0 + count
+// - 1 of the block): scores, mask, online softmax, weighted values.
+static void lane_group_chunk(const Problem& pb, int64_t n, int64_t lane0,
+                             int count, const float* qt, float* ot,
+                             vec* run_max, vec* sum, ivec* overflow,
+                             Workspace& ws) {
+  const int64_t E = pb.E, Ev = pb.Ev, bs = pb.bs;
+  float* scores = ws.scores.data();
+  const uint8_t* const* mrows = ws.mrows.data();
+  tiles<ScoreStep>(n, (const float* const*)ws.krows.data(), qt, E, scores);
+
+  // Mask (partial blocks only), chunk maximum, overflow check.
+  const vec minus_inf = splat(-INFINITY), plus_inf = splat(INFINITY);
+  vec chunk_max[2] = {minus_inf, minus_inf};
+  for (int64_t j = 0; j < n; ++j) {
+    float* s = scores + j * LANES;
+    if (mrows[j] && lane0 + LANES <= bs) {  // whole vectors of mask
+      for (int h = 0; h < 2; ++h) {
+        const u8vec bytes = *(const u8vec_u*)(mrows[j] + lane0 + h * VW);
+        const ivec keep = __builtin_convertvector(bytes, ivec) != 0;
+        const vec score = load(s + h * VW);
+        overflow[h] |= keep & ~((score < plus_inf) & (score > minus_inf));
+        const vec masked = keep ? score : minus_inf;
+        store(s + h * VW, masked);
+        chunk_max[h] = chunk_max[h] > masked ? chunk_max[h] : masked;
+      }
+    } else if (mrows[j]) {  // a block narrower than a lane group
+      const uint8_t* m = mrows[j] + lane0;
+      for (int r = 0; r < LANES; ++r) {
+        // lanes past `count` repeat the last query
+        const int rr = r < count ? r : count - 1;
+        if (!m[rr]) s[r] = -INFINITY;
+        else if (!std::isfinite(s[r])) overflow[r / VW][r % VW] = -1;
+      }
+      for (int h = 0; h < 2; ++h) {
+        const vec score = load(s + h * VW);
+        chunk_max[h] = chunk_max[h] > score ? chunk_max[h] : score;
+      }
+    } else {
+      for (int h = 0; h < 2; ++h) {
+        const vec score = load(s + h * VW);
+        overflow[h] |= ~((score < plus_inf) & (score > minus_inf));
+        chunk_max[h] = chunk_max[h] > score ? chunk_max[h] : score;
+      }
+    }
+  }
+  // Online softmax: rescale what came before to the new maximum.
+  vec shift[2];
+  for (int h = 0; h < 2; ++h) {
+    const vec new_max = run_max[h] > chunk_max[h] ? run_max[h] : chunk_max[h];
+    shift[h] = new_max == minus_inf ? (vec){} : new_max;
+    const vec alpha = exp2_negative(run_max[h] - shift[h]);
+    sum[h] *= alpha;
+    run_max[h] = new_max;
+    for (int64_t col = 0; col < Ev; ++col) {
+      float* o = ot + col * LANES + h * VW;
+      store(o, load(o) * alpha);
+    }
+  }
+  for (int64_t j = 0; j < n; ++j)
+    for (int h = 0; h < 2; ++h) {
+      float* s = scores + j * LANES + h * VW;
+      const vec w = exp2_negative(load(s) - shift[h]);
+      store(s, w);
+      sum[h] += w;
+    }
+  tiles<ValueStep>(Ev, (const float*)scores,
+                   (const float* const*)ws.vrows.data(), n, ot);
+}
+
+// One query block qb of batch-head bh: its lane groups take the kept key
+// blocks CHUNK keys at a time, all groups one chunk before the next, so a
+// chunk's keys and values are read from memory once and then from cache.
+// Returns how many of its queries had a kept score that was not finite.
+static int64_t query_block(const Problem& pb, int64_t bh, int64_t qb,
+                           Workspace& ws) {
   const int64_t E = pb.E, Ev = pb.Ev, bs = pb.bs;
   const int64_t row = (bh % pb.layout_heads) * ((pb.L + bs - 1) / bs) + qb;
   const int64_t begin = pb.row_ptr[row], end = pb.row_ptr[row + 1];
-  float* out_rows[LANES];
-  for (int r = 0; r < count; ++r) out_rows[r] = pb.out + (bh * pb.L + q0 + r) * Ev;
+  const int64_t q_first = qb * bs, queries = std::min(bs, pb.L - q_first);
   if (end <= begin) {  // no kept block: the rows get zeros
-    for (int r = 0; r < count; ++r) std::fill(out_rows[r], out_rows[r] + Ev, 0.f);
+    float* o = pb.out + (bh * pb.L + q_first) * Ev;
+    std::fill(o, o + queries * Ev, 0.f);
     return 0;
   }
-  const int64_t lane0 = q0 - qb * bs;  // first query's place in its block
+  const int64_t groups = (queries + LANES - 1) / LANES;
 
-  // Queries transposed to (E, LANES), scaled by scale * log2(e) so that
-  // the softmax can use 2^x.
-  float* qt = ws.qt.data();
+  // Queries transposed to (E, LANES) per group, scaled by scale * log2(e)
+  // so that the softmax can use 2^x.
   const float c = pb.scale * 1.44269504088896341f;
-  for (int r = 0; r < LANES; ++r) {
-    const float* q = pb.q + (bh * pb.L + q0 + std::min(r, count - 1)) * E;
-    for (int64_t e = 0; e < E; ++e) qt[e * LANES + r] = q[e] * c;
+  for (int64_t g = 0; g < groups; ++g) {
+    float* qt = ws.qt.data() + g * E * LANES;
+    const int64_t last = std::min<int64_t>(queries, (g + 1) * LANES) - 1;
+    for (int r = 0; r < LANES; ++r) {
+      const int64_t i = std::min<int64_t>(g * LANES + r, last);
+      const float* q = pb.q + (bh * pb.L + q_first + i) * E;
+      for (int64_t e = 0; e < E; ++e) qt[e * LANES + r] = q[e] * c;
+    }
+    ws.run_max[2 * g] = ws.run_max[2 * g + 1] = splat(-INFINITY);
+    ws.sum[2 * g] = ws.sum[2 * g + 1] = (vec){};
+    ws.overflow[2 * g] = ws.overflow[2 * g + 1] = (ivec){};
   }
-
-  const vec minus_inf = splat(-INFINITY), plus_inf = splat(INFINITY);
-  vec run_max[2] = {minus_inf, minus_inf}, sum[2] = {};
-  ivec overflow[2] = {};  // lanes with a kept score that is inf or NaN
-  float* ot = ws.ot.data();
-  std::fill(ot, ot + Ev * LANES, 0.f);
-  float* scores = ws.scores.data();
-  const float** krows = ws.krows.data();
-  const float** vrows = ws.vrows.data();
-  const uint8_t** mrows = ws.mrows.data();
+  std::fill(ws.ot.begin(), ws.ot.begin() + groups * Ev * LANES, 0.f);
 
   int64_t p = begin, within = 0;  // next key: row `within` of block p
   while (p < end) {
-    // Gather up to CHUNK keys of the kept blocks.
+    // Gather up to CHUNK keys of the kept blocks (pointers, no copy).
     int64_t n = 0;
     while (p < end && n < CHUNK) {
-      const int64_t kb = pb.cols[p];
-      const int64_t first = kb * bs, keys = std::min(bs, pb.S - first);
+      const int64_t first = pb.cols[p] * bs, keys = std::min(bs, pb.S - first);
       const int64_t m = pb.mask_index[p];
-      const uint8_t* mask = m < 0 ? nullptr : pb.masks + m * bs * bs + lane0;
+      const uint8_t* mask = m < 0 ? nullptr : pb.masks + m * bs * bs;
       const int64_t take = std::min(keys - within, CHUNK - n);
       for (int64_t j = within; j < within + take; ++j, ++n) {
         const int64_t key = bh * pb.S + first + j;
-        krows[n] = pb.k + key * E;
-        vrows[n] = pb.v + key * Ev;
-        mrows[n] = mask ? mask + j * bs : nullptr;
+        ws.krows[n] = pb.k + key * E;
+        ws.vrows[n] = pb.v + key * Ev;
+        ws.mrows[n] = mask ? mask + j * bs : nullptr;
       }
       within += take;
       if (within == keys) {
@@ -214,61 +286,25 @@ static int64_t lane_group(const Problem& pb, int64_t bh, int64_t qb,
         ++p;
       }
     }
-    tiles<ScoreStep>(n, (const float* const*)krows, (const float*)qt, E, scores);
-
-    // Mask (partial blocks only), chunk maximum, overflow check.
-    vec chunk_max[2] = {minus_inf, minus_inf};
-    for (int64_t j = 0; j < n; ++j) {
-      float* s = scores + j * LANES;
-      if (mrows[j]) {
-        const uint8_t* m = mrows[j];
-        for (int r = 0; r < LANES; ++r) {
-          // lanes past `count` repeat the last query
-          const int rr = r < count ? r : count - 1;
-          if (!m[rr]) s[r] = -INFINITY;
-          else if (!std::isfinite(s[r])) overflow[r / VW][r % VW] = -1;
-        }
-        for (int h = 0; h < 2; ++h)
-          chunk_max[h] = chunk_max[h] > load(s + h * VW) ? chunk_max[h]
-                                                         : load(s + h * VW);
-      } else {
-        for (int h = 0; h < 2; ++h) {
-          const vec score = load(s + h * VW);
-          overflow[h] |= ~((score < plus_inf) & (score > minus_inf));
-          chunk_max[h] = chunk_max[h] > score ? chunk_max[h] : score;
-        }
-      }
+    for (int64_t g = 0; g < groups; ++g) {
+      const int count = (int)std::min<int64_t>(LANES, queries - g * LANES);
+      lane_group_chunk(pb, n, g * LANES, count, ws.qt.data() + g * E * LANES,
+                       ws.ot.data() + g * Ev * LANES, &ws.run_max[2 * g],
+                       &ws.sum[2 * g], &ws.overflow[2 * g], ws);
     }
-    // Online softmax: rescale what came before to the new maximum.
-    vec shift[2];
-    for (int h = 0; h < 2; ++h) {
-      const vec new_max = run_max[h] > chunk_max[h] ? run_max[h] : chunk_max[h];
-      shift[h] = new_max == minus_inf ? (vec){} : new_max;
-      const vec alpha = exp2_negative(run_max[h] - shift[h]);
-      sum[h] *= alpha;
-      run_max[h] = new_max;
-      for (int64_t col = 0; col < Ev; ++col) {
-        float* o = ot + col * LANES + h * VW;
-        store(o, load(o) * alpha);
-      }
-    }
-    for (int64_t j = 0; j < n; ++j)
-      for (int h = 0; h < 2; ++h) {
-        float* s = scores + j * LANES + h * VW;
-        const vec w = exp2_negative(load(s) - shift[h]);
-        store(s, w);
-        sum[h] += w;
-      }
-    tiles<ValueStep>(Ev, (const float*)scores, (const float* const*)vrows, n, ot);
   }
 
   int64_t not_finite = 0;
-  for (int r = 0; r < count; ++r) {
-    const float total = sum[r / VW][r % VW];
-    not_finite += overflow[r / VW][r % VW] != 0;
-    const float inv = total > 0.f ? 1.f / total : 0.f;
-    for (int64_t col = 0; col < Ev; ++col)
-      out_rows[r][col] = ot[col * LANES + r] * inv;
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* ot = ws.ot.data() + g * Ev * LANES;
+    const int count = (int)std::min<int64_t>(LANES, queries - g * LANES);
+    for (int r = 0; r < count; ++r) {
+      const float total = ws.sum[2 * g + r / VW][r % VW];
+      not_finite += ws.overflow[2 * g + r / VW][r % VW] != 0;
+      const float inv = total > 0.f ? 1.f / total : 0.f;
+      float* o = pb.out + (bh * pb.L + q_first + g * LANES + r) * Ev;
+      for (int64_t col = 0; col < Ev; ++col) o[col] = ot[col * LANES + r] * inv;
+    }
   }
   return not_finite;
 }
@@ -292,21 +328,19 @@ extern "C" int64_t block_sparse_forward(
 #pragma omp parallel num_threads(threads) reduction(+ : not_finite)
   {
     Workspace ws;
-    ws.qt.resize(E * LANES);
+    const int64_t groups = (std::min(bs, L) + LANES - 1) / LANES;
+    ws.qt.resize(groups * E * LANES);
+    ws.ot.resize(groups * (Ev + TILE) * LANES);
+    ws.run_max.resize(2 * groups);
+    ws.sum.resize(2 * groups);
+    ws.overflow.resize(2 * groups);
     ws.scores.resize((CHUNK + TILE) * LANES);
-    ws.ot.resize((Ev + TILE) * LANES);
     ws.krows.resize(CHUNK + TILE);
     ws.vrows.resize(CHUNK + TILE);
     ws.mrows.resize(CHUNK + TILE);
 #pragma omp for schedule(dynamic)
-    for (int64_t task = 0; task < BH * nq; ++task) {
-      const int64_t bh = task / nq, qb = task % nq;
-      const int64_t stop = std::min(L, (qb + 1) * bs);
-      for (int64_t q0 = qb * bs; q0 < stop; q0 += LANES) {
-        const int count = (int)std::min<int64_t>(LANES, stop - q0);
-        not_finite += lane_group(pb, bh, qb, q0, count, ws);
-      }
-    }
+    for (int64_t task = 0; task < BH * nq; ++task)
+      not_finite += query_block(pb, task / nq, task % nq, ws);
   }
   return not_finite;
 }
