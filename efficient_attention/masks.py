@@ -792,7 +792,7 @@ def from_block_layout(layout: Tensor, block_size: int) -> MaskMod:
             f"layout must be (nq, nk) or (H, nq, nk); got shape "
             f"{tuple(layout.shape)}."
         )
-    block_size = check_positive_int("block_size", block_size)
+    block_size = min(check_positive_int("block_size", block_size), _FAR)
     nq, nk = layout.shape[-2:]
 
     def block_layout_mask(

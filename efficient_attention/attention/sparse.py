@@ -197,7 +197,8 @@ def block_pattern(
             "function built for a batch (key_padding) is not supported. "
             "Run each batch row on its own, or use dense_attention."
         )
-    block_size = check_positive_int("block_size", block_size)
+    L, S = check_positive_int("L", L), check_positive_int("S", S)
+    block_size = _cap(check_positive_int("block_size", block_size), L, S)
     any_kept, all_kept = masks.block_summary(
         mask_mod, L, S, block_size=block_size, heads=heads, device=device
     )
@@ -281,6 +282,7 @@ def block_sparse_attention(
     _check_backend(backend)
     L, S = query.shape[-2], key.shape[-2]
     layout = _check_layout(layout, query, key, block_size)
+    block_size = _cap(block_size, L, S)
     pattern = _pattern(
         layout if layout.dim() == 3 else layout[None], block_size, L, S
     )
@@ -337,7 +339,7 @@ def sparse_attention(
                 f"bool or a BlockPattern from block_pattern(); got "
                 f"{type(pattern).__name__}."
             )
-        block_size = check_positive_int("block_size", block_size)
+        block_size = _cap(check_positive_int("block_size", block_size), L, S)
         if heads is not None:
             heads = check_positive_int("heads", heads)
         if L == 0 or S == 0:
@@ -363,6 +365,12 @@ def sparse_attention(
     if pattern.heads > 1:
         _check_heads(query, pattern.heads, "pattern")
     return _run(query, key, value, pattern, scale, backend)
+
+
+def _cap(block_size: int, L: int, S: int) -> int:
+    """A block wider than both sequences is one block of ``max(L, S)``: the
+    same layout, without padding to the huge size."""
+    return min(block_size, max(L, S, 1))
 
 
 def _check_backend(backend: object) -> None:
@@ -640,7 +648,8 @@ def kmeans_clusters(
         clusters: centroids per head, an int in ``[1, S]``.
         generator: draws the starting keys; None means a generator seeded
             with 0 (so the result is reproducible either way).
-        iterations: k-means updates, an int >= 0.
+        iterations: k-means updates, an int >= 0 (fewer when the centroids
+            stop moving).
 
     Returns:
         ``(query_labels (..., L), key_labels (..., S))``: int64 cluster of
@@ -691,7 +700,10 @@ def kmeans_clusters(
                 sums += members.transpose(1, 2).to(points.dtype) @ points
             moved = torch.nn.functional.normalize(sums, dim=-1)
             empty = sums.norm(dim=-1, keepdim=True) == 0
-            centroids = torch.where(empty, centroids, moved)
+            moved = torch.where(empty, centroids, moved)
+            if torch.equal(moved, centroids):
+                break  # converged: more iterations change nothing
+            centroids = moved
         q_labels = (q @ centroids.transpose(1, 2)).argmax(-1)  # (N, L)
         k_labels = (k @ centroids.transpose(1, 2)).argmax(-1)  # (N, S)
     return q_labels.reshape(*lead, L), k_labels.reshape(*lead, S)
@@ -756,6 +768,7 @@ def routing_attention(
     scale = check_scale(scale)
     block_size = check_positive_int("block_size", block_size)
     _check_backend(backend)
+    block_size = _cap(block_size, query.shape[-2], key.shape[-2])
     q_labels, k_labels = kmeans_clusters(
         query,
         key,
@@ -1010,6 +1023,7 @@ def block_sparse_matmul(
             f"layout must be 2-D for a matrix product; got shape "
             f"{tuple(layout.shape)}."
         )
+    bs = _cap(bs, M, K)
     nm, nk = layout.shape
     a_tiles = torch.nn.functional.pad(a, (0, nk * bs - K, 0, nm * bs - M))
     a_tiles = a_tiles.view(nm, bs, nk, bs).transpose(1, 2)  # (nm, nk, bs, bs)
