@@ -560,3 +560,29 @@ def test_semi_structured_sparsity_says_why_it_cannot_run_on_a_cpu():
     a, b = torch.randn(64, 64), torch.randn(64, 8)
     with pytest.raises(NotImplementedError, match="GPU"):
         sparse.semi_structured_matmul(a, b)
+
+
+# -- widgets ---------------------------------------------------------------
+
+
+def test_sparse_layout_names_and_drawing():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from efficient_attention import widgets
+
+    assert widgets.sparse_layout("fixed", 8, stride=4).equal(
+        masks.fixed_layout(8, stride=4)
+    )
+    bigbird = widgets.sparse_layout("bigbird", 8, random_blocks=2, seed=3)
+    assert bigbird.equal(
+        masks.bigbird_layout(8, global_blocks=1, random_blocks=2,
+                             generator=torch.Generator().manual_seed(3))
+    )  # fmt: skip
+    fig = widgets.draw_sparse_pattern("checkerboard", 32, 4, stride=2)
+    assert "density 0.50" in fig.axes[0].get_title()
+    with pytest.raises(ValueError, match="unknown pattern"):
+        widgets.sparse_layout("diagonal", 8)
+    with pytest.raises(ValueError, match="stride"):
+        widgets.draw_sparse_pattern("strided", 32, 4, stride=0)
+    assert widgets.sparse_pattern_explorer(32) is not None
