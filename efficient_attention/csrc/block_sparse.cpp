@@ -45,7 +45,9 @@ typedef uint8_t u8vec_u __attribute__((vector_size(VW), aligned(1)));
 
 constexpr int LANES = 2 * VW;  // queries per lane group
 constexpr int TILE = 6;        // keys (or value columns) per micro-tile
-constexpr int64_t CHUNK = 512;  // keys per online-softmax step
+#ifndef CHUNK
+#define CHUNK 512  // keys per online-softmax step
+#endif
 
 static inline vec load(const float* p) { return *(const vec_u*)p; }
 static inline void store(float* p, vec x) { *(vec_u*)p = x; }
