@@ -990,8 +990,8 @@ def block_sparse_matmul(
     """``(a * mask) @ b`` for the block mask of ``layout``, block by block.
 
     The block-based sparse product: only the kept ``block_size``-square
-    tiles of ``a`` are multiplied (one batched matmul over the tiles),
-    and the products of a block row are summed with ``index_add``.
+    tiles of ``a`` are read and multiplied (one batched matmul over the
+    tiles), and the products of a block row are summed with ``index_add``.
 
     Args:
         a: ``(M, K)``. b: ``(K, N)``. layout: bool ``(ceil(M / bs),
@@ -1025,10 +1025,12 @@ def block_sparse_matmul(
         )
     bs = _cap(bs, M, K)
     nm, nk = layout.shape
-    a_tiles = torch.nn.functional.pad(a, (0, nk * bs - K, 0, nm * bs - M))
-    a_tiles = a_tiles.view(nm, bs, nk, bs).transpose(1, 2)  # (nm, nk, bs, bs)
-    b_rows = torch.nn.functional.pad(b, (0, 0, 0, nk * bs - K))
-    b_rows = b_rows.view(nk, bs, b.shape[1])  # (nk, bs, N)
+    if (M, K) != (nm * bs, nk * bs):  # pad (a copy) only when needed
+        a = torch.nn.functional.pad(a, (0, nk * bs - K, 0, nm * bs - M))
+        b = torch.nn.functional.pad(b, (0, 0, 0, nk * bs - K))
+    # a strided view, no copy: tile (r, c) is a_tiles[r, c]
+    a_tiles = a.reshape(nm, bs, nk, bs).transpose(1, 2)  # (nm, nk, bs, bs)
+    b_rows = b.reshape(nk, bs, b.shape[1])  # (nk, bs, N)
     r, c = layout.nonzero().unbind(-1)  # (nnz,) each
     products = a_tiles[r, c] @ b_rows[c]  # (nnz, bs, N)
     out = a.new_zeros(nm, bs, b.shape[1]).index_add(0, r, products)
