@@ -586,3 +586,18 @@ def test_sparse_layout_names_and_drawing():
     with pytest.raises(ValueError, match="stride"):
         widgets.draw_sparse_pattern("strided", 32, 4, stride=0)
     assert widgets.sparse_pattern_explorer(32) is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rows_masked_inside_a_kept_block_get_zeros(backend):
+    # window (0, 0) with L > S: queries 20.. have no key, some of them in a
+    # kept (partial) block whose other rows do attend
+    q, k, v = random_qkv(1, 2, L=40, S=20, dtype=dtype_of(backend))
+    mod = masks.sliding_window((0, 0))
+    out = ea.sparse_attention(q, k, v, pattern=mod, block_size=8,
+                              backend=backend)  # fmt: skip
+    assert not out.isnan().any() and (out[..., 20:, :] == 0).all()
+    mask = masks.create_mask(mod, 40, 20)
+    torch.testing.assert_close(
+        out, ea.dense_attention(q, k, v, attn_mask=mask)
+    )
