@@ -36,7 +36,7 @@ $(INSTALLED): requirements.txt pyproject.toml Makefile
 	@# Build the C++ kernels for this CPU now (seconds) rather than in the
 	@# middle of a timed chapter; without a compiler they say why, and the
 	@# package runs its PyTorch versions.
-	$(BIN)/python -c "from efficient_attention import cpu_kernels as k; print('sliding-window kernel:', k.status('sliding_window'))"
+	$(BIN)/python -c "from efficient_attention import cpu_kernels as k; print('sliding-window kernel:', k.status('sliding_window')); print('block-sparse kernel:', k.status('block_sparse'))"
 	@# Flush the install to disk now: background writeback would skew the
 	@# timings that the chapters measure right after.
 	sync

@@ -14,9 +14,16 @@ from types import ModuleType
 from . import cost, masks
 from .attention import (
     AdaptiveSpanAttention,
+    BlockPattern,
+    block_pattern,
+    block_sparse_attention,
     dense_attention,
     effective_attention,
+    kmeans_clusters,
+    routing_attention,
     sliding_window_attention,
+    sparse_attention,
+    top_k_attention,
 )
 from .encoder import EncoderLayer
 from .notebook import pick_device, setup_notebook, show_source
@@ -35,7 +42,14 @@ _LAZY_MODULES = {
 
 __all__ = [
     "AdaptiveSpanAttention",
+    "BlockPattern",
     "EncoderLayer",
+    "block_pattern",
+    "block_sparse_attention",
+    "kmeans_clusters",
+    "routing_attention",
+    "sparse_attention",
+    "top_k_attention",
     "benchmark",
     "cost",
     "data",

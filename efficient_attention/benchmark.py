@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import math
 import os
 import platform
 import sys
@@ -59,6 +60,22 @@ LOCAL_VARIANTS = (
 """Variants of the command line that time a ``--window``: the package's
 ``sliding_window_attention`` and the peers of ``efficient_attention.peers``
 (with ``--causal`` only ``sliding-window``)."""
+
+SPARSE_VARIANTS = (
+    "block-sparse",
+    "bigbird",
+    "routing",
+    "sdpa-layout",
+    "flex-layout",
+)
+"""Variants of the command line that time sparse attention: the package's
+``block_sparse_attention`` on a random layout of ``--density`` per block
+row (``block-sparse``) and on BigBird's layout (``bigbird``: 3 window, 2
+global and 3 random blocks), its ``routing_attention`` with ``--clusters``
+(``routing``), and, on the layout that ``--layout`` names, SDPA with it as
+a boolean mask (``sdpa-layout``) and compiled FlexAttention with it as a
+block mask (``flex-layout``). Layouts are shared by all heads, in blocks
+of ``--block-size``, and seeded."""
 
 DTYPES = {
     "float32": torch.float32,
@@ -634,6 +651,19 @@ def _positive_seconds_argument(text: str) -> float:
         ) from None
 
 
+def _density_argument(text: str) -> float:
+    """argparse type: a number in (0, 1], or a usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a number in (0, 1]; got {text!r}"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line's parser: every number is checked as it is read."""
     parser = argparse.ArgumentParser(
@@ -648,8 +678,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--variants",
         nargs="+",
         default=list(VARIANTS),
-        choices=[*VARIANTS, *LOCAL_VARIANTS],
+        choices=[*VARIANTS, *LOCAL_VARIANTS, *SPARSE_VARIANTS],
         help="what to time; the local ones need --window",
+    )
+    parser.add_argument(
+        "--density",
+        type=_density_argument,
+        default=0.1,
+        help="share of key blocks each query block keeps in the random "
+        "layout of block-sparse (and of --layout random)",
+    )
+    parser.add_argument(
+        "--block-size",
+        type=_positive_int_argument,
+        default=64,
+        help="block side of the sparse layouts",
+    )
+    parser.add_argument(
+        "--clusters",
+        type=_positive_int_argument,
+        default=16,
+        help="k-means clusters per head of routing",
+    )
+    parser.add_argument(
+        "--layout",
+        choices=["random", "bigbird"],
+        default="random",
+        help="the layout sdpa-layout and flex-layout are given",
     )
     parser.add_argument(
         "--window",
@@ -721,6 +776,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(
             "with --causal only sdpa, dense and sliding-window are timed"
         )
+    sparse = [name for name in args.variants if name in SPARSE_VARIANTS]
+    if sparse and args.causal:
+        parser.error(f"the variants {sparse} do not take --causal")
     dtype = DTYPES[args.dtype]
     print(hardware_summary(device, dtype))
     print(
@@ -730,6 +788,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.window is not None:
         side = (args.window, 0) if args.causal else (args.window, args.window)
         print(f"window (left, right) = {side}")
+    if sparse:
+        print(
+            f"block size {args.block_size}; block-sparse: random layout, "
+            f"{args.density:g} of the blocks per row; routing: "
+            f"{args.clusters} clusters; sdpa-layout, flex-layout: the "
+            f"{args.layout} layout"
+        )
     records = sweep(
         {name: _variant(name, args) for name in args.variants},
         args.lengths,
@@ -757,6 +822,8 @@ def _variant(name: str, args: argparse.Namespace) -> Callable[..., Tensor]:
     from . import peers
     from .attention import sliding_window_attention
 
+    if name in SPARSE_VARIANTS:
+        return _sparse_variant(name, args)
     w = args.window
     if name == "sliding-window":
         window = (w, 0) if args.causal else (w, w)
@@ -777,6 +844,65 @@ def _variant(name: str, args: argparse.Namespace) -> Callable[..., Tensor]:
         ),
     }
     return peers.per_length(builders[name])
+
+
+def sparse_layout(kind: str, L: int, args: argparse.Namespace) -> Tensor:
+    """The layout the command line times at length ``L``: ``"random"``
+    (``--density`` of the blocks of each row) or ``"bigbird"``; seeded with
+    0 and shared by all heads."""
+    from . import masks
+
+    n = masks.n_blocks(L, args.block_size)
+    generator = torch.Generator().manual_seed(0)
+    if kind == "random":
+        return masks.random_layout(
+            n, density=args.density, generator=generator
+        )
+    return masks.bigbird_layout(
+        n, window=1, global_blocks=2, random_blocks=3, generator=generator
+    )
+
+
+def _sparse_variant(
+    name: str, args: argparse.Namespace
+) -> Callable[..., Tensor]:
+    """The function the command line times for sparse variant ``name``."""
+    from . import peers
+    from .attention import block_sparse_attention, routing_attention
+
+    bs = args.block_size
+    if name == "routing":
+        return functools.partial(
+            routing_attention, clusters=args.clusters, block_size=bs
+        )
+
+    def ours(kind: str) -> Callable[..., Tensor]:
+        layouts: dict[int, Tensor] = {}
+
+        def run(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+            L = query.shape[-2]
+            if L not in layouts:
+                layouts[L] = sparse_layout(kind, L, args).to(query.device)
+            return block_sparse_attention(
+                query, key, value, layout=layouts[L], block_size=bs
+            )
+
+        return run
+
+    if name == "block-sparse":
+        return ours("random")
+    if name == "bigbird":
+        return ours("bigbird")
+    build = (
+        peers.sdpa_layout_attention
+        if name == "sdpa-layout"
+        else peers.flex_layout_attention
+    )
+    return peers.per_length(
+        lambda L, device: build(
+            sparse_layout(args.layout, L, args).to(device), bs, L, device
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ be evaluated for the wrong rows.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Sequence
 
@@ -63,6 +64,15 @@ __all__ = [
     "invert",
     "create_mask",
     "example_patterns",
+    "n_blocks",
+    "strided_layout",
+    "fixed_layout",
+    "longformer_layout",
+    "bigbird_layout",
+    "checkerboard_layout",
+    "random_layout",
+    "from_block_layout",
+    "block_summary",
 ]
 
 
@@ -535,3 +545,326 @@ def example_patterns(
             sliding_window(window), global_tokens(n_global)
         ),
     }
+
+
+# -- block layouts ---------------------------------------------------------
+#
+# A block layout is a bool tensor ``(nq, nk)`` (or one per head, ``(H, nq,
+# nk)``): True where query block ``a`` attends key block ``c``, for blocks of
+# ``block_size`` positions (``nq = ceil(L / block_size)``). The builders
+# below make the fixed patterns of Sparse Transformer, Longformer and BigBird
+# at block granularity; ``from_block_layout`` turns a layout into a mask
+# function (for ``create_mask`` and FlexAttention), and ``block_summary``
+# goes the other way.
+
+
+def n_blocks(length: int, block_size: int) -> int:
+    """``ceil(length / block_size)``: blocks that cover ``length`` positions.
+
+    Raises:
+        ValueError: ``length`` below 0 or ``block_size`` below 1.
+    """
+    length = check_non_negative_int("length", length)
+    block_size = check_positive_int("block_size", block_size)
+    return -(-length // block_size)
+
+
+def _block_grid(n_q: int, n_k: int | None) -> tuple[Tensor, Tensor]:
+    """Block indices ``i (nq, 1)`` and ``j (1, nk)``."""
+    n_q = check_positive_int("n_q", n_q)
+    n_k = n_q if n_k is None else check_positive_int("n_k", n_k)
+    return torch.arange(n_q).view(-1, 1), torch.arange(n_k).view(1, -1)
+
+
+def strided_layout(
+    n_q: int, n_k: int | None = None, *, stride: int, causal: bool = True
+) -> Tensor:
+    """Sparse Transformer's strided pattern, in blocks (arXiv 1904.10509).
+
+    Block ``i`` attends the ``stride`` blocks before it (a local window)
+    and every ``stride``-th block behind it: ``0 <= i - j < stride`` or
+    ``(i - j) % stride == 0``, with ``j <= i`` when ``causal`` (else
+    ``|i - j| < stride`` or ``(i - j) % stride == 0``). About ``2 /
+    stride`` of the blocks for ``stride ~ sqrt(n)``: ``O(n sqrt n)``.
+
+    Args:
+        n_q, n_k: query and key blocks (``n_k`` defaults to ``n_q``).
+        stride: the period, an int >= 1. causal: keep only ``j <= i``.
+
+    Returns:
+        bool ``(n_q, n_k)``.
+
+    Raises:
+        ValueError: a count or stride that is not a positive int.
+    """
+    i, j = _block_grid(n_q, n_k)
+    stride = check_positive_int("stride", stride)
+    offset = i - j
+    near = offset.abs() < stride
+    layout = near | (offset % stride == 0)
+    return layout & (offset >= 0) if causal else layout
+
+
+def fixed_layout(
+    n_q: int,
+    n_k: int | None = None,
+    *,
+    stride: int,
+    summary: int = 1,
+    causal: bool = True,
+) -> Tensor:
+    """Sparse Transformer's fixed pattern, in blocks (arXiv 1904.10509).
+
+    Block ``i`` attends the blocks of its own chunk of ``stride`` blocks
+    (``i // stride == j // stride``) and the last ``summary`` blocks of
+    every chunk (``j % stride >= stride - summary``), which carry what
+    their chunk saw; ``j <= i`` when ``causal``.
+
+    Raises:
+        ValueError: a count or stride that is not a positive int, or
+            ``summary`` not in ``[0, stride]``.
+    """
+    i, j = _block_grid(n_q, n_k)
+    stride = check_positive_int("stride", stride)
+    summary = check_non_negative_int("summary", summary)
+    if summary > stride:
+        raise ValueError(
+            f"summary must be at most stride ({stride}); got {summary}."
+        )
+    layout = (i // stride == j // stride) | (j % stride >= stride - summary)
+    return layout & (j <= i) if causal else layout
+
+
+def longformer_layout(
+    n_q: int, n_k: int | None = None, *, window: int, global_blocks: int
+) -> Tensor:
+    """Longformer's window and global tokens, in blocks (arXiv 2004.05150).
+
+    Block ``i`` attends ``j`` when ``|i - j| <= window``, and the first
+    ``global_blocks`` blocks attend, and are attended by, every block.
+
+    Raises:
+        ValueError: a count that is not a positive int, a window or
+            global count below 0.
+    """
+    i, j = _block_grid(n_q, n_k)
+    window = min(check_non_negative_int("window", window), _FAR)
+    g = min(check_non_negative_int("global_blocks", global_blocks), _FAR)
+    return ((i - j).abs() <= window) | (i < g) | (j < g)
+
+
+def bigbird_layout(
+    n_q: int,
+    n_k: int | None = None,
+    *,
+    window: int = 1,
+    global_blocks: int = 2,
+    random_blocks: int = 3,
+    generator: torch.Generator | None = None,
+    heads: int | None = None,
+) -> Tensor:
+    """BigBird's window, global and random blocks (arXiv 2007.14062).
+
+    ``longformer_layout(window, global_blocks)`` plus, in every row that is
+    not global, ``random_blocks`` more key blocks drawn with ``generator``
+    among those not yet kept (fewer when fewer are left). The paper's
+    ITC setting is ``window=1`` (3 window blocks), 2 global blocks and 3
+    random blocks.
+
+    Args:
+        n_q, n_k: query and key blocks. window: blocks on each side.
+        global_blocks: leading global blocks. random_blocks: per row.
+        generator: draws the random blocks; None means seed 0.
+        heads: None for one layout, an int for one per head (each with its
+            own random blocks).
+
+    Returns:
+        bool ``(n_q, n_k)``, or ``(heads, n_q, n_k)``.
+
+    Raises:
+        ValueError: counts that are not ints of the right sign, or a
+            generator that is not a ``torch.Generator``.
+    """
+    layout = longformer_layout(
+        n_q, n_k, window=window, global_blocks=global_blocks
+    )
+    random_blocks = check_non_negative_int("random_blocks", random_blocks)
+    generator = _generator(generator)
+    count = 1 if heads is None else check_positive_int("heads", heads)
+    draws = torch.rand(count, *layout.shape, generator=generator)
+    draws = draws.masked_fill(layout, -1.0)  # kept blocks are not drawn
+    take = min(random_blocks, layout.shape[1])
+    picked = torch.zeros_like(draws, dtype=torch.bool)
+    if take:
+        best, where = draws.topk(take, dim=-1)
+        picked.scatter_(-1, where, best >= 0)
+    result = layout | picked
+    return result[0] if heads is None else result
+
+
+def checkerboard_layout(
+    n_q: int, n_k: int | None = None, *, square: int = 1
+) -> Tensor:
+    """Alternate squares of ``square x square`` blocks: half the blocks.
+
+    Block ``(i, j)`` is kept when ``i // square + j // square`` is even.
+    A pattern with no locality, to see what skipping costs when the kept
+    blocks are scattered.
+
+    Raises:
+        ValueError: a count or square side that is not a positive int.
+    """
+    i, j = _block_grid(n_q, n_k)
+    square = check_positive_int("square", square)
+    return (i // square + j // square) % 2 == 0
+
+
+def random_layout(
+    n_q: int,
+    n_k: int | None = None,
+    *,
+    density: float,
+    generator: torch.Generator | None = None,
+    heads: int | None = None,
+) -> Tensor:
+    """Every block row keeps ``ceil(density * n_k)`` random blocks (>= 1).
+
+    Used to time block-sparse attention at a given density.
+
+    Raises:
+        ValueError: counts that are not positive ints, a density outside
+            ``(0, 1]`` or a generator that is not one.
+    """
+    i, j = _block_grid(n_q, n_k)
+    if (
+        isinstance(density, bool)
+        or not isinstance(density, numbers.Real)
+        or not 0 < density <= 1
+    ):
+        raise ValueError(
+            f"density must be a number in (0, 1]; got {density!r}."
+        )
+    generator = _generator(generator)
+    count = 1 if heads is None else check_positive_int("heads", heads)
+    nq, nk = i.shape[0], j.shape[1]
+    keep = max(1, math.ceil(float(density) * nk))
+    draws = torch.rand(count, nq, nk, generator=generator)
+    where = draws.topk(keep, dim=-1).indices
+    layout = torch.zeros(count, nq, nk, dtype=torch.bool).scatter(
+        -1, where, True
+    )
+    return layout[0] if heads is None else layout
+
+
+def _generator(generator: object) -> torch.Generator:
+    if generator is None:
+        return torch.Generator().manual_seed(0)
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(
+            f"generator must be a torch.Generator (or None for seed 0); got "
+            f"{type(generator).__name__}."
+        )
+    return generator
+
+
+def from_block_layout(layout: Tensor, block_size: int) -> MaskMod:
+    """The mask function of a block layout: ``i`` attends ``j`` iff
+    ``layout[..., i // block_size, j // block_size]``.
+
+    Args:
+        layout: bool ``(nq, nk)``, or ``(H, nq, nk)`` indexed by head.
+        block_size: positions per block.
+
+    Raises:
+        ValueError: a layout that is not a 2-D or 3-D bool tensor, or a
+            block size that is not a positive int.
+
+    Build the dense mask with ``create_mask(from_block_layout(layout, bs),
+    L, S, heads=H)``, or hand it to FlexAttention's ``create_block_mask``.
+    """
+    if not isinstance(layout, Tensor) or layout.dtype != torch.bool:
+        raise ValueError(
+            f"layout must be a bool tensor; got "
+            f"{getattr(layout, 'dtype', type(layout).__name__)}."
+        )
+    if layout.dim() not in (2, 3):
+        raise ValueError(
+            f"layout must be (nq, nk) or (H, nq, nk); got shape "
+            f"{tuple(layout.shape)}."
+        )
+    block_size = min(check_positive_int("block_size", block_size), _FAR)
+    nq, nk = layout.shape[-2:]
+
+    def block_layout_mask(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
+        grid = layout.to(q_idx.device)
+        rows = (q_idx // block_size).clamp(max=nq - 1)
+        cols = (kv_idx // block_size).clamp(max=nk - 1)
+        if grid.dim() == 2:
+            return grid[rows, cols]
+        return grid[h, rows, cols]
+
+    return block_layout_mask
+
+
+def block_summary(
+    mask_mod: MaskMod,
+    L: int,
+    S: int,
+    *,
+    block_size: int,
+    heads: int | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Which blocks ``mask_mod`` keeps at all, and which it keeps whole.
+
+    Evaluated a chunk of query blocks at a time, so memory stays near
+    ``2**24`` booleans whatever ``L`` and ``S``.
+
+    Returns:
+        ``(any_kept, all_kept)``, bool ``(nq, nk)`` or ``(heads, nq, nk)``.
+        A block at the end that holds fewer than ``block_size`` queries or
+        keys is "all kept" when every pair inside the sequences is.
+
+    Raises:
+        ValueError: as ``create_mask``, or a bad block size.
+    """
+    block_size = check_positive_int("block_size", block_size)
+    L = check_positive_int("L", L)
+    S = check_positive_int("S", S)
+    nq, nk = -(-L // block_size), -(-S // block_size)
+    H = 1 if heads is None else check_positive_int("heads", heads)
+    chunk = max(1, 2**24 // (H * block_size * nk * block_size))
+    any_rows, all_rows = [], []
+    for first in range(0, nq, chunk):
+        last = min(nq, first + chunk)
+        lo, hi = first * block_size, min(L, last * block_size)
+        mask = create_mask(
+            _shifted_rows(mask_mod, lo), hi - lo, S, heads=heads, device=device
+        )
+        mask = mask if heads is not None else mask[None]  # (H, rows, S)
+        pad = (
+            0,
+            nk * block_size - S,
+            0,
+            (last - first) * block_size - (hi - lo),
+        )
+        tiles = (H, last - first, block_size, nk, block_size)
+        kept = torch.nn.functional.pad(mask, pad, value=False).view(tiles)
+        whole = torch.nn.functional.pad(mask, pad, value=True).view(tiles)
+        any_rows.append(kept.any(4).any(2))
+        all_rows.append(whole.all(4).all(2))
+    any_kept, all_kept = torch.cat(any_rows, 1), torch.cat(all_rows, 1)
+    if heads is None:
+        return any_kept[0], all_kept[0]
+    return any_kept, all_kept
+
+
+def _shifted_rows(mask_mod: MaskMod, offset: int) -> MaskMod:
+    """``mask_mod`` with query indices counted from ``offset``."""
+
+    def shifted(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return mask_mod(b, h, q_idx + offset, kv_idx)
+
+    return shifted

@@ -1,4 +1,5 @@
-"""Other people's sliding-window attention, to time the package against.
+"""Other people's local and block-sparse attention, to time the package
+against.
 
 Each ``*_attention`` builder returns a function ``fn(query, key, value)`` on
 ``(B, H, L, E)`` tensors that computes local attention with a ``(w, w)``
@@ -17,6 +18,11 @@ same over longer sweeps.
   overlapping chunks of ``2w`` and a diagonal re-layout.
 - NATTEN (Hassani et al. 2022): neighbourhood attention, whose windows
   shift at the borders (``border="shift"`` here).
+
+For block-sparse layouts (chapter "Sparse attention"):
+``sdpa_layout_attention`` (the layout as a dense boolean mask) and
+``flex_layout_attention`` (compiled FlexAttention with the layout as its
+block mask).
 """
 
 from __future__ import annotations
@@ -90,6 +96,53 @@ def flex_attention(w: int, L: int, device: torch.device | str = "cpu"):
         return compiled(query, key, value, block_mask=block_mask)
 
     return flex_window
+
+
+def sdpa_layout_attention(
+    layout: Tensor, block_size: int, L: int, device: torch.device | str = "cpu"
+):
+    """SDPA with a block layout as an ``(L, L)`` (or ``(H, L, L)``) boolean
+    mask: every score is still computed, then masked."""
+    heads = layout.shape[0] if layout.dim() == 3 else None
+    mask = masks.create_mask(
+        masks.from_block_layout(layout, block_size), L, L, heads=heads,
+        device=device,
+    )  # fmt: skip
+
+    def sdpa_layout(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask
+        )
+
+    return sdpa_layout
+
+
+def flex_layout_attention(
+    layout: Tensor, block_size: int, L: int, device: torch.device | str = "cpu"
+):
+    """Compiled FlexAttention with a block layout as its block mask, in
+    blocks of ``block_size`` (the blocks it skips are those of the layout).
+
+    The first call at each length compiles (tens of seconds on a CPU).
+    """
+    global _COMPILED_FLEX
+    try:
+        from torch.nn.attention import flex_attention as flex
+    except ImportError as error:
+        raise PeerUnavailable(f"FlexAttention needs torch >= 2.5: {error}")
+    if _COMPILED_FLEX is None:
+        _COMPILED_FLEX = torch.compile(flex.flex_attention, dynamic=False)
+    compiled = _COMPILED_FLEX
+    heads = layout.shape[0] if layout.dim() == 3 else None
+    block_mask = flex.create_block_mask(
+        masks.from_block_layout(layout, block_size), None, heads, L, L,
+        device=device, BLOCK_SIZE=block_size,
+    )  # fmt: skip
+
+    def flex_layout(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        return compiled(query, key, value, block_mask=block_mask)
+
+    return flex_layout
 
 
 def local_attention_package(w: int, L: int):

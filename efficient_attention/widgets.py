@@ -2,13 +2,16 @@
 
 The site shows static figures. ``mask_explorer`` lets the reader pick a
 pattern from ``masks.example_patterns`` and move its window, dilation, stride,
-block size and length; chapter 1 introduces it.
+block size and length; chapter 1 introduces it. ``sparse_pattern_explorer``
+does the same for the block layouts of chapter "Sparse attention".
 """
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import torch
 from matplotlib.figure import Figure
+from torch import Tensor
 
 from . import masks
 from ._validation import check_positive_int
@@ -181,6 +184,130 @@ def local_window_explorer(length: int = 40):
                 length, windows, dilations=[dilation] * heads, border=border
             )
         )
+        plt.close("all")
+
+    output = widgets.interactive_output(show, controls)
+    return widgets.HBox([widgets.VBox(list(controls.values())), output])
+
+
+SPARSE_PATTERNS = (
+    "strided",
+    "fixed",
+    "longformer",
+    "bigbird",
+    "checkerboard",
+)
+"""The block layouts of ``sparse_layout``, by name."""
+
+
+def sparse_layout(
+    name: str,
+    n_blocks: int,
+    *,
+    window: int = 1,
+    stride: int = 4,
+    global_blocks: int = 1,
+    random_blocks: int = 2,
+    seed: int = 0,
+) -> Tensor:
+    """The ``(n_blocks, n_blocks)`` layout of a fixed sparse pattern by name.
+
+    ``"strided"`` and ``"fixed"``: Sparse Transformer's (causal) patterns
+    with ``stride``; ``"longformer"``: ``window`` blocks on each side and
+    ``global_blocks``; ``"bigbird"``: the same plus ``random_blocks`` per
+    row drawn with ``seed``; ``"checkerboard"``: squares of ``stride // 2``
+    blocks (at least 1).
+
+    Raises:
+        ValueError: an unknown name or a bad parameter (the builders in
+            ``masks`` say which).
+    """
+    if name not in SPARSE_PATTERNS:
+        raise ValueError(
+            f"unknown pattern {name!r}; choose one of {list(SPARSE_PATTERNS)}."
+        )
+    if name == "strided":
+        return masks.strided_layout(n_blocks, stride=stride)
+    if name == "fixed":
+        return masks.fixed_layout(n_blocks, stride=stride)
+    if name == "longformer":
+        return masks.longformer_layout(
+            n_blocks, window=window, global_blocks=global_blocks
+        )
+    if name == "bigbird":
+        return masks.bigbird_layout(
+            n_blocks,
+            window=window,
+            global_blocks=global_blocks,
+            random_blocks=random_blocks,
+            generator=torch.Generator().manual_seed(seed),
+        )
+    return masks.checkerboard_layout(n_blocks, square=max(1, stride // 2))
+
+
+def draw_sparse_pattern(
+    name: str, length: int, block_size: int, **parameters: int
+) -> Figure:
+    """Draw a fixed sparse pattern's mask for ``length`` tokens, titled with
+    its density and its FLOPs against dense attention.
+
+    ``parameters`` go to ``sparse_layout``.
+
+    Raises:
+        ValueError: a bad name, length, block size or parameter.
+    """
+    length = check_positive_int("length", length)
+    block_size = check_positive_int("block_size", block_size)
+    layout = sparse_layout(
+        name, masks.n_blocks(length, block_size), **parameters
+    )
+    mask = masks.create_mask(
+        masks.from_block_layout(layout, block_size), length, length
+    )
+    density = mask.float().mean().item()
+    fig, ax = plt.subplots(figsize=(4.4, 4.6))
+    plot_mask(
+        mask,
+        ax=ax,
+        title=f"{name}: density {density:.2f}\n"
+        f"FLOPs {density:.2f}x dense ({1 / density:.1f}x fewer)",
+    )
+    return fig
+
+
+def sparse_pattern_explorer(length: int = 64):
+    """Sliders for the fixed sparse patterns: pattern, length, block size,
+    window, stride, global and random blocks -> the mask, its density and
+    its FLOPs against dense."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    check_positive_int("length", length)
+    controls = {
+        "name": widgets.Dropdown(
+            options=list(SPARSE_PATTERNS), value="bigbird",
+            description="pattern",
+        ),
+        "length": widgets.IntSlider(
+            value=length, min=16, max=256, step=16, description="length"
+        ),
+        "block_size": widgets.IntSlider(
+            value=4, min=1, max=32, description="block size"
+        ),
+        "window": widgets.IntSlider(value=1, min=0, max=8,
+                                    description="window"),
+        "stride": widgets.IntSlider(value=4, min=1, max=16,
+                                    description="stride"),
+        "global_blocks": widgets.IntSlider(
+            value=1, min=0, max=4, description="globals"
+        ),
+        "random_blocks": widgets.IntSlider(
+            value=2, min=0, max=8, description="random"
+        ),
+    }  # fmt: skip
+
+    def show(name, length, block_size, **parameters):
+        display(draw_sparse_pattern(name, length, block_size, **parameters))
         plt.close("all")
 
     output = widgets.interactive_output(show, controls)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import efficient_attention as ea
-from efficient_attention import benchmark
+from efficient_attention import benchmark, masks
 
 
 def test_time_callable_measures_a_known_duration():
@@ -344,9 +344,61 @@ def test_command_line(capsys):
     ]
 
 
+def test_command_line_times_the_sparse_variants(capsys):
+    benchmark.main(
+        "--variants sdpa block-sparse bigbird routing sdpa-layout "
+        "--lengths 40 --heads 2 --head-dim 8 --block-size 8 --density 0.5 "
+        "--clusters 3 --layout bigbird --min-run-time 0.01 --no-memory".split()
+    )
+    out = capsys.readouterr().out
+    assert "block size 8" in out and "0.5 of the blocks" in out
+    assert "3 clusters" in out and "the bigbird layout" in out
+    rows = [line.split() for line in out.splitlines()[4:]]
+    assert [row[1] for row in rows] == [
+        "sdpa", "block-sparse", "bigbird", "routing", "sdpa-layout",
+    ]  # fmt: skip
+    assert all(len(row) == 7 for row in rows)  # each one timed
+
+
+def test_sparse_variants_compute_their_layout(monkeypatch):
+    args = benchmark.build_parser().parse_args(
+        "--block-size 8 --density 0.25 --clusters 3".split()
+    )
+    q, k, v = benchmark.attention_inputs(40, heads=2, head_dim=8)
+    random = benchmark.sparse_layout("random", 40, args)
+    assert random.shape == (5, 5) and (random.sum(-1) == 2).all()
+    bigbird = benchmark.sparse_layout("bigbird", 40, args)
+    assert bigbird.equal(
+        masks.bigbird_layout(5, generator=torch.Generator().manual_seed(0))
+    )
+    for name, layout in [("block-sparse", random), ("bigbird", bigbird)]:
+        out = benchmark._variant(name, args)(q, k, v)
+        mask = masks.create_mask(masks.from_block_layout(layout, 8), 40, 40)
+        expected = ea.dense_attention(q, k, v, attn_mask=mask)
+        torch.testing.assert_close(out, expected)
+    args.layout = "random"
+    out = benchmark._variant("sdpa-layout", args)(q, k, v)
+    mask = masks.create_mask(masks.from_block_layout(random, 8), 40, 40)
+    torch.testing.assert_close(
+        out, ea.dense_attention(q, k, v, attn_mask=mask)
+    )
+    out = benchmark._variant("routing", args)(q, k, v)
+    torch.testing.assert_close(
+        out, ea.routing_attention(q, k, v, clusters=3, block_size=8)
+    )
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
+        ("--density 0", "--density: must be a number in (0, 1]"),
+        ("--density 1.5", "--density: must be a number in (0, 1]"),
+        ("--density nan", "--density: must be a number in (0, 1]"),
+        ("--density x", "--density: must be a number in (0, 1]"),
+        ("--block-size 0", "--block-size: must be a positive int"),
+        ("--clusters -2", "--clusters: must be a positive int"),
+        ("--layout strided", "--layout: invalid choice"),
+        ("--variants routing --causal", "do not take --causal"),
         ("--lengths -5", "--lengths: must be a positive int; got '-5'"),
         ("--lengths 0", "--lengths: must be a positive int; got '0'"),
         ("--lengths 64 32 64", "--lengths: each value must come once"),

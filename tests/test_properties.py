@@ -639,6 +639,176 @@ def local_bad_kwargs(p: Problem) -> st.SearchStrategy[tuple[dict, str]]:
     )
 
 
+def sparse_backends(p: Problem) -> list[str]:
+    # the kernel computes in float32
+    return ["auto", "torch"] + (["kernel"] if p.dtype != torch.float64 else [])
+
+
+@st.composite
+def block_sparse_kwargs(draw, p: Problem) -> dict:
+    block_size = draw(reach(1, 10), label="block_size")
+    nq, nk = -(-p.L // int(block_size)), -(-p.S // int(block_size))
+    heads = local_heads(p)
+    shape = (nq, nk)
+    if heads is not None and draw(st.booleans(), label="per head"):
+        shape = (heads, nq, nk)
+    cells = draw(
+        st.lists(st.booleans(), min_size=math.prod(shape),
+                 max_size=math.prod(shape)),
+        label="layout",
+    )  # fmt: skip
+    layout = torch.tensor(cells, dtype=torch.bool).reshape(shape)
+    kwargs = {
+        "layout": layout,
+        "block_size": block_size,
+        "backend": draw(st.sampled_from(sparse_backends(p))),
+    }
+    return {**kwargs, **draw(scales())}
+
+
+def block_sparse_mask(kwargs: dict, p: Problem) -> Tensor:
+    layout = kwargs["layout"]
+    if not (p.L and p.S):
+        return torch.zeros(p.L, p.S, dtype=torch.bool)
+    heads = layout.shape[0] if layout.dim() == 3 else None
+    mod = masks.from_block_layout(layout, int(kwargs["block_size"]))
+    return masks.create_mask(mod, p.L, p.S, heads=heads)
+
+
+def block_sparse_bad_kwargs(
+    p: Problem,
+) -> st.SearchStrategy[tuple[dict, str]]:
+    nq, nk = -(-p.L // 4), -(-p.S // 4)
+    good = torch.ones(nq, nk, dtype=torch.bool)
+    bad_layouts = [
+        good.float(),
+        good.long(),
+        [[True]],
+        torch.ones(nq + 1, nk, dtype=torch.bool),
+        torch.ones(nk, dtype=torch.bool),
+        torch.ones(1, 1, nq, nk, dtype=torch.bool),
+        torch.ones((local_heads(p) or 1) + 1, nq, nk, dtype=torch.bool),
+    ]
+    return st.one_of(
+        st.tuples(
+            st.sampled_from(bad_layouts).map(
+                lambda m: {"layout": m, "block_size": 4}
+            ),
+            st.just("layout"),
+        ),
+        st.tuples(
+            not_positive_ints().map(
+                lambda b: {"layout": good, "block_size": b}
+            ),
+            st.just("block_size"),
+        ),
+        st.tuples(
+            st.sampled_from(["gpu", None]).map(
+                lambda b: {"layout": good, "block_size": 4, "backend": b}
+            ),
+            st.just("backend"),
+        ),
+        st.tuples(
+            not_finite_reals()
+            .filter(lambda x: x is not None)
+            .map(lambda x: {"layout": good, "block_size": 4, "scale": x}),
+            st.just("scale"),
+        ),
+    )
+
+
+@st.composite
+def sparse_kwargs(draw, p: Problem) -> dict:
+    pattern = draw(patterns(), label="pattern")
+    kwargs = {
+        "pattern": pattern.mask_mod,
+        "block_size": draw(reach(1, 10), label="block_size"),
+        "backend": draw(st.sampled_from(sparse_backends(p))),
+        "_pattern": pattern,
+    }
+    heads = local_heads(p)
+    if heads is not None and draw(st.booleans(), label="per head"):
+        kwargs["heads"] = heads
+    return {**kwargs, **draw(scales())}
+
+
+def sparse_mask(kwargs: dict, p: Problem) -> Tensor:
+    if not (p.L and p.S):
+        return torch.zeros(p.L, p.S, dtype=torch.bool)
+    return masks.create_mask(
+        kwargs["pattern"], p.L, p.S, heads=kwargs.get("heads")
+    )
+
+
+def sparse_attention(query, key, value, _pattern=None, **kwargs):
+    """``ea.sparse_attention``; ``_pattern`` only names the mask in the
+    hypothesis report."""
+    return ea.sparse_attention(query, key, value, **kwargs)
+
+
+def sparse_bad_kwargs(p: Problem) -> st.SearchStrategy[tuple[dict, str]]:
+    return st.one_of(
+        st.tuples(
+            st.sampled_from([torch.ones(2, 2), "causal", None]).map(
+                lambda m: {"pattern": m}
+            ),
+            st.just("pattern"),
+        ),
+        st.tuples(
+            not_positive_ints().map(
+                lambda b: {"pattern": masks.causal, "block_size": b}
+            ),
+            st.just("block_size"),
+        ),
+    )
+
+
+@st.composite
+def routing_kwargs(draw, p: Problem) -> dict:
+    kwargs = {
+        "clusters": draw(ints(1, max(p.S, 1)), label="clusters"),
+        "block_size": draw(reach(1, 10), label="block_size"),
+        "backend": draw(st.sampled_from(sparse_backends(p))),
+    }
+    if draw(st.booleans()):
+        kwargs["iterations"] = draw(
+            ints(0, 3) | ints(2**61, 2**70), label="iterations"
+        )
+    return {**kwargs, **draw(scales())}
+
+
+def routing_mask(kwargs: dict, p: Problem) -> Tensor:
+    q, k, _ = p.qkv()
+    q_labels, k_labels = ea.kmeans_clusters(
+        q, k, clusters=kwargs["clusters"],
+        iterations=kwargs.get("iterations", 2),
+    )  # fmt: skip
+    return q_labels[..., :, None] == k_labels[..., None, :]
+
+
+def routing_bad_kwargs(p: Problem) -> st.SearchStrategy[tuple[dict, str]]:
+    return st.one_of(
+        st.tuples(
+            st.one_of(
+                not_positive_ints(), st.integers(max(p.S, 1) + 1, 100)
+            ).map(lambda c: {"clusters": c}),
+            st.just("clusters"),
+        ),
+        st.tuples(
+            not_non_negative_ints().map(
+                lambda i: {"clusters": 1, "iterations": i}
+            ),
+            st.just("iterations"),
+        ),
+        st.tuples(
+            st.sampled_from([0, "seed"]).map(
+                lambda g: {"clusters": 1, "generator": g}
+            ),
+            st.just("generator"),
+        ),
+    )
+
+
 VARIANTS = [
     Variant(
         "dense_attention",
@@ -653,6 +823,27 @@ VARIANTS = [
         local_kwargs,
         local_mask,
         local_bad_kwargs,
+    ),
+    Variant(
+        "block_sparse_attention",
+        ea.block_sparse_attention,
+        block_sparse_kwargs,
+        block_sparse_mask,
+        block_sparse_bad_kwargs,
+    ),
+    Variant(
+        "sparse_attention",
+        sparse_attention,
+        sparse_kwargs,
+        sparse_mask,
+        sparse_bad_kwargs,
+    ),
+    Variant(
+        "routing_attention",
+        ea.routing_attention,
+        routing_kwargs,
+        routing_mask,
+        routing_bad_kwargs,
     ),
 ]
 
