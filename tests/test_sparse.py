@@ -341,6 +341,18 @@ def test_sparse_attention_refuses_what_it_cannot_run():
         ea.sparse_attention(q, k, v, pattern=masks.causal, block_size=0)
 
 
+def test_a_prebuilt_pattern_refuses_other_block_sizes_and_heads():
+    q, k, v = random_qkv(2, L=8, S=8)
+    pattern = ea.block_pattern(masks.causal, 8, 8, block_size=4)
+    expected = ea.sparse_attention(q, k, v, pattern=pattern)
+    same = ea.sparse_attention(q, k, v, pattern=pattern, block_size=4, heads=1)
+    torch.testing.assert_close(same, expected)
+    with pytest.raises(ValueError, match="block_size=2 disagrees"):
+        ea.sparse_attention(q, k, v, pattern=pattern, block_size=2)
+    with pytest.raises(ValueError, match="heads=2 disagrees"):
+        ea.sparse_attention(q, k, v, pattern=pattern, heads=2)
+
+
 # -- layout builders ------------------------------------------------------
 
 

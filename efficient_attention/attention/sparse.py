@@ -295,7 +295,7 @@ def sparse_attention(
     value: Tensor,
     *,
     pattern: masks.MaskMod | BlockPattern,
-    block_size: int = 64,
+    block_size: int | None = None,
     heads: int | None = None,
     scale: float | None = None,
     backend: str = "auto",
@@ -307,8 +307,9 @@ def sparse_attention(
         pattern: a mask function (``masks``), turned into a block pattern
             at every call (``O(L * S)`` mask evaluations), or a
             ``BlockPattern`` from ``block_pattern`` built once for these
-            sizes (then ``block_size`` and ``heads`` are its own).
-        block_size: block side, an int >= 1.
+            sizes (then ``block_size`` and ``heads`` are its own: leave them
+            None, or give the same values).
+        block_size: block side, an int >= 1 (None: 64).
         heads: None: one pattern for every head (evaluated with ``h = 0``);
             an int: one per head, equal to ``query.shape[-3]``.
         scale, backend: as ``block_sparse_attention``.
@@ -319,7 +320,8 @@ def sparse_attention(
     Raises:
         ValueError: as ``block_sparse_attention``; a pattern that is neither
             a mask function nor a ``BlockPattern``, or one built for other
-            sizes or head counts.
+            sizes, head counts or a ``block_size``/``heads`` other than the
+            ones given.
         NotImplementedError: a mask function that depends on the batch.
 
     Complexity: that of the kept blocks, as ``block_sparse_attention``.
@@ -332,13 +334,16 @@ def sparse_attention(
     scale = check_scale(scale)
     _check_backend(backend)
     L, S = query.shape[-2], key.shape[-2]
-    if not isinstance(pattern, BlockPattern):
+    if isinstance(pattern, BlockPattern):
+        _check_pattern_agrees(pattern, block_size, heads)
+    else:
         if not callable(pattern):
             raise ValueError(
                 f"pattern must be a mask function (b, h, q_idx, kv_idx) -> "
                 f"bool or a BlockPattern from block_pattern(); got "
                 f"{type(pattern).__name__}."
             )
+        block_size = 64 if block_size is None else block_size
         block_size = _cap(check_positive_int("block_size", block_size), L, S)
         if heads is not None:
             heads = check_positive_int("heads", heads)
@@ -365,6 +370,23 @@ def sparse_attention(
     if pattern.heads > 1:
         _check_heads(query, pattern.heads, "pattern")
     return _run(query, key, value, pattern, scale, backend)
+
+
+def _check_pattern_agrees(
+    pattern: BlockPattern, block_size: object, heads: object
+) -> None:
+    """A prebuilt pattern fixes the block size and the heads: refuse other
+    values rather than ignore them."""
+    for name, given, own in (
+        ("block_size", block_size, pattern.block_size),
+        ("heads", heads, pattern.heads),
+    ):
+        if given is not None and given != own:
+            raise ValueError(
+                f"{name}={given!r} disagrees with the BlockPattern, built "
+                f"with {name}={own}; leave {name} out (None) or rebuild the "
+                "pattern with block_pattern()."
+            )
 
 
 def _cap(block_size: int, L: int, S: int) -> int:
