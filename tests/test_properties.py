@@ -755,9 +755,9 @@ def sparse_bad_kwargs(p: Problem) -> st.SearchStrategy[tuple[dict, str]]:
             st.just("pattern"),
         ),
         st.tuples(
-            not_positive_ints().map(
-                lambda b: {"pattern": masks.causal, "block_size": b}
-            ),
+            not_positive_ints()
+            .filter(lambda b: b is not None)  # None: the default block
+            .map(lambda b: {"pattern": masks.causal, "block_size": b}),
             st.just("block_size"),
         ),
     )

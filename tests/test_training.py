@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
 
@@ -106,7 +108,7 @@ def test_config_refuses_bad_values(field, value, message):
 
 
 def test_fine_tuning_learns_and_the_cache_returns_the_same_model(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setenv("EFFICIENT_ATTENTION_CACHE", str(tmp_path))
     train = data.generate_paraphrase_pairs("train", size=16)
@@ -128,6 +130,10 @@ def test_fine_tuning_learns_and_the_cache_returns_the_same_model(
         training.predict(cached, tokenizer, train),
         training.predict(model, tokenizer, train),
     )
+    models.load_encoder(info["path"])  # prints the folder's name only
+    out = capsys.readouterr().out
+    assert f"from the local folder '{pathlib.Path(info['path']).name}'" in out
+    assert str(tmp_path) not in out
     other_seed = training.FineTuneConfig(**{**config.__dict__, "seed": 1})
     assert training.checkpoint_key(other_seed, train) != info["key"]
 
