@@ -6,6 +6,8 @@ import os
 import pathlib
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from efficient_attention import data
 
@@ -217,3 +219,37 @@ def test_malformed_test_index(tmp_path):
 def test_generated_size_must_be_positive(size):
     with pytest.raises(ValueError, match="size must be a positive int"):
         data.generate_paraphrase_pairs("dev", size=size)
+
+
+SENTENCES = st.text(
+    st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp")), min_size=1
+).filter(lambda s: s.strip() and "\t" not in s)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 1), SENTENCES, SENTENCES),
+        min_size=1,
+        max_size=8,
+    ),
+    st.data(),
+)
+def test_any_valid_file_reads_back_and_any_broken_row_is_named(
+    tmp_path, rows, data_
+):
+    text = HEADER + "".join(f"{y}\t1\t2\t{a}\t{b}\n" for y, a, b in rows)
+    write_mrpc(tmp_path, "train", text)
+    dataset = data.load_mrpc("train", glue_dir=tmp_path, verbose=False)
+    assert list(dataset["label"]) == [y for y, _, _ in rows]
+    assert list(dataset["sentence1"]) == [a for _, a, _ in rows]
+    assert list(dataset["sentence2"]) == [b for _, _, b in rows]
+    broken = data_.draw(st.integers(0, len(rows) - 1), label="broken row")
+    bad = data_.draw(
+        st.sampled_from(["2\t1\t2\tA.\tB.", "1\t1\t2\tA.", "1\tx\t2\tA.\tB."])
+    )
+    lines = text.split("\n")
+    lines[broken + 1] = bad
+    write_mrpc(tmp_path, "train", "\n".join(lines))
+    with pytest.raises(data.MRPCFormatError, match=f"line {broken + 2}:"):
+        data.load_mrpc("train", glue_dir=tmp_path, verbose=False)

@@ -6,6 +6,8 @@ import pathlib
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from efficient_attention import data, models, training
 
@@ -206,3 +208,24 @@ def test_set_dropout_reaches_every_dropout_layer():
         torch.testing.assert_close(
             model(**batch).logits, model(**batch).logits
         )
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 1), st.integers(0, 1)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_metrics_match_their_definitions(pairs):
+    predictions = torch.tensor([p for p, _ in pairs])
+    labels = torch.tensor([y for _, y in pairs])
+    metrics = training.classification_metrics(predictions, labels)
+    tp = sum(p == y == 1 for p, y in pairs)
+    fp = sum(p == 1 and y == 0 for p, y in pairs)
+    fn = sum(p == 0 and y == 1 for p, y in pairs)
+    assert metrics["accuracy"] == pytest.approx(
+        sum(p == y for p, y in pairs) / len(pairs)
+    )
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    assert metrics["f1"] == pytest.approx(f1)
