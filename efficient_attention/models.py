@@ -306,3 +306,108 @@ def disable_attention_dropout(model: nn.Module) -> int:
     ):
         model.config.attention_probs_dropout_prob = 0.0
     return changed
+
+
+def real_text_ids(
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    num_tokens: int,
+    *,
+    split: str = "dev",
+) -> Tensor:
+    """Token ids of real English prose: MRPC's sentences, one after another.
+
+    Args:
+        tokenizer: the encoder's tokenizer.
+        num_tokens: how many token ids to return (no special tokens).
+        split: the MRPC split whose sentences are read (``load_mrpc``).
+
+    Returns:
+        ``(num_tokens,)`` int64 ids: the first sentences of the split
+        (``sentence1`` then ``sentence2`` of each pair), tokenized and cut.
+
+    Raises:
+        ValueError: ``num_tokens`` is not a positive int, or the split holds
+            fewer tokens than asked for.
+    """
+    from .data import load_mrpc
+
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int):
+        raise ValueError(f"num_tokens must be an int, got {num_tokens!r}")
+    if num_tokens < 1:
+        raise ValueError(f"num_tokens must be at least 1, got {num_tokens}")
+    pairs = load_mrpc(split, verbose=False)
+    ids: list[int] = []
+    for first, second in zip(pairs["sentence1"], pairs["sentence2"]):
+        for sentence in (first, second):
+            ids += tokenizer(sentence, add_special_tokens=False)["input_ids"]
+        if len(ids) >= num_tokens:
+            return torch.tensor(ids[:num_tokens], dtype=torch.long)
+    raise ValueError(
+        f"MRPC's {split!r} split holds {len(ids)} tokens, fewer than the "
+        f"num_tokens={num_tokens} asked for; ask for fewer."
+    )
+
+
+@torch.no_grad()
+def real_attention_inputs(
+    num_tokens: int,
+    *,
+    layer: int = 2,
+    model: transformers.PreTrainedModel | None = None,
+    tokenizer: transformers.PreTrainedTokenizerBase | None = None,
+    chunk: int = 512,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Queries, keys and values of a real encoder on real text, any length.
+
+    The encoder reads MRPC's sentences (``real_text_ids``) in consecutive
+    chunks of at most ``chunk`` tokens (its position embeddings stop at
+    512); each chunk's hidden states entering ``layer`` go through that
+    layer's query, key and value projections, and the chunks are joined
+    along the sequence. Attention across chunk borders is then what an
+    efficient attention over a long document would see.
+
+    Args:
+        num_tokens: sequence length ``L`` of the result.
+        layer: which encoder layer's projections (0-based).
+        model, tokenizer: a BERT-style encoder; default ``load_encoder()``.
+        chunk: tokens per encoder call, including ``[CLS]`` and ``[SEP]``.
+
+    Returns:
+        ``(query, key, value)``, each ``(1, H, L, E)`` float32.
+
+    Raises:
+        ValueError: ``layer`` or ``chunk`` out of range (names the range).
+    """
+    if model is None or tokenizer is None:
+        model, tokenizer = load_encoder(verbose=False)
+    encoder = getattr(model, "bert", model)
+    layers = encoder.encoder.layer
+    if not 0 <= layer < len(layers):
+        raise ValueError(
+            f"layer must be in [0, {len(layers) - 1}] for this encoder, "
+            f"got {layer}"
+        )
+    limit = model.config.max_position_embeddings
+    if not 3 <= chunk <= limit:
+        raise ValueError(f"chunk must be in [3, {limit}], got {chunk}")
+    ids = real_text_ids(tokenizer, num_tokens)
+    heads = model.config.num_attention_heads
+    projections = layers[layer].attention.self
+    parts: dict[str, list[Tensor]] = {"query": [], "key": [], "value": []}
+    for piece in ids.split(chunk - 2):
+        row = torch.cat(
+            [
+                torch.tensor([tokenizer.cls_token_id]),
+                piece,
+                torch.tensor([tokenizer.sep_token_id]),
+            ]
+        )[None]  # (1, n + 2)
+        hidden = encoder(row, output_hidden_states=True).hidden_states[layer]
+        hidden = hidden[:, 1:-1]  # (1, n, d): the text's tokens only
+        for name in parts:
+            x = getattr(projections, name)(hidden)  # (1, n, d)
+            parts[name].append(
+                x.view(1, x.shape[1], heads, -1).transpose(1, 2)
+            )
+    query, key, value = (torch.cat(parts[n], dim=-2) for n in parts)
+    return query, key, value  # each (1, H, L, E)

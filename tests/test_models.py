@@ -207,3 +207,40 @@ def test_padding_mask_only():
 def test_use_attention_refuses_a_model_without_the_interface():
     with pytest.raises(ValueError, match="does not dispatch its attention"):
         models.use_attention(torch.nn.Linear(2, 2), ea.dense_attention)
+
+
+def test_real_attention_inputs_match_the_layer_projections(encoder):
+    model, tokenizer = encoder
+    query, key, value = models.real_attention_inputs(
+        40, layer=1, model=model, tokenizer=tokenizer, chunk=22
+    )
+    assert query.shape == key.shape == value.shape == (1, 12, 40, 32)
+    ids = models.real_text_ids(tokenizer, 40)
+    # The second chunk's first key, recomputed from its own encoder call.
+    row = torch.cat(
+        [
+            torch.tensor([tokenizer.cls_token_id]),
+            ids[20:40],
+            torch.tensor([tokenizer.sep_token_id]),
+        ]
+    )[None]
+    with torch.no_grad():
+        hidden = model.bert(row, output_hidden_states=True).hidden_states[1]
+        expected = model.bert.encoder.layer[1].attention.self.key(hidden)
+    torch.testing.assert_close(key[0, :, 20], expected[0, 1].view(12, 32))
+
+
+def test_real_attention_inputs_refuse_bad_arguments(encoder):
+    model, tokenizer = encoder
+    with pytest.raises(ValueError, match="layer must be in"):
+        models.real_attention_inputs(
+            8, layer=6, model=model, tokenizer=tokenizer
+        )
+    with pytest.raises(ValueError, match="chunk must be in"):
+        models.real_attention_inputs(
+            8, chunk=513, model=model, tokenizer=tokenizer
+        )
+    with pytest.raises(ValueError, match="num_tokens must be at least 1"):
+        models.real_text_ids(tokenizer, 0)
+    with pytest.raises(ValueError, match="fewer than"):
+        models.real_text_ids(tokenizer, 10**8)
