@@ -33,6 +33,7 @@ __version__ = "0.1.0"
 # Imported on first use (data, models and training import transformers).
 _LAZY_MODULES = {
     "benchmark",
+    "compression",
     "data",
     "models",
     "plotting",
@@ -51,6 +52,7 @@ __all__ = [
     "sparse_attention",
     "top_k_attention",
     "benchmark",
+    "compression",
     "cost",
     "data",
     "dense_attention",

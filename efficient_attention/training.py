@@ -170,6 +170,8 @@ def train_classifier(
     config: FineTuneConfig = FineTuneConfig(),
     *,
     progress: bool = True,
+    autocast: torch.dtype | None = None,
+    max_steps: int | None = None,
 ) -> list[float]:
     """Fine-tune ``model`` on ``train`` in place; returns the batch losses.
 
@@ -177,7 +179,19 @@ def train_classifier(
     classifier, at ``head_learning_rate``), the learning rates warmed up
     linearly over ``warmup_ratio`` of the steps and decayed linearly to 0,
     one shuffled pass per epoch seeded by ``config.seed``.
+
+    Mixed precision (Micikevicius et al. 2018, arXiv:1710.03740): with
+    ``autocast=torch.bfloat16`` (or ``float16``) the forward pass runs under
+    ``torch.autocast`` on the model's device while the weights and the
+    optimizer stay in float32; float16 on a GPU also scales the loss
+    (``torch.amp.GradScaler``) so small gradients do not flush to zero.
+    ``max_steps`` stops early (the schedule still spans every epoch).
     """
+    device = next(model.parameters()).device
+    _check_autocast(autocast)
+    scaler = torch.amp.GradScaler(
+        device.type, enabled=autocast == torch.float16 and device.type != "cpu"
+    )
     examples = encode_pairs(tokenizer, train, config.max_length)
     steps = config.epochs * math.ceil(len(examples) / config.batch_size)
     optimizer = _adamw(model, config)
@@ -188,7 +202,8 @@ def train_classifier(
     torch.manual_seed(config.seed)  # dropout
     losses: list[float] = []
     model.train()
-    with tqdm(total=steps, desc="fine-tuning", disable=not progress) as bar:
+    total = steps if max_steps is None else min(steps, max_steps)
+    with tqdm(total=total, desc="fine-tuning", disable=not progress) as bar:
         for _ in range(config.epochs):
             for batch in batches(
                 examples,
@@ -196,10 +211,18 @@ def train_classifier(
                 pad_token_id=tokenizer.pad_token_id or 0,
                 generator=generator,
             ):
-                loss = model(**batch).loss
-                loss.backward()
+                if len(losses) == total:
+                    break
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with torch.autocast(
+                    device.type, dtype=autocast, enabled=autocast is not None
+                ):
+                    loss = model(**batch).loss
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.item())
@@ -207,6 +230,15 @@ def train_classifier(
                 bar.update()
     model.eval()
     return losses
+
+
+def _check_autocast(dtype: torch.dtype | None) -> None:
+    """Refuse an autocast dtype that ``torch.autocast`` would ignore."""
+    if dtype not in (None, torch.bfloat16, torch.float16):
+        raise ValueError(
+            f"autocast must be None, torch.bfloat16 or torch.float16; got "
+            f"{dtype!r}."
+        )
 
 
 def _adamw(
@@ -255,25 +287,32 @@ def predict(
     *,
     batch_size: int = 64,
     max_length: int = 128,
+    autocast: torch.dtype | None = None,
 ) -> Tensor:
     """The model's logits for every pair, in order: ``(N, num_labels)``.
 
     The pairs run sorted by length, so a batch pads little; the logits come
-    back in the dataset's order.
+    back in the dataset's order. ``autocast`` (``torch.bfloat16`` or
+    ``torch.float16``) runs the forward passes under ``torch.autocast``.
     """
+    _check_autocast(autocast)
     model.eval()
     examples = encode_pairs(tokenizer, dataset, max_length)
     order = sorted(
         range(len(examples)), key=lambda i: len(examples[i]["input_ids"])
     )
-    logits = [
-        model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        for batch in batches(
-            [examples[i] for i in order],
-            batch_size,
-            pad_token_id=tokenizer.pad_token_id or 0,
-        )
-    ]
+    device = next(model.parameters(), torch.empty(0)).device
+    with torch.autocast(
+        device.type, dtype=autocast, enabled=autocast is not None
+    ):
+        logits = [
+            model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+            for batch in batches(
+                [examples[i] for i in order],
+                batch_size,
+                pad_token_id=tokenizer.pad_token_id or 0,
+            )
+        ]
     in_order = torch.empty_like(torch.cat(logits))
     in_order[torch.tensor(order)] = torch.cat(logits)
     return in_order.float()
@@ -314,10 +353,16 @@ def evaluate(
     *,
     batch_size: int = 64,
     max_length: int = 128,
+    autocast: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Accuracy and F1 of ``model`` on a labelled ``dataset``."""
     logits = predict(
-        model, tokenizer, dataset, batch_size=batch_size, max_length=max_length
+        model,
+        tokenizer,
+        dataset,
+        batch_size=batch_size,
+        max_length=max_length,
+        autocast=autocast,
     )
     return classification_metrics(
         logits.argmax(-1), torch.tensor(list(dataset["label"]))
@@ -332,24 +377,48 @@ def measure_latency(
     batch_size: int,
     min_run_time: float = 1.0,
     max_length: int = 128,
+    pad_to_max_length: bool = False,
+    autocast: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Seconds for one forward pass over the first ``batch_size`` pairs.
+
+    The batch is padded to its longest pair, or to ``max_length`` tokens
+    with ``pad_to_max_length`` (a fixed ``batch_size x max_length`` shape);
+    ``autocast`` runs the pass under ``torch.autocast`` with that dtype.
 
     Returns:
         ``median`` and ``iqr`` in seconds (``torch.utils.benchmark``), and
         ``tokens``: the padded batch's ``B * L``.
     """
+    _check_autocast(autocast)
     examples = encode_pairs(
         tokenizer, dataset.select(range(batch_size)), max_length
     )
+    if pad_to_max_length:
+        filler = {"input_ids": tokenizer.pad_token_id or 0}
+        for example in examples:
+            short = max_length - len(example["input_ids"])
+            for key in ("input_ids", "token_type_ids", "attention_mask"):
+                if key in example:
+                    example[key] = example[key] + [filler.get(key, 0)] * short
     batch = next(
         batches(examples, batch_size, pad_token_id=tokenizer.pad_token_id or 0)
     )
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     model.eval()
+    device = next(model.parameters(), torch.empty(0)).device
     timer = torch_benchmark.Timer(
-        stmt="with torch.inference_mode(): model(**inputs)",
-        globals={"model": model, "inputs": inputs, "torch": torch},
+        stmt=(
+            "with torch.inference_mode(), torch.autocast(device, dtype=dtype,"
+            " enabled=dtype is not None): model(**inputs)"
+        ),
+        globals={
+            "model": model,
+            "inputs": inputs,
+            "torch": torch,
+            "device": device.type,
+            "dtype": autocast,
+        },
         num_threads=torch.get_num_threads(),
     )
     measurement = timer.blocked_autorange(min_run_time=min_run_time)
