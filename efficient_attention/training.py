@@ -17,13 +17,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.metadata
+import io
 import json
 import math
 import os
 import pathlib
 import shutil
+import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import datasets
@@ -427,6 +430,73 @@ def measure_latency(
         "iqr": measurement.iqr,
         "tokens": int(inputs["input_ids"].numel()),
     }
+
+
+def model_report(
+    models: dict[str, torch.nn.Module],
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    dataset: datasets.Dataset,
+    *,
+    rounds: int = 3,
+    min_run_time: float = 0.5,
+    autocast: dict[str, torch.dtype] | None = None,
+) -> dict[str, dict[str, float]]:
+    """The rows of a compression table: quality, latency and size.
+
+    Latency is measured in ``rounds`` rounds that visit every model in turn,
+    and the median over rounds is kept, so a machine that gets busier or
+    quieter during the run shifts every model alike.
+
+    Args:
+        models: ``{name: model}``; the first is the reference.
+        autocast: ``{name: dtype}`` for models that run under autocast.
+
+    Returns:
+        ``{name: row}``, each row with ``accuracy`` and ``f1`` on
+        ``dataset``, ``ms (batch 1)`` for its first pair, ``ms (32 x 128)``
+        for 32 pairs padded to 128 tokens, ``MiB`` (the saved weights,
+        ``serialized_megabytes``) and ``speed-up (32 x 128)`` against the
+        first model.
+    """
+    autocast = autocast or {}
+    rows = {
+        name: {
+            **evaluate(model, tokenizer, dataset, autocast=autocast.get(name)),
+            "MiB": serialized_megabytes(model),
+        }
+        for name, model in models.items()
+    }
+    times: dict[tuple[str, int], list[float]] = {}
+    for _ in range(rounds):
+        for name, model in models.items():
+            for batch in (1, 32):
+                timing = measure_latency(
+                    model,
+                    tokenizer,
+                    dataset,
+                    batch_size=batch,
+                    min_run_time=min_run_time,
+                    pad_to_max_length=batch > 1,
+                    autocast=autocast.get(name),
+                )
+                times.setdefault((name, batch), []).append(timing["median"])
+    reference = statistics.median(times[next(iter(models)), 32])
+    for name, row in rows.items():
+        row["ms (batch 1)"] = 1e3 * statistics.median(times[name, 1])
+        row["ms (32 x 128)"] = 1e3 * statistics.median(times[name, 32])
+        row["speed-up (32 x 128)"] = 1e3 * reference / row["ms (32 x 128)"]
+    return rows
+
+
+def serialized_megabytes(module: torch.nn.Module) -> float:
+    """Megabytes (2**20 bytes) of ``torch.save(module.state_dict())``: the
+    size on disk, which also counts int8 weights packed by quantized
+    modules (``model_size_mb`` sees only parameters and buffers)."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # quantized modules' notices
+        torch.save(module.state_dict(), buffer)
+    return buffer.getbuffer().nbytes / 2**20
 
 
 def model_size_mb(model: torch.nn.Module) -> float:

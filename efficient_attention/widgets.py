@@ -312,3 +312,48 @@ def sparse_pattern_explorer(length: int = 64):
 
     output = widgets.interactive_output(show, controls)
     return widgets.HBox([widgets.VBox(list(controls.values())), output])
+
+
+def draw_quantization_grid(weights: Tensor, bits: int, grid: str) -> Figure:
+    """A histogram of ``weights`` with the levels of a ``bits``-bit grid on
+    top (``"uniform"``, ``"kmeans"`` or ``"log"``), titled with the relative
+    error of rounding the weights onto it (chapter "Quantization")."""
+    from .compression import quantization
+
+    values = weights.detach().flatten().float()
+    rounded = quantization.quantize_values(values, bits, grid=grid)
+    levels = rounded.unique()
+    error = quantization.relative_error(values, rounded)
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.hist(values.numpy(), bins=200, color="0.6")
+    for level in levels.tolist():
+        ax.axvline(level, color="tab:red", linewidth=0.8, alpha=0.8)
+    ax.set_xlabel("weight value")
+    ax.set_ylabel("count")
+    ax.set_title(
+        f"{grid} grid, {bits} bits: {len(levels)} levels in use, "
+        f"relative error {error:.3f}"
+    )
+    fig.tight_layout()
+    return fig
+
+
+def quantization_explorer(weights: Tensor):
+    """Sliders for the bit width and the grid over a weight histogram."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    controls = {
+        "bits": widgets.IntSlider(value=4, min=2, max=8, description="bits"),
+        "grid": widgets.Dropdown(
+            options=["uniform", "kmeans", "log"], value="uniform",
+            description="grid",
+        ),
+    }  # fmt: skip
+
+    def show(bits, grid):
+        display(draw_quantization_grid(weights, bits, grid))
+        plt.close("all")
+
+    output = widgets.interactive_output(show, controls)
+    return widgets.VBox([widgets.HBox(list(controls.values())), output])

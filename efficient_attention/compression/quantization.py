@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import warnings
 
 import torch
 from torch import Tensor, nn
 
+from ..training import serialized_megabytes
 from .pruning import prunable_linears
 
 GRIDS = ("uniform", "kmeans", "log")
@@ -270,16 +270,6 @@ def quantize_dynamic_int8(model: nn.Module) -> tuple[nn.Module, str]:
         f"{torch.backends.cpu.get_cpu_capability()}"
     )
     return quantized, description
-
-
-def serialized_megabytes(module: nn.Module) -> float:
-    """Megabytes (2**20 bytes) of ``torch.save(module.state_dict())``: the
-    size on disk, which counts int8 weights packed by quantized modules."""
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.save(module.state_dict(), buffer)
-    return buffer.getbuffer().nbytes / 2**20
 
 
 def non_embedding_megabytes(model: nn.Module) -> float:
