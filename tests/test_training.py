@@ -229,3 +229,54 @@ def test_metrics_match_their_definitions(pairs):
     )
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
     assert metrics["f1"] == pytest.approx(f1)
+
+
+def test_model_report_pads_to_128_and_compares_in_one_run(tokenizer):
+    model = models.load_encoder(verbose=False)[0]
+    pairs = data.generate_paraphrase_pairs("dev", size=32)
+    fixed = training.measure_latency(
+        model,
+        tokenizer,
+        pairs,
+        batch_size=2,
+        min_run_time=0.01,
+        pad_to_max_length=True,
+    )
+    assert fixed["tokens"] == 2 * 128
+    report = training.model_report(
+        {"fp32": model, "bf16": model},
+        tokenizer,
+        pairs,
+        rounds=1,
+        min_run_time=0.01,
+        autocast={"bf16": torch.bfloat16},
+    )
+    assert list(report) == ["fp32", "bf16"]
+    assert report["fp32"]["speed-up (32 x 128)"] == pytest.approx(1.0)
+    assert report["fp32"]["MiB"] == pytest.approx(
+        training.serialized_megabytes(model)
+    )
+    assert 80 < report["fp32"]["MiB"] < 95
+    for row in report.values():
+        assert 0 <= row["f1"] <= 1 and row["ms (batch 1)"] > 0
+
+
+def test_train_classifier_stops_at_max_steps_under_autocast(tokenizer):
+    model = models.load_encoder(verbose=False)[0]
+    pairs = data.generate_paraphrase_pairs("train", size=12)
+    config = training.FineTuneConfig(batch_size=4)
+    losses = training.train_classifier(
+        model,
+        tokenizer,
+        pairs,
+        config,
+        progress=False,
+        autocast=torch.bfloat16,
+        max_steps=2,
+    )
+    assert len(losses) == 2 and all(loss > 0 for loss in losses)
+    assert next(model.parameters()).dtype == torch.float32  # master weights
+    with pytest.raises(ValueError, match="autocast must be"):
+        training.train_classifier(
+            model, tokenizer, pairs, config, autocast=torch.int8
+        )
