@@ -13,6 +13,13 @@ from types import ModuleType
 
 from . import cost, masks
 from .attention import (
+    ApproximationError,
+    approximation_error,
+    linformer_attention,
+    make_linformer_projections,
+    make_performer_features,
+    nystrom_attention,
+    performer_attention,
     AdaptiveSpanAttention,
     BlockPattern,
     block_pattern,
@@ -34,6 +41,7 @@ __version__ = "0.1.0"
 _LAZY_MODULES = {
     "benchmark",
     "data",
+    "low_rank_weights",
     "models",
     "plotting",
     "training",
@@ -41,6 +49,14 @@ _LAZY_MODULES = {
 }
 
 __all__ = [
+    "ApproximationError",
+    "approximation_error",
+    "linformer_attention",
+    "low_rank_weights",
+    "make_linformer_projections",
+    "make_performer_features",
+    "nystrom_attention",
+    "performer_attention",
     "AdaptiveSpanAttention",
     "BlockPattern",
     "EncoderLayer",

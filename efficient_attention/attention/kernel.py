@@ -1,0 +1,259 @@
+"""Kernel attention: softmax attention as a dot product of random features.
+
+Performer ("Rethinking Attention with Performers", Choromanski et al. 2020,
+arXiv 2009.14794) writes ``exp(q . k)`` as ``E[phi(q) . phi(k)]`` with
+positive random features ``phi(x) = exp(W x - |x|^2 / 2) / sqrt(m)``
+(FAVOR+, rows of ``W`` orthogonal). Attention then factors as
+``phi(Q) (phi(K)^T V)``: linear in the length, and causal attention becomes
+a prefix sum of ``phi(k) v^T``. The chapter "Low-rank attention" teaches it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .._validation import (
+    check_bool,
+    check_generator,
+    check_positive_int,
+    check_qkv,
+    check_scale,
+    check_tensor,
+    scores_not_finite,
+)
+
+CAUSAL_CHUNK = 64
+"""Positions per chunk of the causal form: inside a chunk a ``64 x 64``
+masked product, across chunks a prefix sum of ``phi(K)^T V``."""
+
+GROUP_ELEMENTS = 2**20
+"""Heads are computed a group at a time, with at most about this many
+feature entries (4 MiB in float32) per group."""
+
+
+def make_performer_features(
+    num_features: int,
+    dim: int,
+    *,
+    generator: torch.Generator,
+    orthogonal: bool = True,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Random projections ``W`` for ``performer_attention`` (FAVOR+).
+
+    Rows are Gaussian ``N(0, I_E)`` vectors; with ``orthogonal=True`` each
+    block of ``E`` rows is made orthogonal (QR of a Gaussian matrix) and
+    rescaled to the norms of independent Gaussian vectors, which keeps
+    every row's distribution and lowers the estimator's variance.
+    Drawn on the CPU in float64 with ``generator``, then cast and moved.
+
+    Args:
+        num_features: ``m`` (>= 1).
+        dim: ``E``, the query/key features (>= 1).
+        generator: a ``torch.Generator`` on the CPU.
+        orthogonal: True (FAVOR+) or False (i.i.d. rows).
+        dtype, device: of the result.
+
+    Returns:
+        ``(m, E)``.
+
+    Raises:
+        ValueError: a size that is not a positive int, a generator or flag
+            of the wrong type.
+    """
+    m = check_positive_int("num_features", num_features)
+    dim = check_positive_int("dim", dim)
+    check_generator("generator", generator)
+    check_bool("orthogonal", orthogonal)
+    g = torch.randn(m, dim, generator=generator, dtype=torch.float64)
+    if orthogonal:
+        blocks = []
+        for start in range(0, m, dim):
+            square = torch.randn(dim, dim, generator=generator, dtype=g.dtype)
+            basis, _ = torch.linalg.qr(square)  # (E, E) orthonormal columns
+            blocks.append(basis.T[: m - start])  # rows orthonormal
+        directions = torch.cat(blocks)  # (m, E)
+        g = directions * g.norm(dim=-1, keepdim=True)  # chi(E) norms
+    return g.to(dtype=dtype, device=device)
+
+
+def softmax_kernel_features(x: Tensor, features: Tensor) -> Tensor:
+    """FAVOR+ positive random features ``phi(x)``, unstabilised.
+
+    ``phi(x) = exp(W x - |x|^2 / 2) / sqrt(m)``, so that
+    ``E_W[phi(x) . phi(y)] = exp(x . y)`` exactly (an unbiased estimate of
+    the softmax kernel).
+
+    Args:
+        x: ``(..., n, E)``. features: ``W``, ``(m, E)``.
+
+    Returns:
+        ``(..., n, m)``.
+    """
+    projected = x @ features.transpose(-2, -1)  # (..., n, E) @ (E, m)
+    half_norm = x.pow(2).sum(-1, keepdim=True) / 2  # (..., n, 1)
+    return torch.exp(projected - half_norm) / math.sqrt(features.shape[0])
+
+
+def performer_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    features: Tensor,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> Tensor:
+    """Softmax attention estimated with ``m`` positive random features.
+
+    ``out = phi(Q) (phi(K)^T [V, 1])``, the last column being the softmax's
+    normaliser, with ``phi`` of ``softmax_kernel_features`` applied to
+    ``sqrt(scale) * Q`` and ``sqrt(scale) * K``. Each query's features are
+    divided by their largest entry and all keys' by the largest key entry
+    of the head: constants that cancel between numerator and normaliser
+    and keep ``exp`` from overflowing. Causal: query ``i`` attends keys
+    ``j <= i`` through chunked prefix sums; no ``L x S`` matrix is built.
+
+    Args:
+        query: ``(..., L, E)``. key: ``(..., S, E)``. value: ``(..., S, Ev)``.
+        features: ``(m, E)`` from ``make_performer_features``, of the
+            query's dtype and device.
+        is_causal: True or False; True needs ``L == S``.
+        scale: a finite real number; None means ``1 / sqrt(E)``.
+
+    Returns:
+        ``(..., L, Ev)`` in the query's dtype (half precision computed in
+        float32); zeros when ``S = 0``.
+
+    Raises:
+        ValueError: shapes, dtypes or devices that do not fit, features of
+            the wrong shape, ``is_causal`` with ``L != S``, a bad scale,
+            inputs so large that the features overflow.
+
+    Shape:
+        ``...`` batch ``B`` and heads ``H``; ``m`` random features.
+
+    Complexity:
+        time ``O((L + S) m (E + Ev))``; memory ``O((L + S) m)`` (causal:
+        plus ``O(L m Ev / 64)`` for the chunk prefix sums).
+
+    Equivalent to:
+        ``dense_attention(query, key, value, is_causal=is_causal)`` in
+        expectation over the features' draw of ``exp(q . k)``; the error
+        falls like ``1 / sqrt(m)``.
+    """
+    check_qkv(query, key, value)
+    scale = check_scale(scale)
+    is_causal = check_bool("is_causal", is_causal)
+    check_tensor("features", features)
+    E = query.shape[-1]
+    if features.dim() != 2 or features.shape[-1] != E or not len(features):
+        raise ValueError(
+            f"features must be shaped (m, E) = (m, {E}) with m >= 1; got "
+            f"{tuple(features.shape)}. Make them with "
+            f"make_performer_features(m, {E}, generator=...)."
+        )
+    if features.dtype != query.dtype or features.device != query.device:
+        raise ValueError(
+            f"features must have the query's dtype and device "
+            f"({query.dtype}, {query.device}); got {features.dtype}, "
+            f"{features.device}. Convert them with features.to(query)."
+        )
+    L, S = query.shape[-2], key.shape[-2]
+    if is_causal and L != S:
+        raise ValueError(
+            f"is_causal=True needs L == S (query i attends keys j <= i); "
+            f"got L={L}, S={S}."
+        )
+    if L == 0 or S == 0:
+        return query.new_zeros(*query.shape[:-1], value.shape[-1])
+    half = query.dtype in (torch.float16, torch.bfloat16)
+    compute = torch.float32 if half else query.dtype
+    q, k, v, w = (t.to(compute) for t in (query, key, value, features))
+    used = 1 / math.sqrt(E) if scale is None else scale
+    root = math.sqrt(abs(used))
+    q = q * (math.copysign(root, used))  # q' . k' = scale * q . k
+    k = k * root
+    lead = query.shape[:-2]
+    q, k, v = q.reshape(-1, L, E), k.reshape(-1, S, E), v.flatten(0, -3)
+    out = v.new_empty(v.shape[0], L, v.shape[-1])  # (N, L, Ev)
+    # a few heads at a time: the (heads, L, m) features stay small enough
+    # for the allocator to reuse their memory (no fresh pages per call)
+    group = max(1, GROUP_ELEMENTS // (max(L, S) * len(w)))
+    for i in range(0, len(q), group):
+        part = slice(i, i + group)
+        out[part] = _performer_heads(q[part], k[part], v[part], w, is_causal)
+    return out.reshape(*lead, L, -1).to(query.dtype)
+
+
+def _performer_heads(
+    q: Tensor, k: Tensor, v: Tensor, w: Tensor, is_causal: bool
+) -> Tensor:
+    """``performer_attention`` of scaled ``(N, L, E)`` queries and keys."""
+    phi_q = _positive_features(q, w, per_row=True)  # (N, L, m)
+    phi_k = _positive_features(k, w, per_row=False)  # (N, S, m)
+    ones = v.new_ones(*v.shape[:-1], 1)
+    v1 = torch.cat([v, ones], dim=-1)  # (N, S, Ev + 1): the last sums phi
+    if is_causal:
+        out1 = _causal_products(phi_q, phi_k, v1)  # (N, L, Ev + 1)
+    else:
+        state = phi_k.transpose(-2, -1) @ v1  # (N, m, S) @ (N, S, Ev + 1)
+        out1 = phi_q @ state  # (N, L, m) @ (N, m, Ev + 1) -> (N, L, Ev + 1)
+    numerator, normaliser = out1[..., :-1], out1[..., -1:]
+    tiny = torch.finfo(q.dtype).tiny
+    return numerator / normaliser.clamp_min(tiny)  # (N, L, Ev)
+
+
+def _positive_features(x: Tensor, w: Tensor, *, per_row: bool) -> Tensor:
+    """``phi(x)`` up to a constant per row (queries) or per head (keys),
+    computed in place: ``exp(W x - |x|^2 / 2 - max)``."""
+    features = x @ w.transpose(-2, -1)  # (N, n, E) @ (E, m) -> (N, n, m)
+    features -= x.pow(2).sum(-1, keepdim=True) / 2  # (N, n, 1)
+    if per_row:
+        top = features.amax(-1, keepdim=True)  # (N, n, 1)
+    else:
+        top = features.amax((-2, -1), keepdim=True)  # (N, 1, 1)
+    if not bool(torch.isfinite(top).all()):
+        raise scores_not_finite(0.0, features.dtype)
+    features -= top
+    return features.exp_()
+
+
+def _causal_products(phi_q: Tensor, phi_k: Tensor, v1: Tensor) -> Tensor:
+    """``sum_{j <= i} (phi(q_i) . phi(k_j)) v1_j`` for every ``i``.
+
+    Positions are cut into chunks of ``CAUSAL_CHUNK``: the keys of earlier
+    chunks reach a query through the prefix sum of ``phi(K)^T V`` per chunk,
+    those of its own chunk through a small lower-triangular product.
+    """
+    L, m = phi_q.shape[-2:]
+    c = CAUSAL_CHUNK
+    n = -(-L // c)  # chunks
+    pad = n * c - L
+    if pad:  # zero features contribute nothing
+        phi_q, phi_k, v1 = (
+            torch.nn.functional.pad(t, (0, 0, 0, pad))
+            for t in (phi_q, phi_k, v1)
+        )
+    qc = phi_q.unflatten(-2, (n, c))  # (..., n, c, m)
+    kc = phi_k.unflatten(-2, (n, c))  # (..., n, c, m)
+    vc = v1.unflatten(-2, (n, c))  # (..., n, c, Ev + 1)
+    states = kc.transpose(-2, -1) @ vc  # (..., n, m, Ev + 1) per chunk
+    before = torch.zeros_like(states)  # keys of the earlier chunks only
+    before[..., 1:, :, :] = states[..., :-1, :, :].cumsum(-3)
+    out = qc @ before  # (..., n, c, m) @ (..., n, m, Ev + 1)
+    local = qc @ kc.transpose(-2, -1)  # (..., n, c, c)
+    local = local.tril()  # key j <= query i inside the chunk
+    out += local @ vc  # (..., n, c, c) @ (..., n, c, Ev + 1)
+    return out.flatten(-3, -2)[..., :L, :]  # (..., L, Ev + 1)
+
+
+__all__ = [
+    "make_performer_features",
+    "performer_attention",
+    "softmax_kernel_features",
+]
