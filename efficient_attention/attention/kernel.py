@@ -74,7 +74,10 @@ def make_performer_features(
         blocks = []
         for start in range(0, m, dim):
             square = torch.randn(dim, dim, generator=generator, dtype=g.dtype)
-            basis, _ = torch.linalg.qr(square)  # (E, E) orthonormal columns
+            basis, r = torch.linalg.qr(square)  # (E, E) orthonormal columns
+            # signs of R's diagonal: without them the columns lean towards
+            # one half-space and the kernel estimate is biased
+            basis = basis * r.diagonal().sign()  # (E, E), uniformly random
             blocks.append(basis.T[: m - start])  # rows orthonormal
         directions = torch.cat(blocks)  # (m, E)
         g = directions * g.norm(dim=-1, keepdim=True)  # chi(E) norms
@@ -214,9 +217,9 @@ def _positive_features(x: Tensor, w: Tensor, *, per_row: bool) -> Tensor:
     features = x @ w.transpose(-2, -1)  # (N, n, E) @ (E, m) -> (N, n, m)
     features -= x.pow(2).sum(-1, keepdim=True) / 2  # (N, n, 1)
     if per_row:
-        top = features.amax(-1, keepdim=True)  # (N, n, 1)
+        top = features.detach().amax(-1, keepdim=True)  # (N, n, 1)
     else:
-        top = features.amax((-2, -1), keepdim=True)  # (N, 1, 1)
+        top = features.detach().amax((-2, -1), keepdim=True)  # (N, 1, 1)
     if not bool(torch.isfinite(top).all()):
         raise scores_not_finite(0.0, features.dtype)
     features -= top
