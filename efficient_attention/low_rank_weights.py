@@ -214,9 +214,7 @@ def stacked_head_weights(attention: nn.Module, heads: int) -> Tensor:
     return torch.stack(weights).view(3, heads, out // heads, n_in)
 
 
-def hosvd(
-    tensor: Tensor, ranks: Sequence[int]
-) -> tuple[Tensor, list[Tensor]]:
+def hosvd(tensor: Tensor, ranks: Sequence[int]) -> tuple[Tensor, list[Tensor]]:
     """Tucker decomposition by truncated higher-order SVD.
 
     Factor ``n`` holds the leading ``ranks[n]`` left singular vectors of the
@@ -246,9 +244,7 @@ def hosvd(
     for mode, (size, r) in enumerate(zip(tensor.shape, ranks)):
         r = check_positive_int(f"ranks[{mode}]", r)
         if r > size:
-            raise ValueError(
-                f"ranks[{mode}] must be at most {size}; got {r}."
-            )
+            raise ValueError(f"ranks[{mode}] must be at most {size}; got {r}.")
         unfolded = tensor.movedim(mode, 0).reshape(size, -1)  # (n_i, rest)
         u, _, _ = torch.linalg.svd(unfolded, full_matrices=False)
         factors.append(u[:, :r])  # (n_i, r_i)

@@ -181,16 +181,16 @@ def performer_attention(
     root = math.sqrt(abs(used))
     q = q * (math.copysign(root, used))  # q' . k' = scale * q . k
     k = k * root
-    lead = query.shape[:-2]
-    q, k, v = q.reshape(-1, L, E), k.reshape(-1, S, E), v.flatten(0, -3)
-    out = v.new_empty(v.shape[0], L, v.shape[-1])  # (N, L, Ev)
+    lead, N, Ev = query.shape[:-2], math.prod(query.shape[:-2]), v.shape[-1]
+    q, k, v = q.reshape(N, L, E), k.reshape(N, S, E), v.reshape(N, S, Ev)
+    out = v.new_empty(N, L, Ev)  # (N, L, Ev)
     # a few heads at a time: the (heads, L, m) features stay small enough
     # for the allocator to reuse their memory (no fresh pages per call)
     group = max(1, GROUP_ELEMENTS // (max(L, S) * len(w)))
     for i in range(0, len(q), group):
         part = slice(i, i + group)
         out[part] = _performer_heads(q[part], k[part], v[part], w, is_causal)
-    return out.reshape(*lead, L, -1).to(query.dtype)
+    return out.reshape(*lead, L, Ev).to(query.dtype)
 
 
 def _performer_heads(
