@@ -30,8 +30,8 @@ CAUSAL_CHUNK = 64
 masked product, across chunks a prefix sum of ``phi(K)^T V``."""
 
 GROUP_ELEMENTS = 2**20
-"""Heads are computed a group at a time, with at most about this many
-feature entries (4 MiB in float32) per group."""
+"""Features are computed a block of rows (or of heads, causal) at a time,
+with at most about this many entries (4 MiB in float32) per block."""
 
 
 def make_performer_features(
@@ -172,7 +172,7 @@ def performer_attention(
             f"is_causal=True needs L == S (query i attends keys j <= i); "
             f"got L={L}, S={S}."
         )
-    if L == 0 or S == 0:
+    if L == 0 or S == 0 or math.prod(query.shape[:-2]) == 0:
         return query.new_zeros(*query.shape[:-1], value.shape[-1])
     half = query.dtype in (torch.float16, torch.bfloat16)
     compute = torch.float32 if half else query.dtype
@@ -183,47 +183,88 @@ def performer_attention(
     k = k * root
     lead, N, Ev = query.shape[:-2], math.prod(query.shape[:-2]), v.shape[-1]
     q, k, v = q.reshape(N, L, E), k.reshape(N, S, E), v.reshape(N, S, Ev)
-    out = v.new_empty(N, L, Ev)  # (N, L, Ev)
-    # a few heads at a time: the (heads, L, m) features stay small enough
-    # for the allocator to reuse their memory (no fresh pages per call)
-    group = max(1, GROUP_ELEMENTS // (max(L, S) * len(w)))
-    for i in range(0, len(q), group):
-        part = slice(i, i + group)
-        out[part] = _performer_heads(q[part], k[part], v[part], w, is_causal)
+    v1 = torch.cat([v, v.new_ones(N, S, 1)], dim=-1)  # (N, S, Ev + 1)
+    if is_causal:
+        out1 = torch.cat(
+            [
+                _causal_heads(q[part], k[part], v1[part], w)
+                for part in _chunks(N, max(L, S) * len(w))
+            ]
+        )  # (N, L, Ev + 1)
+    else:
+        state = _key_state(k, v1, w)  # (N, m, Ev + 1)
+        out1 = torch.cat(
+            [
+                _query_features(q[:, part], w) @ state  # (N, rows, Ev + 1)
+                for part in _chunks(L, N * len(w))
+            ],
+            dim=1,
+        )  # (N, L, Ev + 1)
+    numerator, normaliser = out1[..., :-1], out1[..., -1:]
+    tiny = torch.finfo(compute).tiny
+    out = numerator / normaliser.clamp_min(tiny)  # (N, L, Ev)
     return out.reshape(*lead, L, Ev).to(query.dtype)
 
 
-def _performer_heads(
-    q: Tensor, k: Tensor, v: Tensor, w: Tensor, is_causal: bool
-) -> Tensor:
-    """``performer_attention`` of scaled ``(N, L, E)`` queries and keys."""
-    phi_q = _positive_features(q, w, per_row=True)  # (N, L, m)
-    phi_k = _positive_features(k, w, per_row=False)  # (N, S, m)
-    ones = v.new_ones(*v.shape[:-1], 1)
-    v1 = torch.cat([v, ones], dim=-1)  # (N, S, Ev + 1): the last sums phi
-    if is_causal:
-        out1 = _causal_products(phi_q, phi_k, v1)  # (N, L, Ev + 1)
-    else:
-        state = phi_k.transpose(-2, -1) @ v1  # (N, m, S) @ (N, S, Ev + 1)
-        out1 = phi_q @ state  # (N, L, m) @ (N, m, Ev + 1) -> (N, L, Ev + 1)
-    numerator, normaliser = out1[..., :-1], out1[..., -1:]
-    tiny = torch.finfo(q.dtype).tiny
-    return numerator / normaliser.clamp_min(tiny)  # (N, L, Ev)
+def _chunks(n: int, per_item: int) -> list[slice]:
+    """Slices of ``range(n)`` with about ``GROUP_ELEMENTS / per_item``
+    items each: feature blocks small enough for the allocator to reuse
+    their memory (no fresh pages, so no page faults, at every call)."""
+    size = max(1, GROUP_ELEMENTS // max(per_item, 1))
+    return [slice(i, i + size) for i in range(0, n, size)]
 
 
-def _positive_features(x: Tensor, w: Tensor, *, per_row: bool) -> Tensor:
-    """``phi(x)`` up to a constant per row (queries) or per head (keys),
-    computed in place: ``exp(W x - |x|^2 / 2 - max)``."""
+def _log_features(x: Tensor, w: Tensor) -> Tensor:
+    """``W x - |x|^2 / 2``: the log of ``phi(x)`` up to a constant."""
     features = x @ w.transpose(-2, -1)  # (N, n, E) @ (E, m) -> (N, n, m)
     features -= x.pow(2).sum(-1, keepdim=True) / 2  # (N, n, 1)
-    if per_row:
-        top = features.detach().amax(-1, keepdim=True)  # (N, n, 1)
-    else:
-        top = features.detach().amax((-2, -1), keepdim=True)  # (N, 1, 1)
+    return features
+
+
+def _largest(features: Tensor, dims: tuple[int, ...]) -> Tensor:
+    """The largest log-feature (a constant that cancels), or a ValueError
+    when the inputs are so large that the features are not finite."""
+    top = features.detach().amax(dims, keepdim=True)
     if not bool(torch.isfinite(top).all()):
         raise scores_not_finite(0.0, features.dtype)
-    features -= top
+    return top
+
+
+def _query_features(q: Tensor, w: Tensor) -> Tensor:
+    """``phi(q)`` divided by its largest entry, row by row: ``(N, n, m)``."""
+    features = _log_features(q, w)
+    features -= _largest(features, (-1,))  # (N, n, 1)
     return features.exp_()
+
+
+def _key_state(k: Tensor, v1: Tensor, w: Tensor) -> Tensor:
+    """``phi(K)^T [V, 1]`` over chunks of keys: ``(N, m, Ev + 1)``.
+
+    The features are divided by the largest so far, per head; when a later
+    chunk holds a larger one, the sum is rescaled (as online softmax does).
+    """
+    state = top = None
+    for part in _chunks(k.shape[1], k.shape[0] * len(w)):
+        features = _log_features(k[:, part], w)  # (N, rows, m)
+        largest = _largest(features, (-2, -1))  # (N, 1, 1)
+        if state is None:
+            top, rescale = largest, None
+        else:
+            new_top = torch.maximum(top, largest)
+            rescale, top = torch.exp(top - new_top), new_top
+        features -= top
+        # (N, m, rows) @ (N, rows, Ev + 1) -> (N, m, Ev + 1)
+        update = features.exp_().transpose(-2, -1) @ v1[:, part]
+        state = update if rescale is None else state * rescale + update
+    return state
+
+
+def _causal_heads(q: Tensor, k: Tensor, v1: Tensor, w: Tensor) -> Tensor:
+    """The causal numerator and normaliser of a group of heads."""
+    phi_q = _query_features(q, w)  # (N, L, m)
+    phi_k = _log_features(k, w)
+    phi_k = (phi_k - _largest(phi_k, (-2, -1))).exp_()  # (N, S, m)
+    return _causal_products(phi_q, phi_k, v1)  # (N, L, Ev + 1)
 
 
 def _causal_products(phi_q: Tensor, phi_k: Tensor, v1: Tensor) -> Tensor:

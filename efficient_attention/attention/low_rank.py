@@ -75,8 +75,10 @@ def make_linformer_projections(
                 f"rank must be at most seq_len ({seq_len}) for kind='mean'; "
                 f"got {rank}."
             )
-        eye = torch.eye(seq_len, dtype=torch.float64)  # (S, S)
-        pooled = segment_means(eye, rank)  # (r, S)
+        which = torch.arange(seq_len) * rank // seq_len  # (S,) segment
+        counts = torch.bincount(which, minlength=rank).double()  # (r,)
+        pooled = torch.zeros(rank, seq_len, dtype=torch.float64)
+        pooled[which, torch.arange(seq_len)] = 1 / counts[which]  # (r, S)
         return pooled.to(dtype=dtype, device=device)
     if kind != "gaussian":
         raise ValueError(f"kind must be 'gaussian' or 'mean'; got {kind!r}.")
