@@ -14,12 +14,19 @@ from types import ModuleType
 from . import cost, masks
 from .attention import (
     AdaptiveSpanAttention,
+    ApproximationError,
     BlockPattern,
+    approximation_error,
     block_pattern,
     block_sparse_attention,
     dense_attention,
     effective_attention,
     kmeans_clusters,
+    linformer_attention,
+    make_linformer_projections,
+    make_performer_features,
+    nystrom_attention,
+    performer_attention,
     routing_attention,
     sliding_window_attention,
     sparse_attention,
@@ -35,6 +42,7 @@ _LAZY_MODULES = {
     "benchmark",
     "compression",
     "data",
+    "low_rank_weights",
     "models",
     "plotting",
     "training",
@@ -42,6 +50,14 @@ _LAZY_MODULES = {
 }
 
 __all__ = [
+    "ApproximationError",
+    "approximation_error",
+    "linformer_attention",
+    "low_rank_weights",
+    "make_linformer_projections",
+    "make_performer_features",
+    "nystrom_attention",
+    "performer_attention",
     "AdaptiveSpanAttention",
     "BlockPattern",
     "EncoderLayer",

@@ -382,3 +382,17 @@ def scores_not_finite(scale: float, dtype: torch.dtype) -> ValueError:
         f"scale ({scale:g}) are too large for {dtype} (its largest value is "
         f"{torch.finfo(dtype).max:g})."
     )
+
+
+def check_generator(name: str, value: object) -> torch.Generator:
+    """Return ``value`` if a ``torch.Generator``, else raise ValueError.
+
+    Randomness is an explicit input of the package: a function that draws
+    numbers takes a generator and never falls back on the global seed.
+    """
+    if not isinstance(value, torch.Generator):
+        raise ValueError(
+            f"{name} must be a torch.Generator; got {type(value).__name__}. "
+            f"Make one with torch.Generator().manual_seed(0)."
+        )
+    return value

@@ -61,6 +61,12 @@ LOCAL_VARIANTS = (
 ``sliding_window_attention`` and the peers of ``efficient_attention.peers``
 (with ``--causal`` only ``sliding-window``)."""
 
+LOW_RANK_VARIANTS = ("linformer", "nystrom", "performer")
+"""Approximations the command line times: ``--rank`` projected keys
+(Linformer, random projections seeded with 0), ``--landmarks`` segment
+means (Nyström), ``--features`` orthogonal random features (Performer,
+seeded with 0; with ``--causal`` its prefix-sum form)."""
+
 SPARSE_VARIANTS = (
     "block-sparse",
     "bigbird",
@@ -678,7 +684,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--variants",
         nargs="+",
         default=list(VARIANTS),
-        choices=[*VARIANTS, *LOCAL_VARIANTS, *SPARSE_VARIANTS],
+        choices=[
+            *VARIANTS,
+            *LOCAL_VARIANTS,
+            *SPARSE_VARIANTS,
+            *LOW_RANK_VARIANTS,
+        ],
         help="what to time; the local ones need --window",
     )
     parser.add_argument(
@@ -699,6 +710,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int_argument,
         default=16,
         help="k-means clusters per head of routing",
+    )
+    parser.add_argument(
+        "--rank",
+        type=_positive_int_argument,
+        default=256,
+        help="projected keys of linformer",
+    )
+    parser.add_argument(
+        "--landmarks",
+        type=_positive_int_argument,
+        default=64,
+        help="landmarks (segment means) of nystrom",
+    )
+    parser.add_argument(
+        "--features",
+        type=_positive_int_argument,
+        default=256,
+        help="random features of performer",
     )
     parser.add_argument(
         "--layout",
@@ -779,6 +808,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     sparse = [name for name in args.variants if name in SPARSE_VARIANTS]
     if sparse and args.causal:
         parser.error(f"the variants {sparse} do not take --causal")
+    low_rank = [name for name in args.variants if name in LOW_RANK_VARIANTS]
+    if args.causal and set(low_rank) - {"performer"}:
+        parser.error("with --causal only performer of the low-rank ones")
     dtype = DTYPES[args.dtype]
     print(hardware_summary(device, dtype))
     print(
@@ -794,6 +826,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{args.density:g} of the blocks per row; routing: "
             f"{args.clusters} clusters; sdpa-layout, flex-layout: the "
             f"{args.layout} layout"
+        )
+    if low_rank:
+        print(
+            f"linformer rank {args.rank}, nystrom {args.landmarks} "
+            f"landmarks, performer {args.features} features"
         )
     records = sweep(
         {name: _variant(name, args) for name in args.variants},
@@ -824,6 +861,8 @@ def _variant(name: str, args: argparse.Namespace) -> Callable[..., Tensor]:
 
     if name in SPARSE_VARIANTS:
         return _sparse_variant(name, args)
+    if name in LOW_RANK_VARIANTS:
+        return _low_rank_variant(name, args)
     w = args.window
     if name == "sliding-window":
         window = (w, 0) if args.causal else (w, w)
@@ -844,6 +883,49 @@ def _variant(name: str, args: argparse.Namespace) -> Callable[..., Tensor]:
         ),
     }
     return peers.per_length(builders[name])
+
+
+def _low_rank_variant(
+    name: str, args: argparse.Namespace
+) -> Callable[..., Tensor]:
+    """The function the command line times for low-rank variant ``name``;
+    its projections or features are drawn once per length (seed 0)."""
+    from .attention import (
+        linformer_attention,
+        make_linformer_projections,
+        make_performer_features,
+        nystrom_attention,
+        performer_attention,
+    )
+
+    if name == "nystrom":
+        return functools.partial(
+            nystrom_attention, num_landmarks=args.landmarks
+        )
+    drawn: dict[int, Tensor] = {}
+
+    def run(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        L, E = key.shape[-2], key.shape[-1]
+        size = L if name == "linformer" else E
+        if size not in drawn:
+            g = torch.Generator().manual_seed(0)
+            kind = {"dtype": key.dtype, "device": key.device}
+            drawn[size] = (
+                make_linformer_projections(
+                    L, min(args.rank, L), generator=g, **kind
+                )
+                if name == "linformer"
+                else make_performer_features(
+                    args.features, E, generator=g, **kind
+                )
+            )
+        if name == "linformer":
+            return linformer_attention(query, key, value, proj_k=drawn[size])
+        return performer_attention(
+            query, key, value, features=drawn[size], is_causal=args.causal
+        )
+
+    return run
 
 
 def sparse_layout(kind: str, L: int, args: argparse.Namespace) -> Tensor:

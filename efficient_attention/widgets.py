@@ -3,7 +3,9 @@
 The site shows static figures. ``mask_explorer`` lets the reader pick a
 pattern from ``masks.example_patterns`` and move its window, dilation, stride,
 block size and length; chapter 1 introduces it. ``sparse_pattern_explorer``
-does the same for the block layouts of chapter "Sparse attention".
+does the same for the block layouts of chapter "Sparse attention";
+``low_rank_explorer`` shows a low-rank approximation beside exact attention
+(chapter "Low-rank attention").
 """
 
 from __future__ import annotations
@@ -357,3 +359,110 @@ def quantization_explorer(weights: Tensor):
 
     output = widgets.interactive_output(show, controls)
     return widgets.VBox([widgets.HBox(list(controls.values())), output])
+
+
+LOW_RANK_METHODS = ("linformer", "nystrom", "performer")
+"""The approximations ``draw_low_rank_approximation`` draws, by name."""
+
+
+def low_rank_approximation(
+    method: str, query: Tensor, key: Tensor, size: int, *, seed: int = 0
+) -> Tensor:
+    """The ``(L, S)`` attention that ``method`` applies at ``size``.
+
+    ``size`` is Linformer's rank (mean-pooling projections, so no seed is
+    needed), Nyström's landmarks (segment means) or Performer's features
+    (drawn with ``seed``). ``query (L, E)``, ``key (S, E)``, float64 is
+    best for pictures.
+    """
+    from .attention import (
+        effective_attention,
+        linformer_attention,
+        make_linformer_projections,
+        make_performer_features,
+        nystrom_attention,
+        performer_attention,
+    )
+
+    if method not in LOW_RANK_METHODS:
+        raise ValueError(
+            f"method must be one of {LOW_RANK_METHODS}; got {method!r}."
+        )
+    size = check_positive_int("size", size)
+    S, E = key.shape[-2], key.shape[-1]
+    kind = {"dtype": key.dtype, "device": key.device}
+    if method == "linformer":
+        proj = make_linformer_projections(S, size, kind="mean", **kind)
+        return effective_attention(
+            linformer_attention, query, key, proj_k=proj
+        )
+    if method == "nystrom":
+        return effective_attention(
+            nystrom_attention, query, key, num_landmarks=size
+        )
+    g = torch.Generator().manual_seed(seed)
+    features = make_performer_features(size, E, generator=g, **kind)
+    return effective_attention(
+        performer_attention, query, key, features=features
+    )
+
+
+def draw_low_rank_approximation(
+    method: str, query: Tensor, key: Tensor, size: int, *, seed: int = 0
+) -> Figure:
+    """Exact attention beside ``method``'s approximation at ``size``, with
+    the relative error of the matrix in the title.
+
+    Args:
+        method: ``"linformer"``, ``"nystrom"`` or ``"performer"``.
+        query: ``(L, E)``. key: ``(S, E)``.
+        size: rank, landmarks or features (``low_rank_approximation``).
+        seed: Performer's features.
+    """
+    exact = torch.softmax(
+        query @ key.T / query.shape[-1] ** 0.5, dim=-1
+    )  # (L, S)
+    approx = low_rank_approximation(method, query, key, size, seed=seed)
+    error = float((approx - exact).norm() / exact.norm())
+    fig, axes = plt.subplots(1, 2, figsize=(7.6, 3.4))
+    high = float(exact.max())
+    for ax, matrix, title in (
+        (axes[0], exact, "exact softmax attention"),
+        (axes[1], approx, f"{method}, size {size}: error {error:.2f}"),
+    ):
+        image = ax.imshow(
+            matrix.float().numpy(), cmap="viridis", vmin=0.0, vmax=high
+        )
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("key position j")
+        ax.grid(False)
+    axes[0].set_ylabel("query position i")
+    fig.colorbar(image, ax=list(axes), fraction=0.046, pad=0.04)
+    return fig
+
+
+def low_rank_explorer(query: Tensor, key: Tensor):
+    """A method menu and a size slider: the approximated attention map
+    beside the exact one, and the error. ``query (L, E)``, ``key (S, E)``."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    S = key.shape[-2]
+    controls = {
+        "method": widgets.Dropdown(
+            options=list(LOW_RANK_METHODS), description="method"
+        ),
+        "size": widgets.IntSlider(
+            value=8, min=1, max=S, description="rank / m"
+        ),
+        "seed": widgets.IntSlider(value=0, min=0, max=9, description="seed"),
+    }
+
+    def show(method, size, seed):
+        display(
+            draw_low_rank_approximation(method, query, key, size, seed=seed)
+        )
+        plt.close("all")
+
+    output = widgets.interactive_output(show, controls)
+    return widgets.HBox([widgets.VBox(list(controls.values())), output])

@@ -809,6 +809,38 @@ def routing_bad_kwargs(p: Problem) -> st.SearchStrategy[tuple[dict, str]]:
     )
 
 
+@st.composite
+def linformer_kwargs(draw, p: Problem) -> dict:
+    """Projections that permute the keys (the identity among them): the
+    limit in which Linformer is exact attention."""
+    order = draw(st.permutations(range(p.S)), label="key order")
+    perm = torch.eye(p.S, dtype=p.dtype)[list(order)]  # (S, S)
+    kwargs = {"proj_k": perm}
+    if draw(st.booleans(), label="own proj_v"):
+        kwargs["proj_v"] = perm.clone()
+    return {**kwargs, **draw(scales())}
+
+
+def linformer_mask(kwargs: dict, p: Problem) -> None:
+    return None
+
+
+def linformer_bad_kwargs(p: Problem) -> st.SearchStrategy[tuple[dict, str]]:
+    eye = torch.eye(p.S, dtype=p.dtype)
+    other = torch.float64 if p.dtype != torch.float64 else torch.float32
+    return st.one_of(
+        st.sampled_from(
+            [
+                torch.eye(p.S + 1, dtype=p.dtype),
+                eye.to(other),
+                torch.ones(p.S, dtype=p.dtype),
+                "identity",
+            ]
+        ).map(lambda m: ({"proj_k": m}, "proj_k")),
+        st.just(({"proj_k": eye, "proj_v": eye[:0, :1]}, "proj_v")),
+    )
+
+
 VARIANTS = [
     Variant(
         "dense_attention",
@@ -844,6 +876,13 @@ VARIANTS = [
         routing_kwargs,
         routing_mask,
         routing_bad_kwargs,
+    ),
+    Variant(
+        "linformer_attention",
+        ea.linformer_attention,
+        linformer_kwargs,
+        linformer_mask,
+        linformer_bad_kwargs,
     ),
 ]
 
@@ -893,6 +932,72 @@ def test_effective_attention_is_the_matrix_each_variant_applies(variant, data):
         variant.fn(q, k, v, **kwargs).double(),
         **tolerance(p.dtype, v),
     )
+
+
+def approximation_kwargs(name: str, p: Problem) -> st.SearchStrategy:
+    """Valid keyword arguments of the approximations that are not exact
+    (Nyström below ``m = L = S``, Performer at any number of features)."""
+    g = torch.Generator().manual_seed(p.seed)
+    if name == "nystrom":
+        return st.builds(
+            lambda m, how, s: {
+                "num_landmarks": m,
+                "landmarks": how,
+                "generator": g,
+                **s,
+            },
+            ints(1, max(1, min(p.L, p.S))),
+            st.sampled_from(
+                ["segment-means", "uniform", "key-norm"]
+                if p.L == p.S
+                else ["segment-means"]
+            ),
+            scales(),
+        )
+    return st.builds(
+        lambda m, causal, s: {
+            "features": ea.make_performer_features(
+                m, p.E, generator=g, dtype=p.dtype
+            ),
+            "is_causal": causal and p.L == p.S,
+            **s,
+        },
+        st.integers(1, 40),
+        st.booleans(),
+        scales(),
+    )
+
+
+APPROXIMATIONS = {
+    "nystrom": ea.nystrom_attention,
+    "performer": ea.performer_attention,
+}
+
+
+@pytest.mark.parametrize("name", list(APPROXIMATIONS))
+@given(data=st.data())
+def test_approximations_give_finite_outputs_or_name_the_scale(name, data):
+    p = data.draw(problems, label="problem")
+    kwargs = data.draw(approximation_kwargs(name, p), label="kwargs")
+    q, k, v = p.qkv()
+    try:
+        out = APPROXIMATIONS[name](q, k, v, **kwargs)
+    except ValueError as error:  # allowed where Q K^T * scale overflows
+        assert may_overflow(q, k, kwargs.get("scale")), str(error)
+        assert "scale" in str(error)
+        return
+    assert out.shape == (*p.lead, p.L, p.Ev) and out.dtype == p.dtype
+    if v.numel() and not v.isinf().any():
+        assert not out.isnan().any()
+
+
+@pytest.mark.parametrize("name", list(APPROXIMATIONS))
+@given(data=st.data())
+def test_approximations_refuse_input_that_does_not_fit(name, data):
+    p = data.draw(problems, label="problem")
+    (q, k, v), arg = data.draw(corruptions(p), label="bad tensors")
+    kwargs = data.draw(approximation_kwargs(name, p), label="kwargs")
+    raises_naming(arg, lambda: APPROXIMATIONS[name](q, k, v, **kwargs))
 
 
 def corruptions(p: Problem) -> st.SearchStrategy[tuple[tuple, str]]:

@@ -3,9 +3,25 @@
 Each is shaped like ``F.scaled_dot_product_attention``.
 """
 
-from .analysis import effective_attention
+from .analysis import (
+    ApproximationError,
+    approximation_error,
+    effective_attention,
+)
 from .dense import dense_attention
+from .kernel import (
+    make_performer_features,
+    performer_attention,
+    softmax_kernel_features,
+)
 from .local import AdaptiveSpanAttention, sliding_window_attention
+from .low_rank import (
+    iterative_pinv,
+    linformer_attention,
+    make_linformer_projections,
+    nystrom_attention,
+    segment_means,
+)
 from .sparse import (
     BlockPattern,
     block_pattern,
@@ -19,6 +35,16 @@ from .sparse import (
 )
 
 __all__ = [
+    "ApproximationError",
+    "approximation_error",
+    "iterative_pinv",
+    "linformer_attention",
+    "make_linformer_projections",
+    "make_performer_features",
+    "nystrom_attention",
+    "performer_attention",
+    "segment_means",
+    "softmax_kernel_features",
     "AdaptiveSpanAttention",
     "BlockPattern",
     "block_pattern",

@@ -11,11 +11,13 @@ pictures).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from .._validation import check_sequence
+from .._validation import check_qkv, check_sequence
+from .dense import dense_attention
 
 
 def effective_attention(
@@ -58,3 +60,73 @@ def effective_attention(
     identity = torch.eye(S, dtype=key.dtype, device=key.device)  # (S, S)
     value = identity.expand(*key.shape[:-2], S, S)  # (..., S, S)
     return fn(query, key, value, **kwargs)
+
+
+class ApproximationError(NamedTuple):
+    """Relative errors of an approximation against its reference."""
+
+    output: float
+    """``||out - out_ref|| / ||out_ref||`` (Frobenius, all heads)."""
+    attention: float
+    """The same for the effective ``L x S`` attention matrices."""
+
+
+def approximation_error(
+    fn: Callable[..., Tensor],
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    reference: Callable[..., Tensor] = dense_attention,
+    **kwargs: object,
+) -> ApproximationError:
+    """How far ``fn`` lands from ``reference``: outputs and attention maps.
+
+    Both are computed in float64 (so the error is the method's, not the
+    rounding's), ``kwargs`` go to ``fn`` and a ``scale`` among them to the
+    reference too.
+
+    Args:
+        fn: an approximate attention function, linear in ``value``.
+        query: ``(..., L, E)``. key: ``(..., S, E)``. value: ``(..., S, Ev)``.
+        reference: the exact function; ``dense_attention`` by default.
+        **kwargs: keyword arguments of ``fn`` (projections, features...),
+            float64 tensors among them cast like the inputs.
+
+    Returns:
+        ``ApproximationError(output, attention)``: relative Frobenius errors
+        (0 = exact); ``attention`` needs ``L * S`` memory per head.
+
+    Raises:
+        ValueError: inputs that do not fit (checked by ``fn``), or a
+            ``reference`` that is not callable.
+    """
+    if not callable(reference):
+        raise ValueError(
+            f"reference must be an attention function; got "
+            f"{type(reference).__name__}."
+        )
+    check_qkv(query, key, value)
+    q, k, v = (t.double() for t in (query, key, value))
+    options = {
+        name: x.double() if isinstance(x, Tensor) and x.is_floating_point()
+        else x
+        for name, x in kwargs.items()
+    }  # fmt: skip
+    exact = {"scale": kwargs["scale"]} if "scale" in kwargs else {}
+    out = fn(q, k, v, **options)
+    out_ref = reference(q, k, v, **exact)
+    weights = effective_attention(fn, q, k, **options)
+    weights_ref = effective_attention(reference, q, k, **exact)
+    return ApproximationError(
+        output=_relative(out, out_ref),
+        attention=_relative(weights, weights_ref),
+    )
+
+
+def _relative(x: Tensor, reference: Tensor) -> float:
+    """``||x - reference|| / ||reference||``, 0 when both are empty."""
+    size = torch.linalg.vector_norm(reference)
+    if size == 0:
+        return float(torch.linalg.vector_norm(x - reference))
+    return float(torch.linalg.vector_norm(x - reference) / size)
