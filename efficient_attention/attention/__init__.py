@@ -5,6 +5,12 @@ Each is shaped like ``F.scaled_dot_product_attention``.
 
 from .analysis import effective_attention
 from .dense import dense_attention
+from .hierarchical import (
+    coarse_to_fine_attention,
+    hierarchical_levels,
+    pyramid_attention,
+    recursive_attention,
+)
 from .local import AdaptiveSpanAttention, sliding_window_attention
 from .sparse import (
     BlockPattern,
@@ -24,6 +30,10 @@ __all__ = [
     "block_pattern",
     "block_sparse_attention",
     "block_sparse_matmul",
+    "coarse_to_fine_attention",
+    "hierarchical_levels",
+    "pyramid_attention",
+    "recursive_attention",
     "csr_attention",
     "kmeans_clusters",
     "routing_attention",
