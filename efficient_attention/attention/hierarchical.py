@@ -227,7 +227,7 @@ def _multilevel(
     pool_queries: bool,
 ) -> Tensor:
     """Pyramid (``pool_queries=False``) or recursive attention."""
-    L, S = query.shape[-2], key.shape[-2]
+    L = query.shape[-2]
     half = query.dtype in (torch.float16, torch.bfloat16)
     q, k, v = (t.float() if half else t for t in (query, key, value))
     q = q * scale
@@ -433,7 +433,6 @@ def block_choice(
 
     Complexity: ``O(nq * nk * E)``: the block summaries, scored densely.
     """
-    L, S = query.shape[-2], key.shape[-2]
     q_mean, _ = _pool(query.detach(), block_size)  # (..., nq, E)
     k_mean, _ = _pool(key.detach(), block_size)  # (..., nk, E)
     nq, nk = q_mean.shape[-2], k_mean.shape[-2]
