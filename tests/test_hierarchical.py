@@ -69,13 +69,20 @@ def multilevel_reference(q, k, v, block_size, levels, pool_queries):
 
 
 @pytest.mark.parametrize("fn", POOLED)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "dtype,backend",
+    [
+        (torch.float32, "kernel"),
+        (torch.float32, "torch"),
+        (torch.float64, "auto"),
+    ],
+)
 @pytest.mark.parametrize(
     "L,S,block_size", [(37, 37, 8), (5, 70, 3), (70, 9, 64)]
 )
-def test_one_level_is_dense(fn, dtype, L, S, block_size):
+def test_one_level_is_dense(fn, dtype, backend, L, S, block_size):
     q, k, v = random_qkv(2, 3, L=L, S=S, dtype=dtype)
-    out = fn(q, k, v, block_size=block_size, levels=1)
+    out = fn(q, k, v, block_size=block_size, levels=1, backend=backend)
     expected = ea.dense_attention(q, k, v)
     assert out.shape == (2, 3, L, 5) and out.dtype == dtype
     torch.testing.assert_close(out, expected)
@@ -98,19 +105,29 @@ def test_every_block_picked_is_dense(backend, L, S, block_size):
 # -- the approximations, against a dense reference of their pattern -------
 
 
+@pytest.mark.parametrize("backend", ["torch", "kernel"])
 @pytest.mark.parametrize("pool_queries", [False, True])
 @pytest.mark.parametrize(
     "L,S,block_size,levels",
-    [(37, 37, 4, 3), (64, 64, 4, 4), (100, 61, 6, 3), (23, 80, 2, 5)],
+    [
+        (37, 37, 4, 3),
+        (64, 64, 4, 4),
+        (100, 61, 6, 3),
+        (23, 80, 2, 5),
+        (300, 300, 64, 3),
+    ],
 )
 def test_multilevel_equals_its_dense_reference(
-    pool_queries, L, S, block_size, levels
+    backend, pool_queries, L, S, block_size, levels
 ):
-    q, k, v = random_qkv(2, L=L, S=S)
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    q, k, v = random_qkv(2, 3, L=L, S=S, dtype=dtype)
     fn = ea.recursive_attention if pool_queries else ea.pyramid_attention
-    out = fn(q, k, v, block_size=block_size, levels=levels)
-    expected = multilevel_reference(q, k, v, block_size, levels, pool_queries)
-    torch.testing.assert_close(out, expected)
+    out = fn(q, k, v, block_size=block_size, levels=levels, backend=backend)
+    expected = multilevel_reference(
+        q.double(), k.double(), v.double(), block_size, levels, pool_queries
+    )
+    torch.testing.assert_close(out, expected.to(dtype))
 
 
 def test_levels_map_is_exact_near_and_coarser_far():

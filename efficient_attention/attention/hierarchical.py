@@ -35,12 +35,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import (
-    check_finite_scores,
     check_non_negative_int,
     check_positive_int,
     check_qkv,
     check_scale,
+    scores_not_finite,
 )
+from . import sparse
 from .sparse import block_sparse_attention
 
 __all__ = [
@@ -141,38 +142,41 @@ def _windows(x: Tensor, n_groups: int, block: int) -> Tensor:
 
 def _partial_softmax(
     q: Tensor, k: Tensor, v: Tensor, bias: Tensor, allowed: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """One piece of a softmax that several pieces share.
+) -> tuple[Tensor, Tensor]:
+    """Softmax attention of query groups over their own window of keys.
 
     ``q (..., n, G, E)`` (already scaled), ``k (..., n, W, E)``, ``v (...,
     n, W, Ev)``, ``bias (n, W)`` added to the scores, ``allowed (n, G, W)``
-    bool. Returns the unnormalised output ``(..., n, G, Ev)``, the sum of
-    the weights ``(..., n, G)`` and the maximum they are relative to
-    ``(..., n, G)``; ``_merge`` joins pieces into one softmax.
+    bool. Returns the normalised output ``(..., n, G, Ev)`` and the
+    log-sum-exp of each row's allowed scores ``(..., n, G)`` (-inf where
+    none is allowed), which ``_merge`` needs.
     """
     scores = q @ k.transpose(-2, -1) + bias[:, None, :]  # (..., n, G, W)
     scores = scores.masked_fill(~allowed, float("-inf"))
     top = scores.amax(-1).detach()  # (..., n, G)
     top = top.masked_fill(top == float("-inf"), 0.0)
     weights = torch.exp(scores - top[..., None])  # (..., n, G, W)
-    return weights @ v, weights.sum(-1), top  # (..., n, G, Ev)
+    total = weights.sum(-1)  # (..., n, G)
+    out = (weights @ v) / total.masked_fill(total == 0, 1.0)[..., None]
+    return out, top + total.log()
 
 
-def _merge(pieces: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
-    """Join partial softmaxes over disjoint key sets into one.
+def _merge(outs: list[Tensor], lses: list[Tensor]) -> Tensor:
+    """One softmax from several over disjoint sets of keys.
 
-    Each piece is ``(out (..., L, Ev), total (..., L), top (..., L))`` as
-    ``_partial_softmax`` returns them (the online-softmax merge of Milakov
-    and Gimelshein 2018, arXiv 1805.02867). A query with no key gets zeros.
+    ``outs[l] (..., L, Ev)`` is normalised over its keys and ``lses[l]
+    (..., L)`` is the log of their total weight: the joint output weighs
+    each by its share of the total (the merge of the online softmax,
+    Milakov and Gimelshein 2018, arXiv 1805.02867). A query with no key
+    gets zeros.
     """
-    top = torch.stack([piece[2] for piece in pieces]).amax(0)  # (..., L)
-    out, total = 0, 0
-    for piece_out, piece_total, piece_top in pieces:
-        rescale = torch.exp(piece_top - top)  # (..., L)
-        out = out + piece_out * rescale[..., None]
-        total = total + piece_total * rescale
-    total = total.masked_fill(total == 0, 1.0)
-    return out / total[..., None]  # (..., L, Ev)
+    lse = torch.stack(lses)  # (levels, ..., L)
+    top = lse.amax(0).detach()
+    top = top.masked_fill(top == float("-inf"), 0.0)
+    share = torch.exp(lse - top)  # (levels, ..., L)
+    total = share.sum(0)
+    share = share / total.masked_fill(total == 0, 1.0)
+    return sum(o * w[..., None] for o, w in zip(outs, share))
 
 
 def _level_mask(
@@ -217,6 +221,115 @@ def _level_mask(
     return allowed, key
 
 
+def _level_torch(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    counts: Tensor,
+    level: int,
+    last: bool,
+    block: int,
+    factor_q: int,
+) -> tuple[Tensor, Tensor]:
+    """One level in PyTorch: ``q (..., n_queries, E)`` (scaled; query
+    ``c`` stands for tokens from ``c * factor_q``), pooled ``k``, ``v``
+    with ``counts`` tokens each. Returns ``out (..., n_queries, Ev)`` and
+    ``lse (..., n_queries)``.
+
+    Queries are taken in groups that share a window of ``3 * block``
+    pooled keys (one group of all, seeing every key, at the last level),
+    so only ``O(n_queries * block)`` scores exist at once.
+    """
+    n_queries, n_keys = q.shape[-2], k.shape[-2]
+    group = n_queries if last else block * (2**level // factor_q)
+    n_groups = -(-n_queries // group)
+    allowed, key_index = _level_mask(
+        level,
+        block,
+        n_queries,
+        factor_q,
+        n_groups,
+        group,
+        n_keys,
+        window=not last,
+    )
+    bias = counts.to(q.dtype).log()[key_index.clamp(0, n_keys - 1)]
+    q_groups = F.pad(q, (0, 0, 0, n_groups * group - n_queries))
+    q_groups = q_groups.unflatten(-2, (n_groups, group))  # (..., n, G, E)
+    if last:  # one group: every key
+        k_win, v_win = k[..., None, :, :], v[..., None, :, :]
+    else:
+        k_win = _windows(k, n_groups, block)  # (..., n, 3 * block, E)
+        v_win = _windows(v, n_groups, block)  # (..., n, 3 * block, Ev)
+    out, lse = _partial_softmax(
+        q_groups, k_win, v_win, bias.to(q.device), allowed.to(q.device)
+    )
+    # (..., n, G, Ev) -> (..., n_queries, Ev); (..., n, G) likewise
+    out = out.flatten(-3, -2)[..., :n_queries, :]
+    return out, lse.flatten(-2, -1)[..., :n_queries]
+
+
+def _level_layout(
+    level: int,
+    last: bool,
+    block: int,
+    kernel_block: int,
+    n_queries: int,
+    factor_q: int,
+    n_keys: int,
+) -> Tensor:
+    """The block layout ``(nq, nk)`` of one level, in blocks of
+    ``kernel_block = block / 2`` queries and pooled keys (``block`` when
+    there is one level): the same keys as ``_level_mask``, whose edges all
+    fall on multiples of ``block / 2`` pooled keys."""
+    nq, nk = -(-n_queries // kernel_block), -(-n_keys // kernel_block)
+    row = torch.arange(nq)[:, None]  # (nq, 1)
+    col = torch.arange(nk)[None, :]  # (1, nk)
+    token = row * kernel_block * factor_q  # first token of query block
+    layout = torch.ones(nq, nk, dtype=torch.bool)
+    if not last:  # the 3 neighbour blocks: 6 kernel blocks
+        own = token // (block * 2**level)
+        layout = (col >= 2 * (own - 1)) & (col < 2 * (own + 2))
+    if level > 0:  # minus the region of the level below: 3 kernel blocks
+        below = token // (block * 2 ** (level - 1))
+        layout = layout & ~((col >= below - 1) & (col < below + 2))
+    return layout
+
+
+def _level_kernel(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    counts: Tensor,
+    level: int,
+    last: bool,
+    block: int,
+    factor_q: int,
+    levels: int,
+) -> tuple[Tensor, Tensor]:
+    """One level on the block-sparse C++ kernel (as ``_level_torch``).
+
+    The ``log(count)`` bias rides along as one more feature: ``[q, 1] .
+    [k, log(count)] = q . k + log(count)`` (``q`` is already scaled).
+    """
+    kernel_block = block // 2 if levels > 1 else block
+    n_queries, n_keys = q.shape[-2], k.shape[-2]
+    layout = _level_layout(
+        level, last, block, kernel_block, n_queries, factor_q, n_keys
+    )
+    pattern = sparse._pattern(layout[None], kernel_block, n_queries, n_keys)
+    bias = counts.to(k.dtype).log().expand(*k.shape[:-1])  # (..., n_keys)
+    q1 = torch.cat([q, torch.ones_like(q[..., :1])], dim=-1)  # (..., n, E+1)
+    k1 = torch.cat([k, bias[..., None]], dim=-1)  # (..., n_keys, E + 1)
+    return sparse.block_sparse_kernel_lse(q1, k1, v, pattern, 1.0)
+
+
+def _use_kernel(backend: str, *tensors: Tensor) -> bool:
+    """The block-sparse kernel where ``block_sparse_attention`` would use
+    it (CPU, not float64, no gradient, a compiler here)."""
+    return sparse._use_kernel(backend, *tensors)
+
+
 def _multilevel(
     query: Tensor,
     key: Tensor,
@@ -225,63 +338,36 @@ def _multilevel(
     block: int,
     scale: float,
     pool_queries: bool,
+    backend: str,
 ) -> Tensor:
-    """Pyramid (``pool_queries=False``) or recursive attention."""
+    """Pyramid (``pool_queries=False``) or recursive attention: each level
+    is one softmax over its own keys, and ``_merge`` joins them."""
     L = query.shape[-2]
     half = query.dtype in (torch.float16, torch.bfloat16)
     q, k, v = (t.float() if half else t for t in (query, key, value))
+    kernel = _use_kernel(backend, q, k, v)
     q = q * scale
-    pieces = []
+    outs, lses = [], []
     for level in range(levels):
         factor = 2**level
-        last = level == levels - 1
         k_l, counts = _pool(k, factor)  # (..., n_keys, E), (n_keys,)
         v_l, _ = _pool(v, factor)  # (..., n_keys, Ev)
-        bias = counts.to(q.dtype).log()  # (n_keys,)
-        if pool_queries:
-            q_l, _ = _pool(q, factor)  # (..., n_queries, E)
-            group, factor_q = block, factor
-        else:
-            q_l, group, factor_q = q, block * factor, 1
-        n_queries, n_keys = q_l.shape[-2], k_l.shape[-2]
-        n_groups = 1 if last else -(-n_queries // group)
-        if last:
-            group = n_queries
-        allowed, key_index = _level_mask(
-            level,
-            block,
-            n_queries,
-            factor_q,
-            n_groups,
-            group,
-            n_keys,
-            window=not last,
+        q_l, factor_q = (
+            (_pool(q, factor)[0], factor) if pool_queries else (q, 1)
         )
-        allowed = allowed.to(q.device)
-        q_groups = F.pad(q_l, (0, 0, 0, n_groups * group - n_queries))
-        q_groups = q_groups.unflatten(-2, (n_groups, group))  # (..., n, G, E)
-        if last:
-            k_win, v_win = k_l[..., None, :, :], v_l[..., None, :, :]
-            b_win = bias[None, :]  # (1, n_keys)
+        args = (q_l, k_l, v_l, counts, level, level == levels - 1, block)
+        if kernel:
+            out, lse = _level_kernel(*args, factor_q, levels)
         else:
-            k_win = _windows(k_l, n_groups, block)  # (..., n, W, E)
-            v_win = _windows(v_l, n_groups, block)  # (..., n, W, Ev)
-            b_win = bias[key_index.clamp(0, n_keys - 1).to(q.device)]
-        out, total, top = _partial_softmax(
-            q_groups, k_win, v_win, b_win, allowed
-        )
-        # (..., n, G, Ev) -> (..., n_queries, Ev); (..., n, G) likewise
-        out = out.flatten(-3, -2)[..., :n_queries, :]
-        total, top = (t.flatten(-2, -1)[..., :n_queries] for t in (total, top))
-        if pool_queries and factor > 1:  # each coarse query's result, copied
-            out = out.repeat_interleave(factor, dim=-2)[..., :L, :]
-            total, top = (
-                t.repeat_interleave(factor, dim=-1)[..., :L]
-                for t in (total, top)
-            )
-        pieces.append((out, total, top))
-    check_finite_scores(torch.stack([piece[2] for piece in pieces]), scale)
-    return _merge(pieces).to(query.dtype)
+            out, lse = _level_torch(*args, factor_q)
+        if factor_q > 1:  # each coarse query's result, copied to its tokens
+            out = out.repeat_interleave(factor_q, dim=-2)[..., :L, :]
+            lse = lse.repeat_interleave(factor_q, dim=-1)[..., :L]
+        outs.append(out)
+        lses.append(lse)
+    if not bool((torch.stack(lses) < float("inf")).all()):  # inf or NaN
+        raise scores_not_finite(scale, q.dtype)
+    return _merge(outs, lses).to(query.dtype)
 
 
 def _empty(query: Tensor, key: Tensor, value: Tensor) -> Tensor | None:
@@ -303,6 +389,7 @@ def pyramid_attention(
     block_size: int = 64,
     levels: int | None = None,
     scale: float | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     """Each query attends nearby keys exactly and farther ones pooled.
 
@@ -322,6 +409,10 @@ def pyramid_attention(
             ``max_levels(max(L, S), block_size)``; None: enough levels for
             the coarsest to hold at most ``4 * block_size`` pooled keys.
         scale: multiplies ``Q K^T``; None means ``1 / sqrt(E)``.
+        backend: ``"kernel"`` each level on the block-sparse C++ kernel,
+            ``"torch"`` the PyTorch version, ``"auto"`` the kernel where it
+            applies (CPU, not float64, no gradient needed, a compiler
+            here), else PyTorch.
 
     Returns:
         ``(..., L, Ev)`` in the query's dtype.
@@ -329,8 +420,10 @@ def pyramid_attention(
     Raises:
         ValueError: shapes, dtypes or devices that do not fit; a block size
             or level count that is not a positive int, an odd block size
-            with ``levels > 1``, more levels than fit; scores that
-            overflow.
+            with ``levels > 1``, more levels than fit; an unknown backend;
+            scores that overflow.
+        NotImplementedError: ``backend="kernel"`` where it cannot run (a
+            gradient, a GPU tensor or float64).
 
     Shape:
         ``...`` any leading dimensions (batch ``B``, heads ``H``), ``L``
@@ -352,12 +445,13 @@ def pyramid_attention(
     scale = check_scale(scale)
     L, S = query.shape[-2], key.shape[-2]
     levels, block_size = _check_levels(levels, block_size, L, S)
+    sparse._check_backend(backend)
     empty = _empty(query, key, value)
     if empty is not None:
         return empty
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     return _multilevel(
-        query, key, value, levels, block_size, scale, pool_queries=False
+        query, key, value, levels, block_size, scale, False, backend
     )
 
 
@@ -369,6 +463,7 @@ def recursive_attention(
     block_size: int = 64,
     levels: int | None = None,
     scale: float | None = None,
+    backend: str = "auto",
 ) -> Tensor:
     """H-Transformer-1D-like attention: queries and keys pooled per level.
 
@@ -381,7 +476,7 @@ def recursive_attention(
 
     Args:
         query: ``(..., L, E)``. key: ``(..., S, E)``. value: ``(..., S, Ev)``.
-        block_size, levels, scale: as ``pyramid_attention``.
+        block_size, levels, scale, backend: as ``pyramid_attention``.
 
     Returns:
         ``(..., L, Ev)`` in the query's dtype.
@@ -406,12 +501,13 @@ def recursive_attention(
     scale = check_scale(scale)
     L, S = query.shape[-2], key.shape[-2]
     levels, block_size = _check_levels(levels, block_size, L, S)
+    sparse._check_backend(backend)
     empty = _empty(query, key, value)
     if empty is not None:
         return empty
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     return _multilevel(
-        query, key, value, levels, block_size, scale, pool_queries=True
+        query, key, value, levels, block_size, scale, True, backend
     )
 
 
