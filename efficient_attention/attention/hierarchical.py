@@ -126,6 +126,16 @@ def _pool(x: Tensor, factor: int) -> tuple[Tensor, Tensor]:
     return sums / counts.to(x.dtype)[:, None], counts
 
 
+def _pair_sums(x: Tensor) -> Tensor:
+    """Sums of rows ``2p`` and ``2p + 1``: ``(..., N, F) -> (..., ceil(N /
+    2), F)`` (an odd last row stands alone). Applied ``l`` times, it gives
+    the sums of ``2**l`` rows: each level is pooled from the one below, at
+    half its cost."""
+    if x.shape[-2] % 2:
+        x = F.pad(x, (0, 0, 0, 1))  # (..., N + 1, F)
+    return x.unflatten(-2, (-1, 2)).sum(-2)  # (..., ceil(N / 2), F)
+
+
 def _windows(x: Tensor, n_groups: int, block: int) -> Tensor:
     """Group ``g``'s window: rows ``(g - 1) * block`` to ``(g + 2) * block
     - 1`` of ``x (..., N, F)`` (zero rows past either end).
@@ -161,22 +171,25 @@ def _partial_softmax(
     return out, top + total.log()
 
 
-def _merge(outs: list[Tensor], lses: list[Tensor]) -> Tensor:
-    """One softmax from several over disjoint sets of keys.
+def _merge(
+    out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor
+) -> tuple[Tensor, Tensor]:
+    """One softmax from two over disjoint sets of keys.
 
-    ``outs[l] (..., L, Ev)`` is normalised over its keys and ``lses[l]
-    (..., L)`` is the log of their total weight: the joint output weighs
-    each by its share of the total (the merge of the online softmax,
-    Milakov and Gimelshein 2018, arXiv 1805.02867). A query with no key
-    gets zeros.
+    ``out_a (..., L, Ev)`` is normalised over its keys and ``lse_a (...,
+    L)`` is the log of their total weight (likewise ``b``): the joint
+    output weighs each by its share of the total (the merge of the online
+    softmax, Milakov and Gimelshein 2018, arXiv 1805.02867). A query with
+    no key in either gets zeros and ``-inf``.
     """
-    lse = torch.stack(lses)  # (levels, ..., L)
-    top = lse.amax(0).detach()
+    top = torch.maximum(lse_a, lse_b).detach()  # (..., L)
     top = top.masked_fill(top == float("-inf"), 0.0)
-    share = torch.exp(lse - top)  # (levels, ..., L)
-    total = share.sum(0)
-    share = share / total.masked_fill(total == 0, 1.0)
-    return sum(o * w[..., None] for o, w in zip(outs, share))
+    weight_a, weight_b = torch.exp(lse_a - top), torch.exp(lse_b - top)
+    total = weight_a + weight_b  # (..., L)
+    share_b = weight_b / total.masked_fill(total == 0, 1.0)
+    # out_a + share_b * (out_b - out_a), in one pass: (..., L, Ev)
+    out = torch.lerp(out_a, out_b, share_b[..., None])
+    return out, top + total.log()
 
 
 def _level_mask(
@@ -306,11 +319,15 @@ def _level_kernel(
     block: int,
     factor_q: int,
     levels: int,
+    scale: float,
 ) -> tuple[Tensor, Tensor]:
-    """One level on the block-sparse C++ kernel (as ``_level_torch``).
+    """One level on the block-sparse C++ kernel (as ``_level_torch``, but
+    ``q`` is not scaled yet).
 
-    The ``log(count)`` bias rides along as one more feature: ``[q, 1] .
-    [k, log(count)] = q . k + log(count)`` (``q`` is already scaled).
+    Above level 0 the ``log(count)`` bias rides along as one more feature
+    (``q`` then ends in a column of ones, as ``_with_ones`` makes it):
+    ``scale * [q, 1] . [k, log(count) / scale] = scale * q . k +
+    log(count)``.
     """
     kernel_block = block // 2 if levels > 1 else block
     n_queries, n_keys = q.shape[-2], k.shape[-2]
@@ -318,10 +335,16 @@ def _level_kernel(
         level, last, block, kernel_block, n_queries, factor_q, n_keys
     )
     pattern = sparse._pattern(layout[None], kernel_block, n_queries, n_keys)
-    bias = counts.to(k.dtype).log().expand(*k.shape[:-1])  # (..., n_keys)
-    q1 = torch.cat([q, torch.ones_like(q[..., :1])], dim=-1)  # (..., n, E+1)
-    k1 = torch.cat([k, bias[..., None]], dim=-1)  # (..., n_keys, E + 1)
-    return sparse.block_sparse_kernel_lse(q1, k1, v, pattern, 1.0)
+    if level:
+        bias = counts.to(k.dtype).log() / scale  # (n_keys,)
+        bias = bias.expand(*k.shape[:-1])  # (..., n_keys)
+        k = torch.cat([k, bias[..., None]], dim=-1)  # (..., n_keys, E + 1)
+    return sparse.block_sparse_kernel_lse(q, k, v, pattern, scale)
+
+
+def _with_ones(q: Tensor) -> Tensor:
+    """``(..., n, E) -> (..., n, E + 1)``: a last column of ones."""
+    return torch.cat([q, torch.ones_like(q[..., :1])], dim=-1)
 
 
 def _use_kernel(backend: str, *tensors: Tensor) -> bool:
@@ -346,28 +369,46 @@ def _multilevel(
     half = query.dtype in (torch.float16, torch.bfloat16)
     q, k, v = (t.float() if half else t for t in (query, key, value))
     kernel = _use_kernel(backend, q, k, v)
-    q = q * scale
-    outs, lses = [], []
+    if not kernel:
+        q = q * scale  # the kernel scales as it goes
+    q_sums, k_sums, v_sums = q, k, v  # sums of 2**level rows
+    q_counts = torch.ones(L, dtype=q.dtype, device=q.device)
+    k_counts = torch.ones(key.shape[-2], dtype=q.dtype, device=q.device)
+    q_ones = _with_ones(q) if kernel and levels > 1 else None
+    results = []  # (out, lse) of each level, at its own query resolution
     for level in range(levels):
-        factor = 2**level
-        k_l, counts = _pool(k, factor)  # (..., n_keys, E), (n_keys,)
-        v_l, _ = _pool(v, factor)  # (..., n_keys, Ev)
-        q_l, factor_q = (
-            (_pool(q, factor)[0], factor) if pool_queries else (q, 1)
-        )
-        args = (q_l, k_l, v_l, counts, level, level == levels - 1, block)
-        if kernel:
-            out, lse = _level_kernel(*args, factor_q, levels)
-        else:
-            out, lse = _level_torch(*args, factor_q)
-        if factor_q > 1:  # each coarse query's result, copied to its tokens
-            out = out.repeat_interleave(factor_q, dim=-2)[..., :L, :]
-            lse = lse.repeat_interleave(factor_q, dim=-1)[..., :L]
-        outs.append(out)
-        lses.append(lse)
-    if not bool((torch.stack(lses) < float("inf")).all()):  # inf or NaN
+        if level:  # pool this level from the one below
+            k_sums, v_sums = _pair_sums(k_sums), _pair_sums(v_sums)
+            k_counts = _pair_sums(k_counts[:, None])[:, 0]
+            if pool_queries:
+                q_sums = _pair_sums(q_sums)
+                q_counts = _pair_sums(q_counts[:, None])[:, 0]
+        q_l = q_sums / q_counts[:, None] if pool_queries and level else q
+        k_l = k_sums / k_counts[:, None] if level else k  # means
+        v_l = v_sums / k_counts[:, None] if level else v
+        factor_q = 2**level if pool_queries else 1
+        last = level == levels - 1
+        if not kernel:
+            args = (q_l, k_l, v_l, k_counts, level, last, block, factor_q)
+            results.append(_level_torch(*args))
+            continue
+        if level:  # the bias column's partner
+            q_l = _with_ones(q_l) if pool_queries else q_ones
+        args = (q_l, k_l, v_l, k_counts, level, last, block, factor_q)
+        results.append(_level_kernel(*args, levels, scale))
+    worst = torch.stack([lse.max() for _, lse in results])  # NaN stays
+    if not bool((worst < float("inf")).all()):  # scores hold inf or NaN
         raise scores_not_finite(scale, q.dtype)
-    return _merge(outs, lses).to(query.dtype)
+    # Merge from the coarsest level down; a coarse result is first copied
+    # to the two queries of the level below that it stands for.
+    out, lse = results[-1]
+    for out_l, lse_l in reversed(results[:-1]):
+        n = out_l.shape[-2]
+        if pool_queries:
+            out = out.repeat_interleave(2, dim=-2)[..., :n, :]
+            lse = lse.repeat_interleave(2, dim=-1)[..., :n]
+        out, lse = _merge(out_l, lse_l, out, lse)
+    return out.to(query.dtype)
 
 
 def _empty(query: Tensor, key: Tensor, value: Tensor) -> Tensor | None:
