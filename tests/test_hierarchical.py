@@ -279,3 +279,20 @@ def test_never_builds_an_l_by_l_matrix():
                 q.requires_grad_(), k, v, block_size=16, levels=7
             ).sum().backward()
     assert max(largest) < 4096 * 4096 / 8
+
+
+def test_benchmark_command_line_times_the_three_schemes(capsys):
+    from efficient_attention import benchmark
+
+    benchmark.main(
+        [
+            "--variants", "sdpa", "pyramid", "recursive", "coarse-to-fine",
+            "--lengths", "256", "--heads", "2", "--block-size", "16",
+            "--top-k", "2", "--levels", "3", "--min-run-time", "0.01",
+            "--no-memory",
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "levels 3" in out and "top-k 2" in out
+    for name in ("pyramid", "recursive", "coarse-to-fine"):
+        assert name in out

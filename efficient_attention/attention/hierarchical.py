@@ -105,7 +105,8 @@ def _check_levels(
             f"* 2**(l - 1)); got block_size={block_size}. Use "
             f"block_size={block_size + 1} or levels=1."
         )
-    return levels, block_size
+    # one level is dense whatever the block: keep the integers small
+    return levels, min(block_size, n) if levels == 1 else block_size
 
 
 # -- the pieces ----------------------------------------------------------
@@ -324,10 +325,9 @@ def _level_kernel(
     """One level on the block-sparse C++ kernel (as ``_level_torch``, but
     ``q`` is not scaled yet).
 
-    Above level 0 the ``log(count)`` bias rides along as one more feature
-    (``q`` then ends in a column of ones, as ``_with_ones`` makes it):
-    ``scale * [q, 1] . [k, log(count) / scale] = scale * q . k +
-    log(count)``.
+    Above level 0 the ``log(count)`` bias rides along as one more feature:
+    ``q`` then comes from ``_with_ones`` (scaled, with a column of ones),
+    and ``[scale * q, 1] . [k, log(count)] = scale * q . k + log(count)``.
     """
     kernel_block = block // 2 if levels > 1 else block
     n_queries, n_keys = q.shape[-2], k.shape[-2]
@@ -335,16 +335,17 @@ def _level_kernel(
         level, last, block, kernel_block, n_queries, factor_q, n_keys
     )
     pattern = sparse._pattern(layout[None], kernel_block, n_queries, n_keys)
-    if level:
-        bias = counts.to(k.dtype).log() / scale  # (n_keys,)
-        bias = bias.expand(*k.shape[:-1])  # (..., n_keys)
-        k = torch.cat([k, bias[..., None]], dim=-1)  # (..., n_keys, E + 1)
-    return sparse.block_sparse_kernel_lse(q, k, v, pattern, scale)
+    if level == 0:
+        return sparse.block_sparse_kernel_lse(q, k, v, pattern, scale)
+    bias = counts.to(k.dtype).log().expand(*k.shape[:-1])  # (..., n_keys)
+    k = torch.cat([k, bias[..., None]], dim=-1)  # (..., n_keys, E + 1)
+    return sparse.block_sparse_kernel_lse(q, k, v, pattern, 1.0)
 
 
-def _with_ones(q: Tensor) -> Tensor:
-    """``(..., n, E) -> (..., n, E + 1)``: a last column of ones."""
-    return torch.cat([q, torch.ones_like(q[..., :1])], dim=-1)
+def _with_ones(q: Tensor, scale: float) -> Tensor:
+    """``(..., n, E) -> (..., n, E + 1)``: ``scale * q`` and a last column
+    of ones."""
+    return torch.cat([q * scale, torch.ones_like(q[..., :1])], dim=-1)
 
 
 def _use_kernel(backend: str, *tensors: Tensor) -> bool:
@@ -374,7 +375,7 @@ def _multilevel(
     q_sums, k_sums, v_sums = q, k, v  # sums of 2**level rows
     q_counts = torch.ones(L, dtype=q.dtype, device=q.device)
     k_counts = torch.ones(key.shape[-2], dtype=q.dtype, device=q.device)
-    q_ones = _with_ones(q) if kernel and levels > 1 else None
+    q_ones = _with_ones(q, scale) if kernel and levels > 1 else None
     results = []  # (out, lse) of each level, at its own query resolution
     for level in range(levels):
         if level:  # pool this level from the one below
@@ -393,7 +394,7 @@ def _multilevel(
             results.append(_level_torch(*args))
             continue
         if level:  # the bias column's partner
-            q_l = _with_ones(q_l) if pool_queries else q_ones
+            q_l = _with_ones(q_l, scale) if pool_queries else q_ones
         args = (q_l, k_l, v_l, k_counts, level, last, block, factor_q)
         results.append(_level_kernel(*args, levels, scale))
     worst = torch.stack([lse.max() for _, lse in results])  # NaN stays
