@@ -296,3 +296,40 @@ def test_benchmark_command_line_times_the_three_schemes(capsys):
     assert "levels 3" in out and "top-k 2" in out
     for name in ("pyramid", "recursive", "coarse-to-fine"):
         assert name in out
+
+
+def test_far_marker_task():
+    from efficient_attention import tasks
+
+    generator = torch.Generator().manual_seed(0)
+    tokens, targets = tasks.far_marker(
+        8, 64, classes=3, vocab=10, generator=generator
+    )
+    assert tokens.shape == targets.shape == (8, 64)
+    markers = tokens < 3
+    assert (markers.sum(-1) == 1).all()  # one marker a sequence...
+    assert not markers[:, 16:].any()  # ...in the first quarter
+    assert (targets[:, :48] == tasks.IGNORE).all()
+    marker = tokens[markers]  # (8,) in sequence order
+    assert torch.equal(targets[:, 48:], marker[:, None].expand(8, 16))
+    for kwargs, name in [
+        ({"length": 3}, "length"),
+        ({"classes": 16}, "classes"),
+        ({"batch": 0}, "batch"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            tasks.far_marker(**{"batch": 2, "length": 16, **kwargs})
+
+
+def test_draw_hierarchical_static_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from efficient_attention import widgets
+
+    figure = widgets.draw_hierarchical(32, block_size=4, levels=3, top_k=1)
+    titles = [ax.get_title() for ax in figure.axes]
+    assert any("pyramid" in t for t in titles)
+    assert any("coarse-to-fine" in t for t in titles)
+    with pytest.raises(ValueError, match="levels"):
+        widgets.draw_hierarchical(16, block_size=4, levels=6)
