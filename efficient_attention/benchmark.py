@@ -83,6 +83,17 @@ a boolean mask (``sdpa-layout``) and compiled FlexAttention with it as a
 block mask (``flex-layout``). Layouts are shared by all heads, in blocks
 of ``--block-size``, and seeded."""
 
+HIERARCHICAL_VARIANTS = (
+    "pyramid",
+    "recursive",
+    "coarse-to-fine",
+)
+"""Variants of the command line that time hierarchical attention: the
+package's ``pyramid_attention`` and ``recursive_attention`` with
+``--block-size`` and ``--levels`` (default: enough levels that the coarsest
+holds at most 4 blocks), and ``coarse_to_fine_attention`` with
+``--block-size`` and ``--top-k``."""
+
 DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
@@ -689,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
             *LOCAL_VARIANTS,
             *SPARSE_VARIANTS,
             *LOW_RANK_VARIANTS,
+            *HIERARCHICAL_VARIANTS,
         ],
         help="what to time; the local ones need --window",
     )
@@ -704,6 +716,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int_argument,
         default=64,
         help="block side of the sparse layouts",
+    )
+    parser.add_argument(
+        "--levels",
+        type=_positive_int_argument,
+        default=None,
+        help="levels of pyramid and recursive (default: the coarsest "
+        "holds at most 4 blocks of pooled keys)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=_non_negative_int_argument,
+        default=4,
+        help="key blocks each query block picks in coarse-to-fine",
     )
     parser.add_argument(
         "--clusters",
@@ -811,6 +836,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     low_rank = [name for name in args.variants if name in LOW_RANK_VARIANTS]
     if args.causal and set(low_rank) - {"performer"}:
         parser.error("with --causal only performer of the low-rank ones")
+    hierarchical = [n for n in args.variants if n in HIERARCHICAL_VARIANTS]
+    if hierarchical and args.causal:
+        parser.error(f"the variants {hierarchical} do not take --causal")
     dtype = DTYPES[args.dtype]
     print(hardware_summary(device, dtype))
     print(
@@ -831,6 +859,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             f"linformer rank {args.rank}, nystrom {args.landmarks} "
             f"landmarks, performer {args.features} features"
+        )
+    if hierarchical:
+        levels = "auto" if args.levels is None else args.levels
+        print(
+            f"hierarchical: block size {args.block_size}; pyramid, "
+            f"recursive: levels {levels}; coarse-to-fine: top-k "
+            f"{args.top_k}"
         )
     records = sweep(
         {name: _variant(name, args) for name in args.variants},
@@ -863,6 +898,8 @@ def _variant(name: str, args: argparse.Namespace) -> Callable[..., Tensor]:
         return _sparse_variant(name, args)
     if name in LOW_RANK_VARIANTS:
         return _low_rank_variant(name, args)
+    if name in HIERARCHICAL_VARIANTS:
+        return _hierarchical_variant(name, args)
     w = args.window
     if name == "sliding-window":
         window = (w, 0) if args.causal else (w, w)
@@ -926,6 +963,28 @@ def _low_rank_variant(
         )
 
     return run
+
+
+def _hierarchical_variant(
+    name: str, args: argparse.Namespace
+) -> Callable[..., Tensor]:
+    """The function the command line times for hierarchical ``name``."""
+    from .attention import hierarchical
+
+    if name == "coarse-to-fine":
+        return functools.partial(
+            hierarchical.coarse_to_fine_attention,
+            block_size=args.block_size,
+            top_k=args.top_k,
+        )
+    function = (
+        hierarchical.pyramid_attention
+        if name == "pyramid"
+        else hierarchical.recursive_attention
+    )
+    return functools.partial(
+        function, block_size=args.block_size, levels=args.levels
+    )
 
 
 def sparse_layout(kind: str, L: int, args: argparse.Namespace) -> Tensor:

@@ -5,7 +5,9 @@ pattern from ``masks.example_patterns`` and move its window, dilation, stride,
 block size and length; chapter 1 introduces it. ``sparse_pattern_explorer``
 does the same for the block layouts of chapter "Sparse attention";
 ``low_rank_explorer`` shows a low-rank approximation beside exact attention
-(chapter "Low-rank attention").
+(chapter "Low-rank attention"), ``hierarchical_explorer`` the schemes of
+chapter "Hierarchical attention", and ``quantization_explorer`` a weight
+histogram under a quantization grid (chapter "Quantization").
 """
 
 from __future__ import annotations
@@ -462,6 +464,108 @@ def low_rank_explorer(query: Tensor, key: Tensor):
         display(
             draw_low_rank_approximation(method, query, key, size, seed=seed)
         )
+        plt.close("all")
+
+    output = widgets.interactive_output(show, controls)
+    return widgets.HBox([widgets.VBox(list(controls.values())), output])
+
+
+def draw_hierarchical(
+    length: int = 64,
+    *,
+    block_size: int = 4,
+    levels: int = 3,
+    top_k: int = 2,
+    seed: int = 0,
+) -> Figure:
+    """The three hierarchical schemes side by side: which (query, key)
+    pairs each computes exactly, through which pooled level, or skips.
+
+    Coarse-to-fine picks its blocks from random queries and keys (seeded
+    with ``seed``). Each title gives the share of exact pairs and the
+    pooled keys a query attends on average (its cost, in keys).
+
+    Raises:
+        ValueError: a length, block size, level count or top-k that does
+            not fit (``hierarchical_levels`` says which).
+    """
+    from matplotlib.colors import ListedColormap
+
+    from .attention import hierarchical
+
+    length = check_positive_int("length", length)
+    generator = torch.Generator().manual_seed(seed)
+    query, key = torch.randn(2, length, 8, generator=generator)
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.9))
+    colours = ["#d9d9d9", "#08306b", "#4292c6", "#9ecae1", "#c6dbef",
+               "#deebf7", "#f7fbff", "#ffffff"]  # fmt: skip
+    cmap = ListedColormap(colours[: levels + 2])
+    for ax, scheme in zip(axes, hierarchical.SCHEMES):
+        where = hierarchical.hierarchical_levels(
+            scheme, length, block_size=block_size, levels=levels,
+            top_k=top_k, query=query, key=key,
+        )  # fmt: skip
+        ax.imshow(where + 1, cmap=cmap, vmin=0, vmax=levels + 1)
+        keys = _keys_per_query(where, scheme == "recursive")
+        exact = (where == 0).float().mean()
+        ax.set_title(
+            f"{scheme.replace('_', '-')}\nexact {exact:.0%}, "
+            f"cost {keys:.0f} keys per query"
+        )
+        ax.set_xlabel("key")
+        ax.set_ylabel("query")
+        ax.label_outer()
+    names = ["skipped", "exact"] + [
+        f"level {level}: {2**level} to 1" for level in range(1, levels)
+    ]
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, color=cmap(i), ec="k", lw=0.3)
+        for i in range(levels + 1)
+    ]
+    fig.legend(handles, names, loc="lower center", ncol=levels + 1,
+               frameon=False)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def _keys_per_query(where: Tensor, pooled_queries: bool) -> float:
+    """Keys (exact or pooled) a query attends, on average: a pooled key of
+    level ``l`` stands for ``2**l`` of the pairs in ``where``, and a pooled
+    query (``recursive``) for ``2**l`` queries."""
+    base = 0.25 if pooled_queries else 0.5
+    weight = torch.where(where >= 0, base ** where.clamp(min=0).double(), 0)
+    return float(weight.sum(-1).mean())
+
+
+def hierarchical_explorer(length: int = 64):
+    """Sliders for the hierarchical schemes: length, block size, levels and
+    top-k -> which pairs each scheme computes exactly, pooled or skips."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    check_positive_int("length", length)
+    controls = {
+        "length": widgets.IntSlider(
+            value=length, min=16, max=256, step=16, description="length"
+        ),
+        "block_size": widgets.IntSlider(
+            value=4, min=2, max=32, step=2, description="block size"
+        ),
+        "levels": widgets.IntSlider(value=3, min=1, max=6,
+                                    description="levels"),
+        "top_k": widgets.IntSlider(value=2, min=0, max=8,
+                                   description="top-k"),
+    }  # fmt: skip
+
+    def show(length, block_size, levels, top_k):
+        try:
+            figure = draw_hierarchical(
+                length, block_size=block_size, levels=levels, top_k=top_k
+            )
+        except ValueError as error:  # e.g. too many levels for the length
+            print(error)
+            return
+        display(figure)
         plt.close("all")
 
     output = widgets.interactive_output(show, controls)

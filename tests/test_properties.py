@@ -50,6 +50,7 @@ from efficient_attention import (  # noqa: E402
     plotting,
     tasks,
 )
+from efficient_attention.attention import hierarchical  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 INT_TYPES = [int, np.int64, np.int32, np.uint16, np.uint64]  # Integral
@@ -841,6 +842,92 @@ def linformer_bad_kwargs(p: Problem) -> st.SearchStrategy[tuple[dict, str]]:
     )
 
 
+@st.composite
+def one_level_kwargs(draw, p: Problem) -> dict:
+    """Pyramid and recursive attention in their exact setting: one level
+    (their other levels are tested in tests/test_hierarchical.py)."""
+    kwargs = {
+        "block_size": draw(reach(1, 10), label="block_size"),
+        "levels": draw(st.sampled_from([1, np.int64(1)]), label="levels"),
+        "backend": draw(st.sampled_from(sparse_backends(p))),
+    }
+    return {**kwargs, **draw(scales())}
+
+
+def no_mask(kwargs: dict, p: Problem) -> None:
+    return None
+
+
+def multilevel_bad_kwargs(p: Problem) -> st.SearchStrategy[tuple[dict, str]]:
+    n = max(p.L, p.S, 1)
+    return st.one_of(
+        st.tuples(
+            not_positive_ints().map(lambda b: {"block_size": b}),
+            st.just("block_size"),
+        ),
+        st.tuples(
+            st.one_of(not_positive_ints(), st.integers(n + 1, n + 40)).map(
+                lambda levels: {"block_size": 2, "levels": levels}
+            ),
+            st.just("levels"),
+        ),
+        st.tuples(
+            st.just({"block_size": 1, "backend": "cuda"}),
+            st.just("backend"),
+        ),
+    )
+
+
+@st.composite
+def coarse_to_fine_kwargs(draw, p: Problem) -> dict:
+    block_size = draw(reach(1, 10), label="block_size")
+    nk = -(-p.S // min(int(block_size), max(p.L, p.S, 1)))
+    kwargs = {
+        "block_size": block_size,
+        "top_k": draw(ints(0, nk), label="top_k"),
+        "band": draw(ints(0, 3), label="band"),
+        "backend": draw(st.sampled_from(sparse_backends(p))),
+    }
+    return {**kwargs, **draw(scales())}
+
+
+def coarse_to_fine_mask(kwargs: dict, p: Problem) -> Tensor:
+    if not (p.L and p.S and p.E):
+        return torch.zeros(p.L, p.S, dtype=torch.bool)
+    q, k, _ = p.qkv()
+    bs = min(int(kwargs["block_size"]), max(p.L, p.S))
+    chosen = hierarchical.block_choice(
+        q, k, block_size=bs, top_k=int(kwargs["top_k"]),
+        band=int(kwargs["band"]),
+    )  # fmt: skip
+    mask = chosen.repeat_interleave(bs, -2).repeat_interleave(bs, -1)
+    return mask[..., : p.L, : p.S]
+
+
+def coarse_to_fine_bad_kwargs(
+    p: Problem,
+) -> st.SearchStrategy[tuple[dict, str]]:
+    nk = -(-p.S // 1)
+    return st.one_of(
+        st.tuples(
+            st.one_of(
+                not_non_negative_ints(), st.integers(nk + 1, nk + 10)
+            ).map(lambda t: {"block_size": 1, "top_k": t}),
+            st.just("top_k"),
+        ),
+        st.tuples(
+            not_non_negative_ints().map(
+                lambda b: {"block_size": 1, "top_k": 0, "band": b}
+            ),
+            st.just("band"),
+        ),
+        st.tuples(
+            not_positive_ints().map(lambda b: {"block_size": b, "top_k": 0}),
+            st.just("block_size"),
+        ),
+    )
+
+
 VARIANTS = [
     Variant(
         "dense_attention",
@@ -883,6 +970,27 @@ VARIANTS = [
         linformer_kwargs,
         linformer_mask,
         linformer_bad_kwargs,
+    ),
+    Variant(
+        "pyramid_attention",
+        ea.pyramid_attention,
+        one_level_kwargs,
+        no_mask,
+        multilevel_bad_kwargs,
+    ),
+    Variant(
+        "recursive_attention",
+        ea.recursive_attention,
+        one_level_kwargs,
+        no_mask,
+        multilevel_bad_kwargs,
+    ),
+    Variant(
+        "coarse_to_fine_attention",
+        ea.coarse_to_fine_attention,
+        coarse_to_fine_kwargs,
+        coarse_to_fine_mask,
+        coarse_to_fine_bad_kwargs,
     ),
 ]
 

@@ -9,6 +9,12 @@ from .analysis import (
     effective_attention,
 )
 from .dense import dense_attention
+from .hierarchical import (
+    coarse_to_fine_attention,
+    hierarchical_levels,
+    pyramid_attention,
+    recursive_attention,
+)
 from .kernel import (
     make_performer_features,
     performer_attention,
@@ -50,6 +56,10 @@ __all__ = [
     "block_pattern",
     "block_sparse_attention",
     "block_sparse_matmul",
+    "coarse_to_fine_attention",
+    "hierarchical_levels",
+    "pyramid_attention",
+    "recursive_attention",
     "csr_attention",
     "kmeans_clusters",
     "routing_attention",

@@ -602,21 +602,39 @@ def _block_sparse_kernel(
     scale: float,
 ) -> Tensor:
     """Run ``csrc/block_sparse.cpp`` on contiguous float32 copies."""
+    return block_sparse_kernel_lse(query, key, value, pattern, scale)[0]
+
+
+def block_sparse_kernel_lse(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    pattern: BlockPattern,
+    scale: float,
+) -> tuple[Tensor, Tensor]:
+    """The C++ kernel's output ``(..., L, Ev)`` and each row's log-sum-exp
+    of its kept scores ``(..., L)`` (-inf for a row with none), which lets
+    a caller merge this softmax with others (``hierarchical.py`` does).
+
+    Needs the kernel (see ``cpu_kernels.load``), CPU tensors and no
+    gradient; computes in float32.
+    """
     library = cpu_kernels.load("block_sparse")
     *lead, L, E = query.shape
     S, Ev = key.shape[-2], value.shape[-1]
     BH = math.prod(lead)
     out = torch.empty(BH, L, Ev)  # the kernel writes every row
+    lse = torch.empty(BH, L)
     q, k, v = (
         t.reshape(BH, t.shape[-2], t.shape[-1]).to(torch.float32).contiguous()
         for t in (query, key, value)
     )
     element = pattern.kernel_masks()
-    function = library.block_sparse_forward
+    function = library.block_sparse_forward_lse
     if function.argtypes is None:
         pointer, size = ctypes.c_void_p, ctypes.c_int64
         function.argtypes = (
-            [pointer] * 4
+            [pointer] * 5
             + [size] * 7
             + [pointer] * 4
             + [ctypes.c_float, ctypes.c_int]
@@ -627,6 +645,7 @@ def _block_sparse_kernel(
         k.data_ptr(),
         v.data_ptr(),
         out.data_ptr(),
+        lse.data_ptr(),
         BH,
         L,
         S,
@@ -643,7 +662,8 @@ def _block_sparse_kernel(
     )
     if not_finite:  # the kernel counts rows whose kept scores overflowed
         raise scores_not_finite(scale, torch.float32)
-    return out.view(*lead, L, Ev).to(query.dtype)
+    out = out.view(*lead, L, Ev).to(query.dtype)
+    return out, lse.view(*lead, L)
 
 
 # -- learned (content-based) patterns ------------------------------------

@@ -149,6 +149,7 @@ struct ValueStep {
 struct Problem {
   const float *q, *k, *v;
   float* out;
+  float* lse;  // (BH, L) log-sum-exp of each row's kept scores, or null
   int64_t L, S, E, Ev, bs, layout_heads;
   const int64_t *row_ptr, *cols, *mask_index;
   const uint8_t* masks;
@@ -246,6 +247,10 @@ static int64_t query_block(const Problem& pb, int64_t bh, int64_t qb,
   if (end <= begin) {  // no kept block: the rows get zeros
     float* o = pb.out + (bh * pb.L + q_first) * Ev;
     std::fill(o, o + queries * Ev, 0.f);
+    if (pb.lse) {  // and a log-sum-exp of -inf (no weight at all)
+      float* l = pb.lse + bh * pb.L + q_first;
+      std::fill(l, l + queries, -INFINITY);
+    }
     return 0;
   }
   const int64_t groups = (queries + LANES - 1) / LANES;
@@ -304,7 +309,13 @@ static int64_t query_block(const Problem& pb, int64_t bh, int64_t qb,
       const float total = ws.sum[2 * g + r / VW][r % VW];
       not_finite += ws.overflow[2 * g + r / VW][r % VW] != 0;
       const float inv = total > 0.f ? 1.f / total : 0.f;
-      float* o = pb.out + (bh * pb.L + q_first + g * LANES + r) * Ev;
+      const int64_t i = bh * pb.L + q_first + g * LANES + r;
+      if (pb.lse) {  // back from base 2: ln(sum of e^score)
+        const float top = ws.run_max[2 * g + r / VW][r % VW];
+        pb.lse[i] = total > 0.f ? (top + std::log2(total)) * 0.6931471805599453f
+                                : -INFINITY;
+      }
+      float* o = pb.out + i * Ev;
       for (int64_t col = 0; col < Ev; ++col) o[col] = ot[col * LANES + r] * inv;
     }
   }
@@ -317,13 +328,16 @@ static int64_t query_block(const Problem& pb, int64_t bh, int64_t qb,
 // mask_index[p] is -1 for a fully kept block p, else the index of its
 // (bs, bs) transposed element mask in masks. Returns the number of queries
 // whose kept scores held inf or NaN (their rows are then not valid).
-extern "C" int64_t block_sparse_forward(
-    const float* q, const float* k, const float* v, float* out, int64_t BH,
-    int64_t L, int64_t S, int64_t E, int64_t Ev, int64_t bs,
+// lse (BH, L), when not null, receives each row's log-sum-exp of its kept
+// scores (-inf for a row with none): what it takes to merge this softmax
+// with another over other keys (hierarchical attention does).
+extern "C" int64_t block_sparse_forward_lse(
+    const float* q, const float* k, const float* v, float* out, float* lse,
+    int64_t BH, int64_t L, int64_t S, int64_t E, int64_t Ev, int64_t bs,
     int64_t layout_heads, const int64_t* row_ptr, const int64_t* cols,
     const int64_t* mask_index, const uint8_t* masks, float scale,
     int threads) {
-  const Problem pb{q, k, v, out, L, S, E, Ev, bs, layout_heads,
+  const Problem pb{q, k, v, out, lse, L, S, E, Ev, bs, layout_heads,
                    row_ptr, cols, mask_index, masks, scale};
   const int64_t nq = (L + bs - 1) / bs;
   int64_t not_finite = 0;
@@ -345,4 +359,15 @@ extern "C" int64_t block_sparse_forward(
       not_finite += query_block(pb, task / nq, task % nq, ws);
   }
   return not_finite;
+}
+
+extern "C" int64_t block_sparse_forward(
+    const float* q, const float* k, const float* v, float* out, int64_t BH,
+    int64_t L, int64_t S, int64_t E, int64_t Ev, int64_t bs,
+    int64_t layout_heads, const int64_t* row_ptr, const int64_t* cols,
+    const int64_t* mask_index, const uint8_t* masks, float scale,
+    int threads) {
+  return block_sparse_forward_lse(q, k, v, out, nullptr, BH, L, S, E, Ev, bs,
+                                  layout_heads, row_ptr, cols, mask_index,
+                                  masks, scale, threads);
 }
