@@ -32,13 +32,12 @@ def reference_attention(
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., L, S)
     if is_causal:
         attn_mask = torch.ones(L, S, dtype=torch.bool).tril()
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            bias = torch.zeros(attn_mask.shape, dtype=torch.float64)
-            bias = bias.masked_fill(~attn_mask, -math.inf)
-        else:
-            bias = attn_mask.double()
-        scores = scores + bias
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        # A blocked key stays blocked even where its score overflowed to
+        # +inf (adding a -inf bias would make that NaN).
+        scores = scores.masked_fill(~attn_mask, -math.inf)
+    elif attn_mask is not None:
+        scores = scores + attn_mask.double()
     if S == 0:
         return torch.zeros(*scores.shape[:-1], v.shape[-1], dtype=v.dtype)
     row_max = scores.amax(-1, keepdim=True)  # -inf in a row with no key
