@@ -218,12 +218,12 @@ def _cpu_peak_memory_bytes(fn: Callable[..., object], *args: object) -> int:
     profiler = torch.profiler.profile(
         activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
     )
-    with _quiet_native_stderr():  # the profiler's native start/stop messages
+    with quiet_native_stderr():  # the profiler's native start/stop messages
         profiler.start()
     try:
         result = fn(*args)
     finally:
-        with _quiet_native_stderr():
+        with quiet_native_stderr():
             profiler.stop()
     del result
     records = [
@@ -241,7 +241,7 @@ def _cpu_peak_memory_bytes(fn: Callable[..., object], *args: object) -> int:
 
 
 @contextlib.contextmanager
-def _quiet_native_stderr() -> Iterator[None]:
+def quiet_native_stderr() -> Iterator[None]:
     """Send native code's writes to file descriptor 2 to /dev/null, briefly."""
     sys.stderr.flush()
     saved = os.dup(2)
