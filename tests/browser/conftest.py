@@ -38,6 +38,7 @@ class Visit:
 
     page: object
     own_errors: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
     mathjax: bool = False
 
 
@@ -45,11 +46,26 @@ def _is_local(url: str) -> bool:
     return urlparse(url).hostname in ("127.0.0.1", "localhost")
 
 
+# An error of the page's own scripts that only means a third-party library
+# did not load: (its message, the library's address).
+CONSEQUENCES = [
+    # bertviz's output calls require.js, which the page loads from cdnjs
+    ("ReferenceError: require is not defined", "require.min.js"),
+]
+
+
 def _classify(text: str, url: str | None, visit: Visit) -> None:
     if url and not _is_local(url):
         THIRD_PARTY["errors"].add(f"{url}: {text[:160]}")
-    else:
-        visit.own_errors.append(text)
+        return
+    for message, library in CONSEQUENCES:
+        refused = [u for u in visit.refused if library in u]
+        if text.startswith(message) and refused:
+            THIRD_PARTY["errors"].add(
+                f"{visit.page.url}: {text[:120]} ({refused[0]} unreachable)"
+            )
+            return
+    visit.own_errors.append(text)
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +88,7 @@ def open_page(browser, base_url: str, path: str, viewport: dict) -> Visit:
     context = browser.new_context(viewport=viewport)
     page = context.new_page()
     visit = Visit(page)
-    requests: list[str] = []
+    requests = visit.refused
     offline(page, requests)
 
     def on_console(message) -> None:
@@ -128,9 +144,15 @@ def pytest_generate_tests(metafunc):
 
 
 def pytest_terminal_summary(terminalreporter):
+    from .test_site import WIDE_OUTPUTS
+
+    write = terminalreporter.write_line
+    if WIDE_OUTPUTS:
+        terminalreporter.section("outputs that scroll in their own box")
+        for line in WIDE_OUTPUTS:
+            write(line)
     if not (THIRD_PARTY["requests"] or THIRD_PARTY["errors"]):
         return
-    write = terminalreporter.write_line
     terminalreporter.section("third-party resources (reported, not failed)")
     for url in sorted(THIRD_PARTY["requests"]):
         write(f"unreachable (offline run): {url}")

@@ -121,28 +121,46 @@ OVERFLOW = """() => {
     const article = document.querySelector('article.bd-article')
         || document.querySelector('main');
     const limit = article.getBoundingClientRect().right;
-    const out = [];
-    const els = article.querySelectorAll(
-        'div.cell_input pre, div.cell_output pre, div.highlight pre, table');
-    for (const el of els) {
-        if (el.offsetParent === null) continue;
-        const box = el.getBoundingClientRect();
-        const scrolls = el.tagName === 'PRE'
-            && el.scrollWidth > el.clientWidth + 1;
-        if (scrolls || box.right > limit + 1) {
-            out.push(el.tagName + ' ' + Math.round(box.right) + '>'
-                + Math.round(limit) + ' (scroll ' + el.scrollWidth + '/'
-                + el.clientWidth + '): '
-                + el.innerText.split('\\n')[0].slice(0, 70));
-        }
+    const describe = el => el.tagName + ' '
+        + Math.round(el.getBoundingClientRect().right)
+        + '>' + Math.round(limit)
+        + ' (scroll ' + el.scrollWidth + '/' + el.clientWidth + '): '
+        + el.innerText.split('\\n')[0].slice(0, 70);
+    const shown = el => el.offsetParent !== null;
+    const result = {inputs: [], beyond: [], outputs: [],
+                    page: document.documentElement.scrollWidth
+                          - window.innerWidth};
+    for (const el of article.querySelectorAll('div.cell_input pre')) {
+        if (shown(el) && el.scrollWidth > el.clientWidth + 1)
+            result.inputs.push(describe(el));
     }
-    return out;
+    for (const el of article.querySelectorAll(
+            'pre, table, img, .ea-explorer, div.cell')) {
+        if (shown(el) && el.getBoundingClientRect().right > limit + 1)
+            result.beyond.push(describe(el));
+    }
+    for (const el of article.querySelectorAll('div.cell_output pre')) {
+        if (shown(el) && el.scrollWidth > el.clientWidth + 1)
+            result.outputs.push(describe(el));
+    }
+    return result;
 }"""
+
+# Wide text outputs (timing tables, long log lines) scroll inside their own
+# box without moving the page: reported at the end of the run, not failed.
+WIDE_OUTPUTS: list[str] = []
 
 
 def test_code_and_tables_fit_at_desktop_width(site_page, visits):
-    wide = visits(site_page).page.evaluate(OVERFLOW)
-    assert not wide, "\n".join(wide)
+    found = visits(site_page).page.evaluate(OVERFLOW)
+    assert found["page"] <= 1, f"the page scrolls sideways by {found['page']}"
+    assert not found["inputs"], (
+        "code cells that scroll sideways:\n" + "\n".join(found["inputs"])
+    )
+    assert not found["beyond"], (
+        "wider than the article:\n" + "\n".join(found["beyond"])
+    )
+    WIDE_OUTPUTS.extend(f"{site_page.entry}: {o}" for o in found["outputs"])
 
 
 def test_usable_at_phone_width(site_page, visits):
