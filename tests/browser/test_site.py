@@ -157,8 +157,8 @@ def test_code_and_tables_fit_at_desktop_width(site_page, visits):
     assert not found["inputs"], (
         "code cells that scroll sideways:\n" + "\n".join(found["inputs"])
     )
-    assert not found["beyond"], (
-        "wider than the article:\n" + "\n".join(found["beyond"])
+    assert not found["beyond"], "wider than the article:\n" + "\n".join(
+        found["beyond"]
     )
     WIDE_OUTPUTS.extend(f"{site_page.entry}: {o}" for o in found["outputs"])
 
