@@ -273,5 +273,6 @@ def test_explorer_changes_its_picture(explorer_page, browser, base_url):
 
 
 def test_footer_names_both_licences(visits):
-    text = visits(site_pages()[0]).page.locator("footer").inner_text()
+    page = visits(site_pages()[0]).page
+    text = page.locator("footer.bd-footer-content").inner_text()
     assert re.search(r"\bMIT\b", text) and "CC BY 4.0" in text
