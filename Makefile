@@ -2,6 +2,10 @@
 #   make book   install into .venv and build the site into _build/html
 #   make test   install into .venv and run every test (unit tests and pytest --nbval book)
 # Both install on first use and are safe to run again.
+# The site as readers see it:
+#   make browser-test   build the site, then check it in Chromium (tests/browser)
+#   make serve          build the site and serve it on http://127.0.0.1:8000
+#   make screenshots    the README's screenshots (docs/), from the built site
 
 PYTHON ?= python3
 VENV := .venv
@@ -21,7 +25,8 @@ export GLUE_DIR := $(abspath ../shared/data/glue)
 endif
 endif
 
-.PHONY: book test unit-tests notebook-tests execute benchmark clean install
+.PHONY: book test unit-tests notebook-tests execute benchmark clean install \
+	browser-test browser-deps mathjax serve screenshots
 
 install: $(INSTALLED)
 
@@ -57,6 +62,37 @@ notebook-tests: $(INSTALLED)
 # Re-execute the notebooks in place, as nbval runs them; commit the result.
 execute: $(INSTALLED)
 	$(BIN)/python scripts/execute_notebooks.py
+
+# Debian's Chromium for Playwright (which downloads no browser here): the
+# package `chromium`, installed with apt-get as root or through sudo.
+CHROMIUM ?= /usr/bin/chromium
+export CHROMIUM
+browser-deps:
+	@if [ -x "$(CHROMIUM)" ]; then echo "Chromium: $(CHROMIUM)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -q && sudo apt-get install -y -q chromium; \
+	else echo "No Chromium at $(CHROMIUM): install Debian's package 'chromium'" \
+	  "(apt-get install chromium, as root), or set CHROMIUM=/path/to/chromium."; exit 1; fi
+
+# MathJax 3 from npm, so the browser suite can check the maths offline (the
+# site itself loads MathJax from its CDN). Without npm the maths check is
+# skipped, and the suite says so.
+MATHJAX_VERSION := 3.2.2
+mathjax:
+	@if [ -f .cache/mathjax/node_modules/mathjax/es5/tex-mml-chtml.js ]; then :; \
+	elif command -v npm >/dev/null; then \
+	  npm install --silent --no-audit --no-fund --prefix .cache/mathjax mathjax@$(MATHJAX_VERSION); \
+	else echo "npm not found: the browser suite will skip its MathJax check"; fi
+
+browser-test: book browser-deps mathjax
+	$(BIN)/python -m pytest tests/browser
+
+serve: book
+	@echo "Serving the site on http://127.0.0.1:8000 (Ctrl-C to stop)"
+	$(BIN)/python -m http.server --bind 127.0.0.1 --directory _build/html 8000
+
+screenshots: book browser-deps
+	$(BIN)/python scripts/screenshots.py
 
 benchmark: $(INSTALLED)
 	$(BIN)/python -m efficient_attention.benchmark

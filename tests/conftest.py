@@ -15,6 +15,7 @@ an alarm instead (on systems with SIGALRM), after ``hang_limit_s()`` seconds.
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
 import threading
 from datetime import timedelta
@@ -82,3 +83,20 @@ def pytest_runtest_call(item: pytest.Item):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+BROWSER_SUITE = pathlib.Path(__file__).parent / "browser"
+
+
+def pytest_ignore_collect(
+    collection_path: pathlib.Path, config: pytest.Config
+) -> bool | None:
+    """``pytest tests`` runs the unit tests; the browser suite (it needs the
+    built site and Chromium) runs when named: ``pytest tests/browser``, as
+    ``make browser-test`` does."""
+    if collection_path != BROWSER_SUITE:
+        return None
+    named = [pathlib.Path(a.split("::")[0]).resolve() for a in config.args]
+    return not any(
+        p == BROWSER_SUITE or BROWSER_SUITE in p.parents for p in named
+    )

@@ -1,0 +1,84 @@
+"""Every chapter has the shape issue 14 asks for: learning goals first, then
+at the end a summary, a "when to use" box, exercises with collapsed hints or
+solutions, and references cited from references.bib."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "book"))
+from notebook_tools import toc_files  # noqa: E402
+
+CHAPTERS = [
+    ROOT / f"{entry}.ipynb"
+    for entry in toc_files()
+    if (ROOT / f"{entry}.ipynb").exists()
+]
+BIB_KEYS = set(
+    re.findall(r"^@\w+\{([^,]+),", (ROOT / "references.bib").read_text(), re.M)
+)
+
+
+def markdown(path: pathlib.Path) -> str:
+    cells = json.loads(path.read_text())["cells"]
+    return "\n\n".join(
+        "".join(c["source"]) for c in cells if c["cell_type"] == "markdown"
+    )
+
+
+def cited_keys(text: str) -> set[str]:
+    keys = set()
+    for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", text):
+        keys.update(k.strip() for k in group.split(","))
+    return keys
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_shape(path):
+    text = markdown(path)
+    missing = []
+    if "Learning goals" not in text.split("\n## ", 1)[0]:
+        missing.append("learning goals before the first section")
+    if not re.search(r"^## Summary", text, re.M):
+        missing.append("a '## Summary' section")
+    if not re.search(
+        r"^:::\{admonition\} [^\n]*[Ww]hen to use[^\n]*\n", text, re.M
+    ):
+        missing.append("an admonition box titled '... when to use ...'")
+    exercises = re.search(
+        r"^## Exercises\n(.*?)(?=^## |\Z)", text, re.M | re.S
+    )
+    if not exercises:
+        missing.append("a '## Exercises' section")
+    elif ":class: dropdown" not in exercises.group(1):
+        missing.append("a hint or solution in a dropdown among the exercises")
+    if "notation.md" not in text or "glossary.md" not in text:
+        missing.append("links to notation.md and glossary.md")
+    references = re.search(r"^## References\n(.*)", text, re.M | re.S)
+    if not references or "{cite" not in references.group(1):
+        missing.append("'## References' with {cite} roles")
+    assert not missing, f"{path.name} lacks: " + "; ".join(missing)
+
+
+def test_cited_keys_are_in_the_bibliography():
+    pages = [*CHAPTERS, *sorted((ROOT / "book").glob("*.md"))]
+    unknown = {}
+    for page in pages:
+        text = markdown(page) if page.suffix == ".ipynb" else page.read_text()
+        missing = cited_keys(text) - BIB_KEYS
+        if missing:
+            unknown[page.name] = sorted(missing)
+    assert not unknown, f"keys not in references.bib: {unknown}"
+
+
+def test_the_bibliography_has_its_papers():
+    assert len(BIB_KEYS) >= 30
+    text = (ROOT / "references.bib").read_text()
+    for arxiv in ("2004.05150", "2007.14062", "2205.14135", "1910.01108"):
+        assert f"eprint = {{{arxiv}}}" in text, arxiv

@@ -1,0 +1,99 @@
+"""The kernel-free explorer: frames, controls and errors (the browser suite
+moves its slider on the built site)."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from efficient_attention.static_explorer import (  # noqa: E402
+    MAX_FRAMES,
+    explorer_html,
+    figure_to_png_base64,
+    static_explorer,
+)
+
+
+def draw(width, colour="red"):
+    fig, ax = plt.subplots(figsize=(1, 1))
+    ax.bar([0], [width], color=colour)
+    return fig
+
+
+def test_a_frame_is_a_png_and_the_figure_is_closed():
+    fig = draw(1)
+    text = figure_to_png_base64(fig, dpi=20)
+    assert base64.b64decode(text).startswith(b"\x89PNG")
+    assert not plt.fignum_exists(fig.number)
+
+
+def test_one_frame_per_combination_in_product_order():
+    calls = []
+
+    def record(width, colour):
+        calls.append((width, colour))
+        return draw(width, colour)
+
+    page = static_explorer(
+        record, width=[1, 2, 3], colour=["red", "blue"], dpi=20
+    ).data
+    assert calls == [(w, c) for w in (1, 2, 3) for c in ("red", "blue")]
+    frames = re.search(r"var frames = (\[.*?\]);", page).group(1)
+    assert frames.count("iVBOR") == 6  # base64 of the PNG signature
+    # a number gets a slider over its indices, a string a menu
+    assert 'type="range" data-name="width" min="0" max="2"' in page
+    assert '<select data-name="colour"' in page
+    assert page.count("<option") == 2
+
+
+def test_the_initial_values_pick_the_first_picture():
+    frames = [f"F{i}" for i in range(6)]
+    page = explorer_html(
+        frames,
+        {"width": [1, 2, 3], "colour": ["red", "blue"]},
+        initial={"width": 3, "colour": "blue"},
+    )
+    assert 'src="data:image/png;base64,F5"' in page
+    assert 'value="2"' in page and '<option value="1" selected>' in page
+
+
+def test_the_same_frames_give_the_same_html():
+    a = explorer_html(["A", "B"], {"w": [1, 2]}, caption="x")
+    b = explorer_html(["A", "B"], {"w": [1, 2]}, caption="x")
+    c = explorer_html(["A", "C"], {"w": [1, 2]}, caption="x")
+    assert a == b
+    assert re.search(r'id="(ea-explorer-\w+)"', a).group(1) != re.search(
+        r'id="(ea-explorer-\w+)"', c
+    ).group(1)
+
+
+def test_captions_and_names_are_escaped():
+    page = explorer_html(["A"], {"<w>": ["<b>"]}, caption="a < b")
+    assert "a &lt; b" in page and "&lt;b&gt;" in page
+
+
+@pytest.mark.parametrize(
+    "parameters, message",
+    [
+        ({}, "at least one parameter"),
+        ({"w": []}, "has no values"),
+        ({"w": "abc"}, "must be a list"),
+        ({"w": list(range(MAX_FRAMES + 1))}, "more than"),
+    ],
+)
+def test_bad_parameters_are_named(parameters, message):
+    with pytest.raises(ValueError, match=message):
+        static_explorer(draw, **parameters)
+
+
+def test_frame_count_and_initial_values_are_checked():
+    with pytest.raises(ValueError, match="expected 2 frames"):
+        explorer_html(["A"], {"w": [1, 2]})
+    with pytest.raises(ValueError, match="initial w=5"):
+        explorer_html(["A", "B"], {"w": [1, 2]}, initial={"w": 5})
