@@ -20,15 +20,6 @@ CHAPTERS = [
     for entry in toc_files()
     if (ROOT / f"{entry}.ipynb").exists()
 ]
-# Chapters written before this layout was set; each is brought into it in
-# turn (issue 14), and is then removed from this set. The test fails when a
-# chapter listed here already has the layout, so the set cannot go stale.
-NOT_YET_IN_LAYOUT = {
-    "low_rank_attention",
-    "hierarchical_attention",
-    "pruning",
-    "quantization",
-}
 BIB_KEYS = set(
     re.findall(r"^@\w+\{([^,]+),", (ROOT / "references.bib").read_text(), re.M)
 )
@@ -72,9 +63,6 @@ def test_chapter_shape(path):
     references = re.search(r"^## References\n(.*)", text, re.M | re.S)
     if not references or "{cite" not in references.group(1):
         missing.append("'## References' with {cite} roles")
-    if path.stem in NOT_YET_IN_LAYOUT:
-        assert missing, f"{path.name} has the layout: drop it from the set"
-        pytest.skip(f"{path.stem} is not in the chapter layout yet")
     assert not missing, f"{path.name} lacks: " + "; ".join(missing)
 
 
