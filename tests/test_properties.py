@@ -866,9 +866,11 @@ def multilevel_bad_kwargs(p: Problem) -> st.SearchStrategy[tuple[dict, str]]:
             st.just("block_size"),
         ),
         st.tuples(
-            st.one_of(not_positive_ints(), st.integers(n + 1, n + 40)).map(
-                lambda levels: {"block_size": 2, "levels": levels}
-            ),
+            st.one_of(
+                # None is a good value here: as many levels as fit
+                not_positive_ints().filter(lambda x: x is not None),
+                st.integers(n + 1, n + 40),
+            ).map(lambda levels: {"block_size": 2, "levels": levels}),
             st.just("levels"),
         ),
         st.tuples(
