@@ -24,6 +24,7 @@ import os
 import pathlib
 import re
 import shutil
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ from urllib.parse import urlparse
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "book"))
+from notebook_tools import toc_files  # noqa: E402
+
 SITE = pathlib.Path(os.environ.get("SITE_DIR", ROOT / "_build" / "html"))
 
 # The address the built pages load MathJax 3 from (Sphinx's mathjax_path in
@@ -62,23 +66,9 @@ class Page:
 
 
 def toc_entries(toc_path: pathlib.Path = ROOT / "_toc.yml") -> list[str]:
-    """Every ``file:`` of ``_toc.yml``, the root first, in order."""
-    toc = yaml.safe_load(toc_path.read_text())
-    found = [toc["root"]]
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if "file" in node:
-                found.append(node["file"])
-            for key, value in node.items():
-                if key != "root":
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(toc)
-    return list(dict.fromkeys(found))
+    """Every ``file:`` of ``_toc.yml``, the root first, in order (the
+    notebook tests' own reading of it)."""
+    return toc_files(toc_path)
 
 
 def _first_heading(markdown: str) -> str | None:
