@@ -25,7 +25,7 @@ export GLUE_DIR := $(abspath ../shared/data/glue)
 endif
 endif
 
-.PHONY: book test unit-tests notebook-tests execute benchmark clean install \
+.PHONY: book test unit-tests notebook-tests execute benchmark clean install fuzz \
 	browser-test browser-deps mathjax serve screenshots
 
 install: $(INSTALLED)
@@ -55,6 +55,11 @@ test: unit-tests notebook-tests
 
 unit-tests: $(INSTALLED)
 	$(BIN)/python -m pytest tests
+
+# The property suite with fresh random examples (make test draws the same
+# examples every run, so that CI is reproducible): the hunt for new bugs.
+fuzz: $(INSTALLED)
+	$(BIN)/python -m pytest tests/test_properties.py --hypothesis-profile explore
 
 notebook-tests: $(INSTALLED)
 	$(BIN)/python -m pytest --nbval book

@@ -838,7 +838,15 @@ def linformer_bad_kwargs(p: Problem) -> st.SearchStrategy[tuple[dict, str]]:
                 "identity",
             ]
         ).map(lambda m: ({"proj_k": m}, "proj_k")),
-        st.just(({"proj_k": eye, "proj_v": eye[:0, :1]}, "proj_v")),
+        st.just(
+            (
+                {
+                    "proj_k": eye,
+                    "proj_v": torch.zeros(p.S + 1, p.S, dtype=p.dtype),
+                },
+                "proj_v",
+            )
+        ),
     )
 
 
