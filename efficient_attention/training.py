@@ -116,6 +116,7 @@ def batches(
     *,
     pad_token_id: int = 0,
     generator: torch.Generator | None = None,
+    with_index: bool = False,
 ) -> Iterator[dict[str, Tensor]]:
     """Yield padded batches (dynamic padding: to the longest in the batch).
 
@@ -125,7 +126,8 @@ def batches(
 
     Yields:
         ``input_ids, token_type_ids, attention_mask (B, L)`` int64 and
-        ``labels (B,)``.
+        ``labels (B,)``; with ``with_index`` also ``index (B,)``, each
+        pair's position in ``examples``.
     """
     order = list(range(len(examples)))
     if generator is not None:
@@ -141,6 +143,8 @@ def batches(
                     [e[key] + [pad] * (longest - len(e[key])) for e in chosen]
                 )
         batch["labels"] = torch.tensor([e["label"] for e in chosen])
+        if with_index:
+            batch["index"] = torch.tensor(order[first : first + batch_size])
         yield batch
 
 
@@ -175,6 +179,8 @@ def train_classifier(
     progress: bool = True,
     autocast: torch.dtype | None = None,
     max_steps: int | None = None,
+    objective: Callable[[torch.nn.Module, dict[str, Tensor]], Tensor]
+    | None = None,
 ) -> list[float]:
     """Fine-tune ``model`` on ``train`` in place; returns the batch losses.
 
@@ -189,6 +195,12 @@ def train_classifier(
     optimizer stay in float32; float16 on a GPU also scales the loss
     (``torch.amp.GradScaler``) so small gradients do not flush to zero.
     ``max_steps`` stops early (the schedule still spans every epoch).
+
+    ``objective(model, batch)`` replaces the model's own loss (the
+    cross-entropy of its labels); its batches also hold ``index``, each
+    pair's row in ``train``. An ``objective`` that is an ``nn.Module``
+    (``compression.distillation.Distiller``) trains its own parameters
+    too, at ``head_learning_rate``.
     """
     device = next(model.parameters()).device
     _check_autocast(autocast)
@@ -198,6 +210,15 @@ def train_classifier(
     examples = encode_pairs(tokenizer, train, config.max_length)
     steps = config.epochs * math.ceil(len(examples) / config.batch_size)
     optimizer = _adamw(model, config)
+    extra = (
+        [p for p in objective.parameters() if p.requires_grad]
+        if isinstance(objective, torch.nn.Module)
+        else []
+    )
+    if extra:
+        optimizer.add_param_group(
+            {"params": extra, "lr": config.head_learning_rate}
+        )
     schedule = transformers.get_linear_schedule_with_warmup(
         optimizer, round(config.warmup_ratio * steps), steps
     )
@@ -213,6 +234,7 @@ def train_classifier(
                 config.batch_size,
                 pad_token_id=tokenizer.pad_token_id or 0,
                 generator=generator,
+                with_index=objective is not None,
             ):
                 if len(losses) == total:
                     break
@@ -220,10 +242,15 @@ def train_classifier(
                 with torch.autocast(
                     device.type, dtype=autocast, enabled=autocast is not None
                 ):
-                    loss = model(**batch).loss
+                    if objective is None:
+                        loss = model(**batch).loss
+                    else:
+                        loss = objective(model, batch)
                 scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                torch.nn.utils.clip_grad_norm_(
+                    [*model.parameters(), *extra], 1.0
+                )
                 scaler.step(optimizer)
                 scaler.update()
                 schedule.step()

@@ -1,12 +1,13 @@
-"""Model compression: pruning and quantization (distillation joins later).
+"""Model compression: pruning, quantization and distillation.
 
 Each module holds one family and names the papers it implements; the
-chapters "Pruning" and "Quantization" teach them on the MRPC teacher.
+chapters "Pruning", "Quantization" and "Distillation" teach them on the
+MRPC teacher.
 Imported on first use: ``ea.compression.pruning``.
 """
 
 from __future__ import annotations
 
-from . import pruning, quantization
+from . import distillation, pruning, quantization
 
-__all__ = ["pruning", "quantization"]
+__all__ = ["distillation", "pruning", "quantization"]

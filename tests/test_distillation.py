@@ -1,0 +1,288 @@
+"""Distillation: the three losses by hand, the student's initialisation, the
+teacher's targets and a short distillation run, on tiny BERT models."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import transformers
+
+from efficient_attention import data, models, training
+from efficient_attention.compression import distillation as D
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return models.load_encoder(verbose=False)[1]
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return data.generate_paraphrase_pairs("train", size=48)
+
+
+def tiny_bert(seed: int = 0, *, width: int = 16, layers: int = 4, vocab=50):
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        vocab_size=vocab,
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=128,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=2,
+    )
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+def test_soft_label_loss_by_hand():
+    student = torch.tensor([[0.0, 0.0]])
+    teacher = torch.tensor([[math.log(3.0), 0.0]])  # p = (3/4, 1/4)
+    kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    loss = D.soft_label_loss(student, teacher, temperature=1.0)
+    assert loss.item() == pytest.approx(kl, rel=1e-6)
+    # at T = 2 the teacher's logits halve: p = (sqrt 3, 1) / (sqrt 3 + 1)
+    p = math.sqrt(3) / (math.sqrt(3) + 1)
+    kl2 = p * math.log(p / 0.5) + (1 - p) * math.log((1 - p) / 0.5)
+    loss2 = D.soft_label_loss(student, teacher, temperature=2.0)
+    assert loss2.item() == pytest.approx(4 * kl2, rel=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0, 8.0])
+def test_soft_label_gradient_is_temperature_times_the_probability_gap(
+    temperature,
+):
+    """The T^2 factor: d loss / d z_s = T (p_s - p_t) / N, so the gradient
+    does not fade as 1 / T at high temperatures."""
+    generator = torch.Generator().manual_seed(0)
+    student = torch.randn(5, 3, generator=generator, requires_grad=True)
+    teacher = torch.randn(5, 3, generator=generator)
+    D.soft_label_loss(student, teacher, temperature=temperature).backward()
+    gap = torch.softmax(student.detach() / temperature, -1) - torch.softmax(
+        teacher / temperature, -1
+    )
+    expected = gap / temperature * temperature**2 / 5
+    torch.testing.assert_close(student.grad, expected)
+
+
+def test_losses_are_zero_when_the_student_equals_the_teacher():
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 2, generator=generator)
+    hidden = torch.randn(2, 5, 8, generator=generator)
+    maps = torch.softmax(torch.randn(2, 3, 5, 5, generator=generator), -1)
+    assert D.soft_label_loss(logits, logits, temperature=3.0) == 0
+    assert D.hidden_state_loss(hidden, hidden) == 0
+    assert D.attention_map_loss(maps, maps).abs() < 1e-7
+    assert D.attention_map_loss(maps, maps.roll(1, -1)) > 0.01
+
+
+def test_padding_counts_for_nothing():
+    generator = torch.Generator().manual_seed(2)
+    hidden = torch.randn(2, 4, 3, generator=generator)
+    target = hidden.clone()
+    target[0, 3] += 100.0  # only on a padded token
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    assert D.hidden_state_loss(hidden, target, attention_mask=mask) == 0
+    assert D.hidden_state_loss(hidden, target) > 100
+    by_hand = ((hidden - target + 1.0) ** 2).mean()  # every entry off by 1
+    assert D.hidden_state_loss(hidden, target - 1.0).item() == pytest.approx(
+        by_hand.item()
+    )
+    maps = torch.softmax(torch.randn(2, 1, 4, 4, generator=generator), -1)
+    other = maps.clone()
+    other[0, :, 3] = maps[0, :, 3].flip(-1)  # a padded query row differs
+    assert D.attention_map_loss(maps, other, attention_mask=mask) < 1e-6
+    assert D.attention_map_loss(maps, other) > 1e-4
+
+
+def test_attention_map_loss_by_hand():
+    teacher = torch.tensor([[[[0.5, 0.5], [1.0, 0.0]]]])
+    student = torch.tensor([[[[0.25, 0.75], [0.5, 0.5]]]])
+    rows = [
+        0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75),
+        1.0 * math.log(1.0 / 0.5),  # the teacher's 0 adds nothing
+    ]
+    loss = D.attention_map_loss(student, teacher)
+    assert loss.item() == pytest.approx(sum(rows) / 2, rel=1e-6)
+
+
+def test_bad_loss_inputs_are_refused():
+    with pytest.raises(ValueError, match="temperature"):
+        D.soft_label_loss(torch.zeros(2, 2), torch.zeros(2, 2), temperature=0)
+    with pytest.raises(ValueError, match="student_logits"):
+        D.soft_label_loss(torch.zeros(2, 2), torch.zeros(2, 3), temperature=1)
+    with pytest.raises(ValueError, match="attention_mask"):
+        D.hidden_state_loss(
+            torch.zeros(2, 3, 4),
+            torch.zeros(2, 3, 4),
+            attention_mask=torch.ones(2, 4),
+        )
+    for bad in (
+        {"soft": 1.5},
+        {"temperature": -1.0},
+        {"hidden": -0.1},
+        {"attention": float("nan")},
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            D.Signals(**bad)
+
+
+def test_student_copies_the_chosen_layers_exactly():
+    teacher = tiny_bert()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = D.make_student(teacher, [0, 2])
+    assert student.config.num_hidden_layers == 2
+    assert teacher.config.num_hidden_layers == 4
+    student_state = student.state_dict()
+    for name, value in teacher.state_dict().items():
+        assert torch.equal(value, before[name])  # the teacher is unchanged
+        if ".layer." in name:
+            index = int(name.split(".layer.")[1].split(".")[0])
+            if index in (0, 2):
+                new = name.replace(
+                    f".layer.{index}.", f".layer.{[0, 2].index(index)}."
+                )
+                assert torch.equal(student_state[new], value)
+        else:  # embeddings, pooler, classifier
+            assert torch.equal(student_state[name], value)
+    assert len(student_state) < len(before)
+    # the student is the teacher run with only those layers
+    ids = torch.randint(1, 50, (2, 9), generator=torch.Generator())
+    with torch.no_grad():
+        hidden = teacher.bert.embeddings(input_ids=ids)
+        for i in (0, 2):
+            hidden = teacher.bert.encoder.layer[i](hidden)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        got = student.bert(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(got, hidden)
+
+
+def test_bad_student_layers_are_refused():
+    teacher = tiny_bert()
+    for layers in ([], [0, 0], [4], [-1]):
+        with pytest.raises(ValueError, match="layers"):
+            D.make_student(teacher, layers)
+
+
+def test_uniform_layer_map():
+    assert D.uniform_layer_map(3, 6) == [1, 3, 5]
+    assert D.uniform_layer_map(2, 12) == [5, 11]
+    assert D.uniform_layer_map(4, 4) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="student_layers"):
+        D.uniform_layer_map(7, 6)
+
+
+def test_teacher_targets_are_the_teachers_outputs(tokenizer, pairs):
+    teacher = tiny_bert(vocab=tokenizer.vocab_size)
+    chosen = pairs.select(range(10))
+    targets = D.teacher_targets(
+        teacher, tokenizer, chosen, hidden_layers=[1, 3], attention_layer=3
+    )
+    torch.testing.assert_close(
+        targets.logits, training.predict(teacher, tokenizer, chosen)
+    )
+    assert teacher.config._attn_implementation == "sdpa"  # restored
+    example = training.encode_pairs(tokenizer, chosen)[7]
+    ids = torch.tensor([example["input_ids"]])
+    with torch.no_grad():
+        teacher.set_attn_implementation("eager")
+        alone = teacher(
+            input_ids=ids,
+            token_type_ids=torch.tensor([example["token_type_ids"]]),
+            output_hidden_states=True,
+            output_attentions=True,
+        )
+    assert targets.hidden[7].shape == (2, ids.shape[1], 16)
+    torch.testing.assert_close(
+        targets.hidden[7].float(),
+        torch.stack([alone.hidden_states[2][0], alone.hidden_states[4][0]]),
+        atol=2e-3,
+        rtol=2e-3,
+    )
+    torch.testing.assert_close(
+        targets.attention[7].float(), alone.attentions[3][0], atol=1e-3, rtol=0
+    )
+    with pytest.raises(ValueError, match="hidden_layers"):
+        D.teacher_targets(teacher, tokenizer, chosen, hidden_layers=[4])
+
+
+def test_distillation_moves_the_student_towards_the_teacher(tokenizer, pairs):
+    teacher = tiny_bert(vocab=tokenizer.vocab_size)
+    with torch.no_grad():  # confident, varied logits for the student to learn
+        teacher.classifier.weight *= 30
+    student = tiny_bert(seed=5, width=8, layers=2, vocab=tokenizer.vocab_size)
+    targets = D.teacher_targets(
+        teacher, tokenizer, pairs, hidden_layers=[1, 3], attention_layer=3
+    )
+
+    def gap():
+        got = training.predict(student, tokenizer, pairs)
+        return D.soft_label_loss(got, targets.logits, temperature=1.0)
+
+    before = gap()
+    config = training.FineTuneConfig(
+        epochs=3, batch_size=8, learning_rate=0.003, head_learning_rate=0.01
+    )
+    signals = D.Signals(soft=1.0, hidden=1.0, attention=1.0)
+    losses = D.distill_classifier(
+        student,
+        tokenizer,
+        pairs,
+        targets,
+        config,
+        signals=signals,
+        progress=False,
+    )
+    assert len(losses) == 18 and all(math.isfinite(x) for x in losses)
+    assert gap() < 0.5 * before
+    assert student.config._attn_implementation == "sdpa"  # restored
+
+
+def test_distiller_refuses_targets_it_lacks(tokenizer, pairs):
+    teacher = tiny_bert(vocab=tokenizer.vocab_size)
+    targets = D.teacher_targets(teacher, tokenizer, pairs)
+    with pytest.raises(ValueError, match="hidden_layers"):
+        D.Distiller(targets, D.Signals(hidden=1.0), student_layers=2)
+    with pytest.raises(ValueError, match="attention_layer"):
+        D.Distiller(targets, D.Signals(attention=1.0), student_layers=2)
+    student = tiny_bert(layers=2, vocab=tokenizer.vocab_size)
+    with pytest.raises(ValueError, match="one row per pair"):
+        D.distill_classifier(
+            student,
+            tokenizer,
+            pairs.select(range(5)),
+            targets,
+            signals=D.Signals(soft=0.5),
+        )
+
+
+def test_the_projection_trains_with_the_student(tokenizer, pairs):
+    """Widths differ (8 against 16): the hidden states go through a learned
+    projection, which train_classifier's optimizer must update."""
+    teacher = tiny_bert(vocab=tokenizer.vocab_size)
+    targets = D.teacher_targets(
+        teacher, tokenizer, pairs, hidden_layers=[1, 3]
+    )
+    student = tiny_bert(seed=3, width=8, layers=2, vocab=tokenizer.vocab_size)
+    distiller = D.Distiller(
+        targets,
+        D.Signals(hidden=1.0),
+        student_layers=2,
+        student_width=8,
+        teacher_width=16,
+    )
+    first = distiller.projections[0].weight.detach().clone()
+    training.train_classifier(
+        student,
+        tokenizer,
+        pairs,
+        training.FineTuneConfig(epochs=1, batch_size=16),
+        progress=False,
+        objective=distiller,
+    )
+    assert distiller.projections[0].weight.shape == (16, 8)
+    assert not torch.equal(distiller.projections[0].weight, first)
