@@ -622,6 +622,51 @@ def fine_tune_mrpc(
     key = checkpoint_key(
         config, train, start_from=start_from, attention=attention
     )
+
+    def fit() -> tuple[
+        transformers.PreTrainedModel,
+        transformers.PreTrainedTokenizerBase,
+        list[float],
+    ]:
+        source = config.model if start_from is None else start_from
+        model, tokenizer = models.load_encoder(source, seed=config.seed)
+        set_dropout(model, config.dropout)
+        _attach(model, attention)
+        losses = train_classifier(
+            model, tokenizer, train, config, progress=progress
+        )
+        return model, tokenizer, losses
+
+    model, tokenizer, info = cached_checkpoint(key, fit, use_cache=use_cache)
+    if info["from_cache"]:
+        _attach(model, attention)
+    return model, tokenizer, info
+
+
+def cached_checkpoint(
+    key: dict[str, object],
+    fit: Callable[
+        [],
+        tuple[
+            transformers.PreTrainedModel,
+            transformers.PreTrainedTokenizerBase,
+            list[float],
+        ],
+    ],
+    *,
+    use_cache: bool = True,
+) -> tuple[
+    transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase, dict
+]:
+    """The checkpoint that ``key`` names: from the cache, or made by
+    ``fit()`` (which returns the model, its tokenizer and the batch losses)
+    and then cached.
+
+    Returns:
+        ``(model, tokenizer, info)`` as ``fine_tune_mrpc`` describes; a
+        model from the cache has the attention transformers loads
+        (``fit`` may have attached another).
+    """
     digest = hashlib.sha256(
         json.dumps(key, sort_keys=True).encode()
     ).hexdigest()[:20]
@@ -629,7 +674,6 @@ def fine_tune_mrpc(
     if use_cache and (folder / "info.json").is_file():
         info = json.loads((folder / "info.json").read_text())
         model, tokenizer = models.load_encoder(folder, verbose=False)
-        _attach(model, attention)
         print(
             f"Loaded the fine-tuned model from the cache ({folder.name} in "
             "ea.training.cache_root())."
@@ -639,14 +683,8 @@ def fine_tune_mrpc(
             tokenizer,
             {**info, "path": str(folder), "from_cache": True},
         )
-    source = config.model if start_from is None else start_from
-    model, tokenizer = models.load_encoder(source, seed=config.seed)
-    set_dropout(model, config.dropout)
-    _attach(model, attention)
     start = time.perf_counter()
-    losses = train_classifier(
-        model, tokenizer, train, config, progress=progress
-    )
+    model, tokenizer, losses = fit()
     info = {
         "key": key,
         "train_seconds": time.perf_counter() - start,

@@ -286,3 +286,38 @@ def test_the_projection_trains_with_the_student(tokenizer, pairs):
     )
     assert distiller.projections[0].weight.shape == (16, 8)
     assert not torch.equal(distiller.projections[0].weight, first)
+
+
+def test_distilled_students_are_cached(
+    tokenizer, pairs, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("EFFICIENT_ATTENTION_CACHE", str(tmp_path))
+    teacher = tiny_bert(vocab=tokenizer.vocab_size)
+    calls = []
+
+    def targets():
+        calls.append(1)
+        return D.teacher_targets(teacher, tokenizer, pairs)
+
+    def student(signals):
+        return D.distill_mrpc(
+            teacher,
+            tokenizer,
+            {"key": {"teacher": "tiny"}},
+            layers=[1, 3],
+            signals=signals,
+            targets=targets,
+            config=training.FineTuneConfig(epochs=1, batch_size=16),
+            train=pairs,
+            progress=False,
+        )
+
+    first, _, info = student(D.Signals(soft=0.5))
+    again, _, info_again = student(D.Signals(soft=0.5))
+    assert (info["from_cache"], info_again["from_cache"]) == (False, True)
+    assert calls == [1]  # the targets are computed only to train
+    assert again.config.num_hidden_layers == 2
+    for name, value in first.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[name], value)
+    other = student(D.Signals(soft=0.9))[2]
+    assert not other["from_cache"] and other["path"] != info["path"]

@@ -19,7 +19,7 @@ import contextlib
 import copy
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import datasets
 import torch
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import transformers
 from torch import Tensor, nn
 
+from .. import data as mrpc_data
 from .. import training
 from .pruning import encoder_layers
 
@@ -465,6 +466,67 @@ def distill_classifier(
             max_steps=max_steps,
             objective=distiller,
         )
+
+
+def distill_mrpc(
+    teacher: transformers.PreTrainedModel,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    teacher_info: dict,
+    *,
+    layers: Sequence[int],
+    signals: Signals,
+    targets: TeacherTargets | Callable[[], TeacherTargets],
+    config: training.FineTuneConfig = training.FineTuneConfig(epochs=1),
+    train: datasets.Dataset | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> tuple[
+    transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase, dict
+]:
+    """A student distilled on MRPC: from the checkpoint cache, or made
+    with ``make_student(teacher, layers)`` and ``distill_classifier``.
+
+    Args:
+        teacher, tokenizer, teacher_info: as ``training.fine_tune_mrpc``
+            returns them (``teacher_info["key"]`` joins the student's key).
+        targets: the teacher's ``teacher_targets`` on ``train``, or a
+            function that computes them, called only if the student must
+            be trained.
+        config: the student's recipe (one epoch by default).
+        train: defaults to ``data.load_mrpc("train")``.
+
+    Returns:
+        ``(student, tokenizer, info)``, as ``training.fine_tune_mrpc``.
+    """
+    train = (
+        mrpc_data.load_mrpc("train", verbose=False) if train is None else train
+    )
+    key = {
+        **training.checkpoint_key(config, train),
+        "teacher": teacher_info["key"],
+        "student_layers": [int(i) for i in layers],
+        "signals": dataclasses.asdict(signals),
+    }
+
+    def fit() -> tuple[
+        transformers.PreTrainedModel,
+        transformers.PreTrainedTokenizerBase,
+        list[float],
+    ]:
+        student = make_student(teacher, layers)
+        kept = targets if isinstance(targets, TeacherTargets) else targets()
+        losses = distill_classifier(
+            student,
+            tokenizer,
+            train,
+            kept,
+            config,
+            signals=signals,
+            progress=progress,
+        )
+        return student, tokenizer, losses
+
+    return training.cached_checkpoint(key, fit, use_cache=use_cache)
 
 
 @contextlib.contextmanager
