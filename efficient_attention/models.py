@@ -308,6 +308,62 @@ def disable_attention_dropout(model: nn.Module) -> int:
     return changed
 
 
+def extend_positions(
+    model: transformers.PreTrainedModel, max_positions: int
+) -> transformers.PreTrainedModel:
+    """Let a BERT-style model read ``max_positions`` tokens, in place.
+
+    The learned position embeddings are copied over and over to fill the
+    new length, as Longformer did to start from RoBERTa's 512 positions
+    (Beltagy et al. 2020, arXiv:2004.05150, section 5): position ``p`` gets
+    the embedding of position ``p mod P``. Inputs of up to the old ``P``
+    tokens give exactly the outputs they gave before.
+
+    Args:
+        model: a model with BERT-style ``embeddings.position_embeddings``.
+        max_positions: the new number of positions, more than ``P``.
+
+    Returns:
+        ``model``, its ``config.max_position_embeddings`` updated.
+
+    Raises:
+        ValueError: no BERT-style position embeddings, or
+            ``max_positions`` not above the current number.
+    """
+    base = getattr(model, "base_model", model)
+    embeddings = getattr(base, "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    if not isinstance(table, nn.Embedding):
+        raise ValueError(
+            f"{type(model).__name__} has no BERT-style "
+            "embeddings.position_embeddings to extend."
+        )
+    old = table.num_embeddings
+    if (
+        isinstance(max_positions, bool)
+        or not isinstance(max_positions, int)
+        or max_positions <= old
+    ):
+        raise ValueError(
+            f"max_positions must be an int above the model's {old} "
+            f"positions; got {max_positions!r}."
+        )
+    weight = table.weight.detach()
+    copies = -(-max_positions // old)  # ceil
+    grown = nn.Embedding(max_positions, weight.shape[1]).to(weight)
+    with torch.no_grad():
+        grown.weight.copy_(weight.repeat(copies, 1)[:max_positions])
+    embeddings.position_embeddings = grown
+    device = weight.device
+    positions = torch.arange(max_positions, device=device).expand(1, -1)
+    embeddings.register_buffer("position_ids", positions, persistent=False)
+    embeddings.register_buffer(
+        "token_type_ids", torch.zeros_like(positions), persistent=False
+    )
+    model.config.max_position_embeddings = max_positions
+    return model
+
+
 def real_text_ids(
     tokenizer: transformers.PreTrainedTokenizerBase,
     num_tokens: int,

@@ -6,8 +6,10 @@ block size and length; chapter 1 introduces it. ``sparse_pattern_explorer``
 does the same for the block layouts of chapter "Sparse attention";
 ``low_rank_explorer`` shows a low-rank approximation beside exact attention
 (chapter "Low-rank attention"), ``hierarchical_explorer`` the schemes of
-chapter "Hierarchical attention", and ``quantization_explorer`` a weight
-histogram under a quantization grid (chapter "Quantization").
+chapter "Hierarchical attention", ``quantization_explorer`` a weight
+histogram under a quantization grid (chapter "Quantization") and
+``soft_label_explorer`` a teacher's soft labels as the temperature moves
+(chapter "Distillation").
 """
 
 from __future__ import annotations
@@ -570,3 +572,48 @@ def hierarchical_explorer(length: int = 64):
 
     output = widgets.interactive_output(show, controls)
     return widgets.HBox([widgets.VBox(list(controls.values())), output])
+
+
+def draw_soft_labels(logits: Tensor, temperature: float) -> Figure:
+    """The teacher's probability of class 1 for every pair at one
+    temperature, as a histogram, titled with the mean entropy (chapter
+    "Distillation"): at ``T = 1`` nearly every pair sits at 0 or 1; as
+    ``T`` grows the soft labels spread and carry how sure the teacher is.
+
+    Args:
+        logits: ``(N, 2)`` teacher logits.
+        temperature: ``T > 0``.
+    """
+    if logits.dim() != 2 or logits.shape[-1] != 2:
+        raise ValueError(f"logits must be (N, 2); got {tuple(logits.shape)}.")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0; got {temperature!r}.")
+    probs = torch.softmax(logits.float() / temperature, -1)
+    entropy = -(probs * probs.clamp_min(1e-12).log2()).sum(-1).mean()
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    ax.hist(probs[:, 1].numpy(), bins=40, range=(0, 1), color="tab:blue")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("teacher's probability of 'paraphrase'")
+    ax.set_ylabel("pairs")
+    ax.set_title(
+        f"T = {temperature:g}: mean entropy {float(entropy):.2f} bits"
+    )
+    fig.tight_layout()
+    return fig
+
+
+def soft_label_explorer(logits: Tensor):
+    """A temperature slider over the teacher's soft labels."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    slider = widgets.FloatLogSlider(
+        value=2.0, base=2, min=-1, max=4, step=0.25, description="T"
+    )
+
+    def show(temperature):
+        display(draw_soft_labels(logits, temperature))
+        plt.close("all")
+
+    output = widgets.interactive_output(show, {"temperature": slider})
+    return widgets.VBox([slider, output])

@@ -321,3 +321,22 @@ def test_distilled_students_are_cached(
         torch.testing.assert_close(again.state_dict()[name], value)
     other = student(D.Signals(soft=0.9))[2]
     assert not other["from_cache"] and other["path"] != info["path"]
+
+
+def test_soft_label_picture_spreads_with_the_temperature():
+    import matplotlib.pyplot as plt
+
+    from efficient_attention import widgets
+
+    logits = torch.tensor([[4.0, -4.0], [-3.0, 3.0], [1.0, 0.0]])
+    titles = []
+    for temperature in (1.0, 8.0):
+        figure = widgets.draw_soft_labels(logits, temperature)
+        titles.append(figure.axes[0].get_title())
+        plt.close(figure)
+    entropies = [float(t.split("entropy ")[1].split()[0]) for t in titles]
+    assert entropies[0] < 0.5 < entropies[1] <= 1.0
+    with pytest.raises(ValueError, match="logits"):
+        widgets.draw_soft_labels(torch.zeros(3, 3), 1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        widgets.draw_soft_labels(logits, 0.0)

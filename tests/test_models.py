@@ -244,3 +244,28 @@ def test_real_attention_inputs_refuse_bad_arguments(encoder):
         models.real_text_ids(tokenizer, 0)
     with pytest.raises(ValueError, match="fewer than"):
         models.real_text_ids(tokenizer, 10**8)
+
+
+def test_extended_positions_keep_the_first_512_outputs_and_run_longer():
+    model, _ = models.load_encoder(verbose=False)
+    ids = torch.randint(1000, 2000, (2, 300), generator=torch.Generator())
+    with torch.no_grad():
+        before = model.bert(input_ids=ids).last_hidden_state
+        table = model.bert.embeddings.position_embeddings.weight.clone()
+    assert models.extend_positions(model, 1300) is model
+    assert model.config.max_position_embeddings == 1300
+    grown = model.bert.embeddings.position_embeddings.weight
+    assert grown.shape == (1300, table.shape[1])
+    assert torch.equal(grown[:512], table)
+    assert torch.equal(grown[512:1024], table)  # copied over and over
+    assert torch.equal(grown[1024:], table[:276])
+    with torch.no_grad():
+        after = model.bert(input_ids=ids).last_hidden_state
+        long = model(input_ids=torch.randint(1000, 2000, (1, 1300))).logits
+    assert torch.equal(after, before)
+    assert long.shape == (1, 2) and bool(torch.isfinite(long).all())
+    for bad in (1300, 100, 2000.0, True):
+        with pytest.raises(ValueError, match="max_positions"):
+            models.extend_positions(model, bad)
+    with pytest.raises(ValueError, match="position_embeddings"):
+        models.extend_positions(torch.nn.Linear(2, 2), 1024)
