@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 import transformers
+from hypothesis import given
+from hypothesis import strategies as st
 
 from efficient_attention import data, models, training
 from efficient_attention.compression import distillation as D
@@ -340,3 +342,37 @@ def test_soft_label_picture_spreads_with_the_temperature():
         widgets.draw_soft_labels(torch.zeros(3, 3), 1.0)
     with pytest.raises(ValueError, match="temperature"):
         widgets.draw_soft_labels(logits, 0.0)
+
+
+@given(
+    n=st.integers(1, 6),
+    classes=st.integers(2, 5),
+    temperature=st.floats(0.05, 50.0),
+    scale=st.floats(0.0, 30.0),
+    seed=st.integers(0, 2**16),
+)
+def test_soft_label_loss_properties(n, classes, temperature, scale, seed):
+    """Non-negative, zero on equal logits (also shifted by a constant, which
+    a softmax ignores), and its gradient is T (p_s - p_t) / N."""
+    generator = torch.Generator().manual_seed(seed)
+    student = scale * torch.randn(n, classes, generator=generator)
+    teacher = scale * torch.randn(n, classes, generator=generator)
+    student = student.double().requires_grad_()
+    teacher = teacher.double()
+    loss = D.soft_label_loss(student, teacher, temperature=temperature)
+    assert loss.item() >= -1e-9
+    (grad,) = torch.autograd.grad(loss, student)
+    gap = torch.softmax(student.detach() / temperature, -1) - torch.softmax(
+        teacher / temperature, -1
+    )
+    torch.testing.assert_close(grad, temperature * gap / n)
+    same = D.soft_label_loss(teacher + 3.0, teacher, temperature=temperature)
+    assert abs(same.item()) < 1e-9
+
+
+@given(bad=st.sampled_from([0, -1.0, float("inf"), float("nan"), True, "2"]))
+def test_bad_temperatures_name_the_argument(bad):
+    with pytest.raises(ValueError, match="temperature"):
+        D.soft_label_loss(
+            torch.zeros(2, 2), torch.zeros(2, 2), temperature=bad
+        )

@@ -55,8 +55,8 @@ def soft_label_loss(
     """
     _check_same_shape("student_logits", student_logits, teacher_logits, 2)
     temperature = _check_positive("temperature", temperature)
-    log_p_student = F.log_softmax(student_logits.float() / temperature, -1)
-    log_p_teacher = F.log_softmax(teacher_logits.float() / temperature, -1)
+    log_p_student = F.log_softmax(_wide(student_logits) / temperature, -1)
+    log_p_teacher = F.log_softmax(_wide(teacher_logits) / temperature, -1)
     kl = F.kl_div(
         log_p_student, log_p_teacher, log_target=True, reduction="batchmean"
     )
@@ -83,9 +83,9 @@ def hidden_state_loss(
     """
     _check_same_shape("student_hidden", student_hidden, teacher_hidden, 3)
     weights = _token_weights(attention_mask, student_hidden.shape[:2])
-    squared = (student_hidden.float() - teacher_hidden.float()).pow(2)
+    squared = (_wide(student_hidden) - _wide(teacher_hidden)).pow(2)
     per_token = squared.mean(-1)  # (B, L)
-    return (per_token * weights).sum() / weights.sum()
+    return (per_token * weights.to(per_token)).sum() / weights.sum()
 
 
 def attention_map_loss(
@@ -113,13 +113,13 @@ def attention_map_loss(
         "student_attention", student_attention, teacher_attention, 4
     )
     tiny = torch.finfo(torch.float32).tiny
-    p_teacher = teacher_attention.float()
+    p_teacher = _wide(teacher_attention)
     log_ratio = torch.log(p_teacher.clamp_min(tiny)) - torch.log(
-        student_attention.float().clamp_min(tiny)
+        _wide(student_attention).clamp_min(tiny)
     )
     per_row = (p_teacher * log_ratio).sum(-1).mean(1)  # (B, L)
     weights = _token_weights(attention_mask, per_row.shape)
-    return (per_row * weights).sum() / weights.sum()
+    return (per_row * weights.to(per_row)).sum() / weights.sum()
 
 
 def make_student(teacher: nn.Module, layers: Sequence[int]) -> nn.Module:
@@ -545,6 +545,12 @@ def _eager_attention(
         if enabled:
             for model, name in zip(models, before):
                 model.set_attn_implementation(name)
+
+
+def _wide(x: Tensor) -> Tensor:
+    """``x`` in float32, or float64 if it is float64: losses of half
+    precision inputs are computed in float32."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _token_weights(mask: Tensor | None, shape: torch.Size) -> Tensor:
