@@ -6,8 +6,9 @@ in Python, and returns a self-contained HTML figure (the frames as base64
 PNGs, one slider or menu per parameter, a few lines of JavaScript to swap the
 picture). The chapters show it beside the ipywidgets version, which keeps
 every control for Jupyter and Colab. ``mask_explorer_page``,
-``local_window_explorer_page`` and ``sparse_pattern_explorer_page`` are the
-page versions of the explorers of chapters 1, "Local attention" and "Sparse
+``local_window_explorer_page``, ``sparse_pattern_explorer_page`` and
+``hierarchical_explorer_page`` are the page versions of the explorers of
+chapters 1, "Local attention", "Sparse attention" and "Hierarchical
 attention"; a new chapter needs one call with its own drawing function.
 """
 
@@ -294,5 +295,35 @@ def sparse_pattern_explorer_page(length: int = 64):
         initial={"pattern": "bigbird", "block_size": 4},
         caption=f"{length} tokens; window 1, stride 4, 1 global and 2 "
         f"random blocks.",
+        dpi=50,
+    )
+
+
+def hierarchical_explorer_page(length: int = 64):
+    """The page version of ``widgets.hierarchical_explorer`` (chapter
+    "Hierarchical attention"): block size, levels and top-k -> which pairs
+    each scheme computes exactly, pooled or skips. A setting that does not
+    fit ``length`` shows the message that says why."""
+    from .widgets import draw_hierarchical
+
+    def draw(block_size: int, levels: int, top_k: int) -> Figure:
+        try:
+            return draw_hierarchical(
+                length, block_size=block_size, levels=levels, top_k=top_k
+            )
+        except ValueError as error:  # e.g. too many levels for the length
+            fig, ax = plt.subplots(figsize=(10.5, 1.5))
+            ax.axis("off")
+            ax.text(0, 0.5, str(error), wrap=True, va="center")
+            return fig
+
+    return static_explorer(
+        draw,
+        block_size=[2, 4, 8],
+        levels=[1, 2, 3, 4],
+        top_k=[0, 1, 2, 4],
+        initial={"block_size": 4, "levels": 3, "top_k": 2},
+        caption=f"{length} tokens; coarse-to-fine picks its blocks from "
+        f"random queries and keys.",
         dpi=50,
     )

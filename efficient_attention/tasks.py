@@ -6,18 +6,25 @@ of an adaptive-span model (Sukhbaatar et al. 2019, arXiv 1905.07799) learn
 different spans. Chapter "Local attention" trains on it. ``far_marker``
 hides one marker early in a sequence and asks for it at the end: a
 long-reach retrieval task that chapter "Hierarchical attention" trains
-on.
+on. ``TaskModel``, ``train_on_task`` and ``task_accuracy`` are the small
+model, the training loop and the score those chapters share: token
+embeddings, ``EncoderLayer``s that run any attention function, and a
+linear readout at every position, trained with Adam on fresh batches.
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
-from ._validation import check_positive_int
+from ._validation import check_positive_int, check_positive_real
+from .encoder import AttentionFn, EncoderLayer
 
 IGNORE = -100  # the target where there is nothing to copy (cross_entropy)
 
@@ -133,3 +140,193 @@ def far_marker(
     last = length - length // 4  # the last quarter
     targets[:, last:] = marker[:, None]
     return tokens, targets
+
+
+class TaskModel(nn.Module):
+    """A small model for the synthetic tasks: embeddings, encoder layers
+    that run ``attention``, and a linear readout at every position.
+
+    Args:
+        vocab: tokens the input may hold. classes: logits per position.
+        d_model, heads, d_ff: the sizes of each ``EncoderLayer`` (``d_ff``
+            None means ``2 * d_model``). layers: how many, stacked.
+        attention: ``fn(query, key, value) -> out`` on ``(B, H, L, E)``
+            tensors; default ``F.scaled_dot_product_attention``.
+        max_length: learned position embeddings for up to this many
+            tokens; None: no positions (a task that only retrieves, such
+            as ``far_marker``, needs none).
+
+    Raises:
+        ValueError: a size that is not a positive int, ``d_model`` not
+            divisible by ``heads`` (``EncoderLayer`` says which); calling
+            it, tokens that are not ``(B, L)`` ints, or longer than
+            ``max_length``.
+
+    Shape: ``tokens (B, L)`` int64 -> logits ``(B, L, classes)``.
+    """
+
+    def __init__(
+        self,
+        vocab: int,
+        classes: int,
+        *,
+        d_model: int = 32,
+        heads: int = 2,
+        d_ff: int | None = None,
+        layers: int = 1,
+        attention: AttentionFn = F.scaled_dot_product_attention,
+        max_length: int | None = None,
+    ) -> None:
+        super().__init__()
+        vocab, classes, d_model, layers = (
+            check_positive_int(name, value)
+            for name, value in (
+                ("vocab", vocab),
+                ("classes", classes),
+                ("d_model", d_model),
+                ("layers", layers),
+            )
+        )
+        d_ff = 2 * d_model if d_ff is None else d_ff
+        self.embedding = nn.Embedding(vocab, d_model)
+        self.positions = (
+            None
+            if max_length is None
+            else nn.Embedding(check_positive_int("max_length", max_length),
+                              d_model)
+        )  # fmt: skip
+        self.layers = nn.ModuleList(
+            EncoderLayer(d_model, heads, d_ff, attention=attention)
+            for _ in range(layers)
+        )
+        self.readout = nn.Linear(d_model, classes)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """``(B, L)`` token ids -> ``(B, L, classes)`` logits."""
+        if (
+            not isinstance(tokens, Tensor)
+            or tokens.dim() != 2
+            or tokens.is_floating_point()
+        ):
+            got = (
+                f"shape {tuple(tokens.shape)}, dtype {tokens.dtype}"
+                if isinstance(tokens, Tensor)
+                else type(tokens).__name__
+            )
+            raise ValueError(
+                f"tokens must be a (B, L) tensor of token ids; got {got}."
+            )
+        hidden = self.embedding(tokens)  # (B, L, d)
+        if self.positions is not None:
+            L = tokens.shape[1]
+            if L > self.positions.num_embeddings:
+                raise ValueError(
+                    f"tokens hold {L} positions but the model has position "
+                    f"embeddings for max_length="
+                    f"{self.positions.num_embeddings}; build it with a "
+                    f"larger max_length."
+                )
+            hidden = hidden + self.positions.weight[:L]  # (B, L, d)
+        for layer in self.layers:
+            hidden = layer(hidden)  # (B, L, d)
+        return self.readout(hidden)  # (B, L, classes)
+
+
+class TaskRun(NamedTuple):
+    """What ``train_on_task`` returns: the loss of every step, and the
+    seconds the steps took."""
+
+    losses: list[float]
+    seconds: float
+
+
+def train_on_task(
+    model: nn.Module,
+    task: Callable[..., tuple[Tensor, Tensor]],
+    *,
+    steps: int,
+    batch: int = 32,
+    learning_rate: float = 3e-3,
+    seed: int = 0,
+    threads: int | None = 1,
+) -> TaskRun:
+    """Train ``model`` in place on fresh batches of a generated task.
+
+    Each step draws ``task(batch, generator=g)`` (``g`` seeded with
+    ``seed``, so two runs see the same data), takes the cross-entropy of
+    ``model(tokens)`` against the targets (``IGNORE`` is skipped) and one
+    Adam step.
+
+    Args:
+        model: maps ``tokens (B, L)`` to logits ``(B, L, C)``.
+        task: e.g. ``functools.partial(far_marker, length=128)``; returns
+            ``tokens (B, L)`` and ``targets (B, L)``.
+        steps, batch: how many steps, of how many sequences.
+        learning_rate: Adam's.
+        seed: the data's generator (seed the model's initialisation with
+            ``torch.manual_seed`` before building it).
+        threads: torch's CPU threads while training (restored afterwards);
+            1 suits a small model, whose operations are too small to share
+            between cores. None leaves the setting alone.
+
+    Returns:
+        ``TaskRun(losses, seconds)``: the loss of every step and the
+        wall-clock seconds of the whole loop.
+
+    Raises:
+        ValueError: a count or rate that is not positive.
+    """
+    steps = check_positive_int("steps", steps)
+    batch = check_positive_int("batch", batch)
+    learning_rate = check_positive_real("learning_rate", learning_rate)
+    if threads is not None:
+        threads = check_positive_int("threads", threads)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    before = torch.get_num_threads()
+    losses: list[float] = []
+    model.train()
+    start = time.perf_counter()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        for _ in range(steps):
+            tokens, targets = task(batch, generator=generator)
+            logits = model(tokens)  # (B, L, C)
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),  # (B * L, C)
+                targets.reshape(-1),
+                ignore_index=IGNORE,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    finally:
+        torch.set_num_threads(before)
+    seconds = time.perf_counter() - start
+    model.eval()
+    return TaskRun(losses, seconds)
+
+
+@torch.inference_mode()
+def task_accuracy(model: nn.Module, tokens: Tensor, targets: Tensor) -> float:
+    """The share of positions with a target (not ``IGNORE``) where the
+    model's most likely class is the target.
+
+    Raises:
+        ValueError: logits and targets that do not line up, or no target.
+    """
+    model.eval()
+    logits = model(tokens)  # (B, L, C)
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"the model's logits {tuple(logits.shape)} do not match the "
+            f"targets {tuple(targets.shape)}: expected (B, L, C) logits for "
+            f"(B, L) targets."
+        )
+    known = targets != IGNORE
+    if not bool(known.any()):
+        raise ValueError("targets hold no position to score (all IGNORE).")
+    hits = (logits.argmax(-1) == targets) & known
+    return float(hits.sum() / known.sum())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -114,3 +116,77 @@ def test_draw_local_windows_one_panel_per_head():
         widgets.draw_local_windows(12, [(1, 1)], dilations=[1, 2])
     with pytest.raises(ValueError, match="border must be"):
         widgets.draw_local_windows(12, [(1, 1)], border="wrap")
+
+
+def test_task_model_shapes_positions_and_bad_tokens():
+    torch.manual_seed(0)
+    model = tasks.TaskModel(10, 3, d_model=8, heads=2, layers=2)
+    assert len(model.layers) == 2 and model.positions is None
+    assert model(torch.zeros(4, 7, dtype=torch.long)).shape == (4, 7, 3)
+    placed = tasks.TaskModel(10, 3, d_model=8, max_length=6)
+    assert placed(torch.zeros(2, 6, dtype=torch.long)).shape == (2, 6, 3)
+    with pytest.raises(ValueError, match="max_length=6"):
+        placed(torch.zeros(2, 7, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\(B, L\) tensor of token ids"):
+        model(torch.zeros(2, 7))
+    with pytest.raises(ValueError, match="classes must be a positive int"):
+        tasks.TaskModel(10, 0)
+    with pytest.raises(ValueError, match="divisible by heads"):
+        tasks.TaskModel(10, 3, d_model=8, heads=3)
+
+
+def test_train_on_task_learns_a_short_far_marker_reproducibly():
+    task = functools.partial(tasks.far_marker, length=16, classes=2)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = tasks.TaskModel(16, 2, d_model=16)
+        runs.append(
+            (model, tasks.train_on_task(model, task, steps=120, seed=1))
+        )
+    (model, run), (_, again) = runs
+    assert run.losses == again.losses  # same seeds, same steps
+    assert len(run.losses) == 120 and run.seconds > 0
+    assert not model.training
+    tokens, targets = task(64, generator=torch.Generator().manual_seed(9))
+    assert tasks.task_accuracy(model, tokens, targets) > 0.9
+    assert sum(run.losses[-10:]) < sum(run.losses[:10]) / 4
+
+
+def test_train_on_task_restores_the_thread_count():
+    before = torch.get_num_threads()
+    model = tasks.TaskModel(16, 2, d_model=8)
+    task = functools.partial(tasks.far_marker, length=8, classes=2)
+    tasks.train_on_task(model, task, steps=1, threads=1)
+    assert torch.get_num_threads() == before
+
+
+def test_task_accuracy_counts_only_the_positions_with_a_target():
+    class Fixed(torch.nn.Module):
+        def forward(self, tokens):  # always class 1, of 2
+            return torch.tensor([0.0, 1.0]).expand(*tokens.shape, 2)
+
+    tokens = torch.zeros(1, 4, dtype=torch.long)
+    targets = torch.tensor([[tasks.IGNORE, 1, 1, 0]])
+    assert tasks.task_accuracy(Fixed(), tokens, targets) == pytest.approx(
+        2 / 3
+    )
+    with pytest.raises(ValueError, match="no position to score"):
+        tasks.task_accuracy(Fixed(), tokens, torch.full((1, 4), -100))
+    with pytest.raises(ValueError, match="do not match the targets"):
+        tasks.task_accuracy(Fixed(), tokens, targets[:, :3])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"steps": 0}, "steps must be a positive int"),
+        ({"steps": 1, "batch": 0}, "batch must be a positive int"),
+        ({"steps": 1, "learning_rate": 0.0}, "learning_rate must be > 0"),
+        ({"steps": 1, "threads": 0}, "threads must be a positive int"),
+    ],
+)
+def test_train_on_task_bad_input(kwargs, message):
+    model = tasks.TaskModel(16, 2, d_model=8)
+    with pytest.raises(ValueError, match=message):
+        tasks.train_on_task(model, tasks.far_marker, **kwargs)

@@ -97,3 +97,27 @@ def test_frame_count_and_initial_values_are_checked():
         explorer_html(["A"], {"w": [1, 2]})
     with pytest.raises(ValueError, match="initial w=5"):
         explorer_html(["A", "B"], {"w": [1, 2]}, initial={"w": 5})
+
+
+def test_the_hierarchical_page_has_a_frame_per_setting(monkeypatch):
+    from efficient_attention import widgets
+    from efficient_attention.static_explorer import hierarchical_explorer_page
+
+    calls = []
+
+    def fake_draw(length, *, block_size, levels, top_k):
+        calls.append((length, block_size, levels, top_k))
+        if levels == 4:
+            raise ValueError("levels=4 does not fit")
+        return draw(block_size)
+
+    monkeypatch.setattr(widgets, "draw_hierarchical", fake_draw)
+    open_before = set(plt.get_fignums())
+    page = hierarchical_explorer_page(length=32).data
+    frames = re.search(r"var frames = (\[.*?\]);", page).group(1)
+    assert frames.count("iVBOR") == len(calls) == 3 * 4 * 4 <= MAX_FRAMES
+    assert {c[0] for c in calls} == {32}
+    for name in ("block_size", "levels", "top_k"):
+        assert f'type="range" data-name="{name}"' in page
+    # every frame's figure is closed
+    assert set(plt.get_fignums()) <= open_before
