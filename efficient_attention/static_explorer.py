@@ -5,11 +5,11 @@ ipywidgets need a running kernel: on the book's site their sliders are blank.
 in Python, and returns a self-contained HTML figure (the frames as base64
 PNGs, one slider or menu per parameter, a few lines of JavaScript to swap the
 picture). The chapters show it beside the ipywidgets version, which keeps
-every control for Jupyter and Colab. ``mask_explorer_page``,
-``local_window_explorer_page``, ``sparse_pattern_explorer_page`` and
-``hierarchical_explorer_page`` are the page versions of the explorers of
-chapters 1, "Local attention", "Sparse attention" and "Hierarchical
-attention"; a new chapter needs one call with its own drawing function.
+every control for Jupyter and Colab. The ``*_page`` functions are the page
+versions of the chapters' explorers (chapter 1, "Local attention", "Sparse
+attention", "Low-rank attention", "Hierarchical attention", "Quantization",
+"Pruning", and the MRPC worked example's attention maps); a new chapter needs
+one call with its own drawing function.
 """
 
 from __future__ import annotations
@@ -20,10 +20,15 @@ import html
 import io
 import itertools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 MAX_FRAMES = 96
 """The most frames one explorer may hold (each is a PNG in the page)."""
@@ -210,6 +215,7 @@ def static_explorer(
     initial: dict[str, object] | None = None,
     caption: str = "",
     dpi: int = 72,
+    frame_width: int | None = None,
     **parameters: Sequence[object],
 ):
     """An explorer that needs no kernel: every frame drawn now, in Python.
@@ -220,6 +226,8 @@ def static_explorer(
         initial: the values shown first (default: each parameter's first).
         caption: a line shown under the controls.
         dpi: resolution of the frames (the page holds every one of them).
+        frame_width: the picture's width on the page in CSS pixels
+            (default: the site's, 340; wide figures want more).
         **parameters: name -> list of values. Numbers get a slider, other
             values (strings, booleans) a menu.
 
@@ -243,8 +251,75 @@ def static_explorer(
         for combo in itertools.product(*checked.values())
     ]
     return HTML(
-        explorer_html(frames, checked, initial=initial, caption=caption)
+        explorer_html(
+            frames,
+            checked,
+            initial=initial,
+            caption=caption,
+            width=frame_width,
+        )
     )
+
+
+def image_frames(
+    image: AxesImage, arrays: Iterable[object], *, dpi: int = 72
+) -> list[str]:
+    """Frames of ``image``'s figure, ``image`` showing each of ``arrays``.
+
+    The figure is drawn once; each frame only repaints the image's pixels
+    (nearest neighbour, colours scaled to each array's range as ``imshow``
+    does), so a frame costs a colour map and a PNG, not a matplotlib draw
+    with all its text. For an explorer over many maps that share their axes
+    (a model's attention by layer and head). The figure is closed.
+
+    Args:
+        image: an ``AxesImage`` drawn by ``imshow`` with its default extent,
+            the only thing that changes between frames.
+        arrays: 2-D arrays (or tensors) shaped like the image's data.
+        dpi: resolution of the frames.
+
+    Returns:
+        base64 PNGs (8-bit palette), one per array, for ``explorer_html``.
+
+    Raises:
+        ValueError: an array that is not shaped like the image's data.
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import Normalize
+    from PIL import Image
+
+    fig = image.figure
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    base = np.asarray(canvas.buffer_rgba())[..., :3].copy()  # (Hp, Wp, 3)
+    box = image.get_window_extent()  # pixels, origin at the bottom left
+    top, bottom = base.shape[0] - round(box.y1), base.shape[0] - round(box.y0)
+    left, right = round(box.x0), round(box.x1)
+    shape = np.shape(image.get_array())
+    frames = []
+    for array in arrays:
+        values = np.asarray(array, dtype=float)
+        if values.shape != shape:
+            raise ValueError(
+                f"every array must be shaped like the image's {shape}; got "
+                f"{values.shape}."
+            )
+        colours = image.cmap(Normalize(values.min(), values.max())(values))
+        rows = np.arange(bottom - top) * shape[0] // (bottom - top)
+        cols = np.arange(right - left) * shape[1] // (right - left)
+        frame = base.copy()
+        frame[top:bottom, left:right] = (
+            colours[rows][:, cols, :3] * 255
+        ).round()  # (rows, cols, 3)
+        buffer = io.BytesIO()
+        Image.fromarray(frame).quantize(
+            256, method=Image.Quantize.FASTOCTREE
+        ).save(buffer, format="png")
+        frames.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    plt.close(fig)
+    return frames
 
 
 def mask_explorer_page(length: int = 32):
@@ -296,6 +371,115 @@ def sparse_pattern_explorer_page(length: int = 64):
         caption=f"{length} tokens; window 1, stride 4, 1 global and 2 "
         f"random blocks.",
         dpi=50,
+    )
+
+
+def low_rank_explorer_page(
+    query: Tensor, key: Tensor, *, sizes: Sequence[int] | None = None
+):
+    """The page version of ``widgets.low_rank_explorer`` (chapter
+    "Low-rank attention"): each method at sizes doubling up to ``S``, with
+    Performer's features drawn with seed 0.
+
+    Args:
+        query: ``(L, E)``. key: ``(S, E)``.
+        sizes: rank, landmarks or features (default 4, 8, 16, ... up to
+            S).
+    """
+    from .widgets import LOW_RANK_METHODS, draw_low_rank_approximation
+
+    S = key.shape[-2]
+    if sizes is None:
+        sizes = [2**i for i in range(2, S.bit_length()) if 2**i <= S]
+    return static_explorer(
+        lambda method, size: draw_low_rank_approximation(
+            method, query, key, size
+        ),
+        method=list(LOW_RANK_METHODS),
+        size=list(sizes),
+        initial={"size": 8} if 8 in sizes else None,
+        caption=f"{query.shape[-2]} queries, {S} keys; size = Linformer's "
+        "rank, Nystrom's landmarks or Performer's features (seed 0).",
+        dpi=60,
+        frame_width=600,
+    )
+
+
+def quantization_explorer_page(
+    weights: Tensor, *, bits: Sequence[int] = (2, 3, 4, 6, 8)
+):
+    """The page version of ``widgets.quantization_explorer`` (chapter
+    "Quantization"): each grid at a few bit widths."""
+    from .compression.quantization import GRIDS
+    from .widgets import draw_quantization_grid
+
+    return static_explorer(
+        lambda bits, grid: draw_quantization_grid(weights, bits, grid),
+        bits=list(bits),
+        grid=list(GRIDS),
+        initial={"bits": 4} if 4 in bits else None,
+        caption=f"{weights.numel():,} weights of a "
+        f"{' x '.join(map(str, weights.shape))} matrix.",
+        dpi=60,
+        frame_width=600,
+    )
+
+
+def pruning_explorer_page(
+    weight: Tensor,
+    *,
+    name: str = "",
+    amounts: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99),
+):
+    """The page version of ``widgets.pruning_explorer`` (chapter
+    "Pruning"): the matrix and its survivors at a few amounts."""
+    from .widgets import draw_magnitude_pruning
+
+    return static_explorer(
+        lambda amount: draw_magnitude_pruning(weight, amount, name=name),
+        amount=list(amounts),
+        initial={"amount": 0.5} if 0.5 in amounts else None,
+        caption="amount = the share of weights zeroed, the smallest |w| "
+        "first.",
+        dpi=60,
+        frame_width=620,
+    )
+
+
+def attention_map_explorer_page(
+    attentions: Sequence[Tensor],
+    tokens: Sequence[str],
+    *,
+    dpi: int = 72,
+    width: int = 440,
+):
+    """A model's real attention maps by layer and head (chapter "The MRPC
+    worked example"): ``attentions`` holds one ``(1, H, L, L)`` tensor per
+    layer, as transformers returns them (layers x heads frames, at most
+    ``MAX_FRAMES``). The frames share their axes, so ``image_frames`` draws
+    them from one figure."""
+    from IPython.display import HTML
+
+    from .widgets import draw_attention_map
+
+    layers = list(range(1, len(attentions) + 1))
+    heads = list(range(1, attentions[0].shape[1] + 1))
+    _check_parameters({"layer": layers, "head": heads})
+    fig = draw_attention_map(attentions, tokens, 0, 0)
+    fig.axes[0].set_title("row: query, column: key")
+    maps = [attentions[layer - 1][0, head - 1] for layer in layers
+            for head in heads]  # fmt: skip
+    frames = image_frames(
+        fig.axes[0].images[0], [m.detach().float() for m in maps], dpi=dpi
+    )
+    return HTML(
+        explorer_html(
+            frames,
+            {"layer": layers, "head": heads},
+            initial={"layer": layers[-1]},
+            caption=f"{len(tokens)} tokens; colours scaled per map.",
+            width=width,
+        )
     )
 
 

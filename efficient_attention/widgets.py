@@ -7,14 +7,21 @@ does the same for the block layouts of chapter "Sparse attention";
 ``low_rank_explorer`` shows a low-rank approximation beside exact attention
 (chapter "Low-rank attention"), ``hierarchical_explorer`` the schemes of
 chapter "Hierarchical attention", ``quantization_explorer`` a weight
-histogram under a quantization grid (chapter "Quantization") and
-``soft_label_explorer`` a teacher's soft labels as the temperature moves
-(chapter "Distillation").
+histogram under a quantization grid (chapter "Quantization"),
+``pruning_explorer`` a weight matrix as magnitude pruning zeroes more of it
+(chapter "Pruning") and ``soft_label_explorer`` a teacher's soft labels as
+the temperature moves (chapter "Distillation"). ``draw_attention_map`` draws
+one head of a real model's attention (chapter "The MRPC worked example").
+Each explorer's drawing function is public, so ``static_explorer`` can draw
+the site's version.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -331,9 +338,12 @@ def draw_quantization_grid(weights: Tensor, bits: int, grid: str) -> Figure:
     levels = rounded.unique()
     error = quantization.relative_error(values, rounded)
     fig, ax = plt.subplots(figsize=(7, 3))
-    ax.hist(values.numpy(), bins=200, color="0.6")
-    for level in levels.tolist():
-        ax.axvline(level, color="tab:red", linewidth=0.8, alpha=0.8)
+    # np.histogram + stairs: the picture of ax.hist(bins=200), without its
+    # 200 bar patches (a tenth of the time).
+    counts, edges = np.histogram(values.numpy(), bins=200)
+    ax.stairs(counts, edges, fill=True, color="0.6")
+    ax.vlines(levels.numpy(), 0, 1, transform=ax.get_xaxis_transform(),
+              color="tab:red", linewidth=0.8, alpha=0.8)  # fmt: skip
     ax.set_xlabel("weight value")
     ax.set_ylabel("count")
     ax.set_title(
@@ -572,6 +582,136 @@ def hierarchical_explorer(length: int = 64):
 
     output = widgets.interactive_output(show, controls)
     return widgets.HBox([widgets.VBox(list(controls.values())), output])
+
+
+def draw_magnitude_pruning(
+    weight: Tensor, amount: float, *, name: str = "", crop: int = 48
+) -> Figure:
+    """Magnitude pruning of one matrix at ``amount`` (chapter "Pruning").
+
+    Left, the top-left ``crop x crop`` corner of ``weight`` with the pruned
+    entries black; right, the histogram of every weight with the survivors
+    in colour and the threshold ``±tau`` below which weights are zeroed.
+
+    Args:
+        weight: a 2-D weight matrix.
+        amount: the share of weights zeroed, in ``[0, 1]``
+            (``pruning.magnitude_mask``).
+        name: the matrix's name, for the title.
+        crop: the side of the corner drawn.
+
+    Raises:
+        ValueError: ``weight`` is not 2-D, ``amount`` is not in ``[0, 1]``
+            or ``crop`` is not a positive int.
+    """
+    from .compression import pruning
+
+    crop = check_positive_int("crop", crop)
+    if weight.dim() != 2:
+        raise ValueError(
+            f"weight must be a 2-D matrix; got shape {tuple(weight.shape)}."
+        )
+    values = weight.detach().float()
+    keep = pruning.magnitude_mask(values, amount)  # (out, in)
+    kept = values[keep]
+    tau = float(values.abs()[~keep].max()) if (~keep).any() else 0.0
+    corner = values[:crop, :crop].masked_fill(~keep[:crop, :crop], torch.nan)
+    high = float(values[:crop, :crop].abs().max())
+    fig, axes = plt.subplots(
+        1, 2, figsize=(8.4, 3.3), gridspec_kw={"width_ratios": [1, 1.5]}
+    )
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.15")
+    axes[0].imshow(corner.numpy(), cmap=cmap, vmin=-high, vmax=high)
+    axes[0].set_title(f"top-left {crop} x {crop}: black = pruned",
+                      fontsize=10)  # fmt: skip
+    axes[0].set_xlabel("input")
+    axes[0].set_ylabel("output")
+    axes[0].grid(False)
+    counts, edges = np.histogram(values.flatten().numpy(), bins=150)
+    survivors, _ = np.histogram(kept.numpy(), bins=edges)
+    axes[1].stairs(counts, edges, fill=True, color="0.85", label="all")
+    axes[1].stairs(survivors, edges, fill=True, color="tab:blue",
+                   label="kept")  # fmt: skip
+    if tau > 0:
+        for sign in (-1, 1):
+            axes[1].axvline(sign * tau, color="tab:red", linewidth=0.9,
+                            linestyle="--")  # fmt: skip
+    axes[1].set_xlabel("weight value")
+    axes[1].set_ylabel("count")
+    axes[1].legend(loc="upper right")
+    label = f"{name}: " if name else ""
+    fig.suptitle(
+        f"{label}{1 - keep.float().mean():.0%} of {keep.numel():,} weights "
+        f"zeroed, |w| <= {tau:.3g}",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def pruning_explorer(weight: Tensor, *, name: str = ""):
+    """A slider for the share of weights pruned by magnitude: the matrix's
+    corner with the pruned entries black and the survivors' histogram."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    controls = {
+        "amount": widgets.FloatSlider(
+            value=0.5, min=0.0, max=0.99, step=0.01, description="amount"
+        ),
+    }
+
+    def show(amount):
+        display(draw_magnitude_pruning(weight, amount, name=name))
+        plt.close("all")
+
+    output = widgets.interactive_output(show, controls)
+    return widgets.VBox([widgets.HBox(list(controls.values())), output])
+
+
+def draw_attention_map(
+    attentions: Sequence[Tensor],
+    tokens: Sequence[str],
+    layer: int,
+    head: int,
+    *,
+    example: int = 0,
+) -> Figure:
+    """One head of a model's attention over the tokens of one input.
+
+    Args:
+        attentions: one ``(B, H, L, L)`` tensor per layer, as transformers
+            returns with ``output_attentions=True`` (eager attention).
+        tokens: the ``L`` token strings, for the axes.
+        layer, head: which map, counted from 0 (titled from 1).
+        example: which input of the batch.
+
+    Raises:
+        ValueError: a layer or head out of range, or tokens that do not
+            match the maps' length.
+    """
+    if not 0 <= layer < len(attentions):
+        raise ValueError(
+            f"layer must be in [0, {len(attentions) - 1}]; got {layer}."
+        )
+    maps = attentions[layer][example]  # (H, L, L)
+    if not 0 <= head < maps.shape[0]:
+        raise ValueError(
+            f"head must be in [0, {maps.shape[0] - 1}]; got {head}."
+        )
+    if len(tokens) != maps.shape[-1]:
+        raise ValueError(
+            f"got {len(tokens)} tokens for maps over {maps.shape[-1]} keys."
+        )
+    fig, ax = plt.subplots(figsize=(6.2, 6.2))
+    # colours scaled per map, as bertviz and the chapter's figures do
+    ax.imshow(maps[head].detach().float().numpy(), cmap="viridis")
+    ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
+    ax.grid(False)
+    ax.set_title(f"layer {layer + 1}, head {head + 1}")
+    fig.tight_layout()
+    return fig
 
 
 def draw_soft_labels(logits: Tensor, temperature: float) -> Figure:

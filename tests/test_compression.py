@@ -304,3 +304,43 @@ def test_quantize_weights_mixed_and_int8_model():
 def test_autocast_options_are_checked():
     with pytest.raises(ValueError, match="autocast must be"):
         training._check_autocast(torch.float64)
+
+
+def test_draw_magnitude_pruning_blanks_what_the_mask_zeroes():
+    import matplotlib.pyplot as plt
+
+    from efficient_attention import widgets
+
+    weight = torch.randn(20, 30, generator=torch.Generator().manual_seed(0))
+    fig = widgets.draw_magnitude_pruning(weight, 0.7, name="w", crop=16)
+    shown = fig.axes[0].images[0].get_array()  # (16, 16), masked = pruned
+    keep = pruning.magnitude_mask(weight, 0.7)[:16, :16]
+    assert torch.equal(torch.from_numpy(~shown.mask), keep)
+    assert "70% of 600 weights zeroed" in fig._suptitle.get_text()
+    kept = fig.axes[1].patches[1].get_data().values.sum()
+    assert kept == round(0.3 * 600)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="2-D"):
+        widgets.draw_magnitude_pruning(weight[0], 0.5)
+    with pytest.raises(ValueError, match="amount"):
+        widgets.draw_magnitude_pruning(weight, 1.5)
+
+
+def test_pruning_explorer_redraws_with_the_slider(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from efficient_attention import widgets
+
+    drawn = []
+
+    def record(weight, amount, *, name):
+        drawn.append((amount, name))
+        return plt.figure()
+
+    monkeypatch.setattr(widgets, "draw_magnitude_pruning", record)
+    explorer = widgets.pruning_explorer(torch.ones(4, 4), name="ffn")
+    (amount,) = explorer.children[0].children
+    assert drawn[-1] == (0.5, "ffn")
+    amount.value = 0.9
+    assert drawn[-1] == (0.9, "ffn")
+    plt.close("all")

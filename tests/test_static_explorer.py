@@ -4,6 +4,8 @@ moves its slider on the built site)."""
 from __future__ import annotations
 
 import base64
+import io
+import json
 import re
 
 import matplotlib
@@ -11,11 +13,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from efficient_attention.static_explorer import (  # noqa: E402
     MAX_FRAMES,
+    attention_map_explorer_page,
     explorer_html,
     figure_to_png_base64,
+    image_frames,
+    low_rank_explorer_page,
+    pruning_explorer_page,
+    quantization_explorer_page,
     static_explorer,
 )
 
@@ -97,6 +105,73 @@ def test_frame_count_and_initial_values_are_checked():
         explorer_html(["A"], {"w": [1, 2]})
     with pytest.raises(ValueError, match="initial w=5"):
         explorer_html(["A", "B"], {"w": [1, 2]}, initial={"w": 5})
+
+
+def frame_list(page: str) -> list[str]:
+    return json.loads(re.search(r"var frames = (\[.*?\]);", page).group(1))
+
+
+def test_image_frames_repaint_only_the_image():
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(2, 2))
+    image = ax.imshow(np.zeros((4, 4)), cmap="viridis")
+    ax.set_title("fixed text")
+    a = np.arange(16.0).reshape(4, 4)
+    frames = image_frames(image, [a, a * 10, a.T], dpi=40)
+    assert not plt.fignum_exists(fig.number)
+    pictures = [
+        np.asarray(Image.open(io.BytesIO(base64.b64decode(f))).convert("RGB"))
+        for f in frames
+    ]
+    # colours are scaled to each array's range, as imshow does
+    assert np.array_equal(pictures[0], pictures[1])
+    assert not np.array_equal(pictures[0], pictures[2])
+    # outside the image (the title) nothing changes
+    assert np.array_equal(pictures[0][:5], pictures[2][:5])
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match="shaped like"):
+        image_frames(ax.imshow(np.zeros((4, 4))), [np.zeros((3, 4))])
+
+
+def test_chapter_pages_hold_one_frame_per_combination():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    query, key = torch.randn(2, 16, 4, generator=g, dtype=torch.float64)
+    page = low_rank_explorer_page(query, key, sizes=[2, 16]).data
+    assert len(frame_list(page)) == 3 * 2
+    assert '<select data-name="method"' in page and "width:600px" in page
+    weights = torch.randn(8, 16, generator=g)
+    page = quantization_explorer_page(weights, bits=[2, 4]).data
+    assert len(frame_list(page)) == 2 * 3
+    page = pruning_explorer_page(weights, amounts=[0.0, 0.5]).data
+    assert len(frame_list(page)) == 2
+    assert 'type="range" data-name="amount"' in page
+    attentions = [
+        torch.softmax(torch.randn(1, 3, 5, 5, generator=g), -1)
+        for _ in range(2)
+    ]
+    page = attention_map_explorer_page(attentions, list("abcde")).data
+    assert len(frame_list(page)) == 2 * 3
+    assert 'data-name="layer" min="0" max="1" step="1" value="1"' in page
+
+
+def test_draw_attention_map_checks_its_indices():
+    import torch
+
+    from efficient_attention.widgets import draw_attention_map
+
+    attentions = [torch.full((1, 2, 3, 3), 1 / 3)]
+    fig = draw_attention_map(attentions, ["a", "b", "c"], 0, 1)
+    assert fig.axes[0].get_title() == "layer 1, head 2"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="layer must be in"):
+        draw_attention_map(attentions, ["a", "b", "c"], 1, 0)
+    with pytest.raises(ValueError, match="head must be in"):
+        draw_attention_map(attentions, ["a", "b", "c"], 0, 2)
+    with pytest.raises(ValueError, match="2 tokens"):
+        draw_attention_map(attentions, ["a", "b"], 0, 0)
 
 
 def test_the_hierarchical_page_has_a_frame_per_setting(monkeypatch):
