@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from . import masks
-from ._validation import check_positive_int
+from ._validation import check_positive_int, check_positive_real
 from .plotting import plot_mask
 
 
@@ -726,8 +726,7 @@ def draw_soft_labels(logits: Tensor, temperature: float) -> Figure:
     """
     if logits.dim() != 2 or logits.shape[-1] != 2:
         raise ValueError(f"logits must be (N, 2); got {tuple(logits.shape)}.")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0; got {temperature!r}.")
+    temperature = check_positive_real("temperature", temperature)
     probs = torch.softmax(logits.float() / temperature, -1)
     entropy = -(probs * probs.clamp_min(1e-12).log2()).sum(-1).mean()
     fig, ax = plt.subplots(figsize=(6, 2.8))

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from .. import data as mrpc_data
 from .. import training
+from .._validation import check_positive_real
 from .pruning import encoder_layers
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
@@ -54,7 +55,7 @@ def soft_label_loss(
         ValueError: shapes that differ or are not ``(N, C)``, or ``T <= 0``.
     """
     _check_same_shape("student_logits", student_logits, teacher_logits, 2)
-    temperature = _check_positive("temperature", temperature)
+    temperature = check_positive_real("temperature", temperature)
     log_p_student = F.log_softmax(_wide(student_logits) / temperature, -1)
     log_p_teacher = F.log_softmax(_wide(teacher_logits) / temperature, -1)
     kl = F.kl_div(
@@ -196,7 +197,7 @@ class Signals:
     def __post_init__(self) -> None:
         if not 0 <= self.soft <= 1:
             raise ValueError(f"soft must be in [0, 1]; got {self.soft!r}.")
-        _check_positive("temperature", self.temperature)
+        check_positive_real("temperature", self.temperature)
         for name in ("hidden", "attention"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -572,11 +573,3 @@ def _check_same_shape(name: str, a: Tensor, b: Tensor, dims: int) -> None:
             f"{name} and its target must have one shape of {dims} "
             f"dimensions; got {tuple(a.shape)} and {tuple(b.shape)}."
         )
-
-
-def _check_positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a positive number; got {value!r}.")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive number; got {value!r}.")
-    return float(value)
