@@ -591,7 +591,8 @@ def draw_magnitude_pruning(
 
     Left, the top-left ``crop x crop`` corner of ``weight`` with the pruned
     entries black; right, the histogram of every weight with the survivors
-    in colour and the threshold ``±tau`` below which weights are zeroed.
+    in colour and the threshold ``±tau`` below which weights are zeroed
+    (the axis spans the central 99.9% of ``|w|``).
 
     Args:
         weight: a 2-D weight matrix.
@@ -627,7 +628,11 @@ def draw_magnitude_pruning(
     axes[0].set_xlabel("input")
     axes[0].set_ylabel("output")
     axes[0].grid(False)
-    counts, edges = np.histogram(values.flatten().numpy(), bins=150)
+    # The axis spans the central 99.9% of |w|: a trained matrix's few
+    # outliers would otherwise squeeze the bell into a couple of bins.
+    flat = values.flatten().numpy()
+    edge = float(np.quantile(np.abs(flat), 0.999))
+    counts, edges = np.histogram(flat, bins=150, range=(-edge, edge))
     survivors, _ = np.histogram(kept.numpy(), bins=edges)
     axes[1].stairs(counts, edges, fill=True, color="0.85", label="all")
     axes[1].stairs(survivors, edges, fill=True, color="tab:blue",
@@ -636,7 +641,7 @@ def draw_magnitude_pruning(
         for sign in (-1, 1):
             axes[1].axvline(sign * tau, color="tab:red", linewidth=0.9,
                             linestyle="--")  # fmt: skip
-    axes[1].set_xlabel("weight value")
+    axes[1].set_xlabel("weight value (the 0.1% largest |w| off the axis)")
     axes[1].set_ylabel("count")
     axes[1].legend(loc="upper right")
     label = f"{name}: " if name else ""
