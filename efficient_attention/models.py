@@ -18,6 +18,7 @@ import inspect
 import itertools
 import os
 import pathlib
+import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -467,3 +468,120 @@ def real_attention_inputs(
             )
     query, key, value = (torch.cat(parts[n], dim=-2) for n in parts)
     return query, key, value  # each (1, H, L, E)
+
+
+def long_text_inputs(
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    length: int,
+    *,
+    split: str = "dev",
+) -> dict[str, Tensor]:
+    """One long document of real prose, ready for a BERT-style model.
+
+    ``[CLS]``, then ``length - 2`` tokens of MRPC's sentences one after
+    another (``real_text_ids``), then ``[SEP]``: a stand-in for the long
+    inputs (reports, contracts, books) that efficient attention is for.
+
+    Args:
+        tokenizer: the encoder's tokenizer.
+        length: tokens in all, special tokens included (at least 3).
+        split: the MRPC split whose sentences are read.
+
+    Returns:
+        ``input_ids``, ``attention_mask`` (ones) and ``token_type_ids``
+        (zeros), each ``(1, length)`` int64.
+
+    Raises:
+        ValueError: ``length`` is not an int of at least 3.
+    """
+    if isinstance(length, bool) or not isinstance(length, int) or length < 3:
+        raise ValueError(
+            f"length must be an int of at least 3 ([CLS], one token, [SEP]);"
+            f" got {length!r}."
+        )
+    text = real_text_ids(tokenizer, length - 2, split=split)
+    ids = torch.cat(
+        [
+            torch.tensor([tokenizer.cls_token_id]),
+            text,
+            torch.tensor([tokenizer.sep_token_id]),
+        ]
+    )[None]  # (1, length)
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.zeros_like(ids),
+    }
+
+
+AttentionChoice = tuple[Callable[..., Tensor], dict[str, object]] | None
+"""``(fn, options)`` for ``use_attention``, or None for the model's SDPA."""
+
+
+@torch.inference_mode()
+def compare_attention(
+    model: transformers.PreTrainedModel,
+    inputs: dict[str, Tensor],
+    variants: dict[str, AttentionChoice],
+    *,
+    rounds: int = 2,
+) -> dict[str, dict[str, float]]:
+    """Time one model end to end with each attention, and how far it moves.
+
+    Every round runs the model once with each variant in turn (one call,
+    timed with ``time.perf_counter``: at long lengths one call takes
+    seconds), so a machine that gets busier shifts every variant alike;
+    the fastest round is kept, since noise only adds time. The model's
+    own attention implementation is restored at the end.
+
+    Args:
+        model: a BERT-style model of transformers (``use_attention``).
+        inputs: the keyword arguments of one forward pass.
+        variants: ``{name: (fn, options)}``, or ``{name: None}`` for the
+            model's SDPA; the first is the reference.
+        rounds: how many times each variant runs (a positive int).
+
+    Returns:
+        ``{name: row}``: ``seconds``, ``speed-up`` against the first
+        variant, and ``token cosine``: the mean cosine similarity of the
+        last hidden states to the first variant's, over every token.
+
+    Raises:
+        ValueError: no variants, or ``rounds`` not a positive int.
+    """
+    if not variants:
+        raise ValueError("variants is empty; give at least the reference.")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive int; got {rounds!r}.")
+    original = model.config._attn_implementation
+    base = getattr(model, "base_model", model)
+    model.eval()
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    hidden: dict[str, Tensor] = {}
+    try:
+        for _ in range(rounds):
+            for name, choice in variants.items():
+                if choice is None:
+                    model.set_attn_implementation("sdpa")
+                else:
+                    use_attention(model, choice[0], **choice[1])
+                start = time.perf_counter()
+                out = base(**inputs).last_hidden_state  # (B, L, D)
+                seconds[name].append(time.perf_counter() - start)
+                hidden[name] = out
+    finally:
+        model.set_attn_implementation(original)
+    reference = next(iter(variants))
+    fastest = {name: min(times) for name, times in seconds.items()}
+    return {
+        name: {
+            "seconds": fastest[name],
+            "speed-up": fastest[reference] / fastest[name],
+            "token cosine": float(
+                nn.functional.cosine_similarity(
+                    hidden[name], hidden[reference], dim=-1
+                ).mean()
+            ),
+        }
+        for name in variants
+    }

@@ -332,3 +332,79 @@ def plot_tiles(
         wasted = (computed & ~allowed).sum() / max(computed.sum(), 1)
         ax.set_title(f"{title}\n{wasted:.0%} of computed pairs wasted")
     return ax
+
+
+def pareto_front(cost: Sequence[float], quality: Sequence[float]) -> list[bool]:
+    """Which points no other point beats: for each point, True when no
+    other one is at least as cheap and at least as good, and strictly
+    better in one of the two.
+
+    Args:
+        cost: lower is better (latency, size). quality: higher is better
+            (F1, accuracy). Both of the same length, finite numbers.
+
+    Returns:
+        One bool per point, True on the Pareto front.
+
+    Raises:
+        ValueError: lengths differ, or a value is not finite.
+    """
+    cost, quality = list(map(float, cost)), list(map(float, quality))
+    if len(cost) != len(quality):
+        raise ValueError(
+            f"cost and quality must have one value per point; got "
+            f"{len(cost)} and {len(quality)}."
+        )
+    if not np.isfinite(cost + quality).all():
+        raise ValueError("cost and quality must be finite numbers.")
+    points = list(zip(cost, quality))
+    return [
+        not any(
+            c <= c0 and q >= q0 and (c < c0 or q > q0) for c, q in points
+        )
+        for c0, q0 in points
+    ]
+
+
+def plot_pareto(
+    names: Sequence[str],
+    cost: Sequence[float],
+    quality: Sequence[float],
+    *,
+    xlabel: str,
+    ylabel: str,
+    ax: Axes | None = None,
+    log_x: bool = True,
+) -> Axes:
+    """Quality against cost, one labelled point per model, the Pareto
+    front (``pareto_front``) joined by a step line and drawn in colour.
+
+    Args:
+        names: one label per point. cost, quality: as ``pareto_front``.
+        xlabel, ylabel: the axis labels. log_x: a logarithmic cost axis.
+
+    Raises:
+        ValueError: as ``pareto_front``, or ``names`` of another length.
+    """
+    front = pareto_front(cost, quality)
+    if len(names) != len(front):
+        raise ValueError(
+            f"names must have one label per point; got {len(names)} names "
+            f"for {len(front)} points."
+        )
+    ax = ax or plt.figure(figsize=(7.5, 4.6)).gca()
+    colours = ["#c0392b" if best else "#7f8c8d" for best in front]
+    ax.scatter(cost, quality, c=colours, zorder=3)
+    for name, x, y in zip(names, cost, quality):
+        ax.annotate(
+            name, (x, y), xytext=(4, 3), textcoords="offset points",
+            fontsize=8,
+        )
+    best = sorted((x, y) for x, y, keep in zip(cost, quality, front) if keep)
+    xs, ys = zip(*best)
+    ax.step(xs, ys, where="post", color="#c0392b", linewidth=1, zorder=2)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return ax

@@ -269,3 +269,45 @@ def test_extended_positions_keep_the_first_512_outputs_and_run_longer():
             models.extend_positions(model, bad)
     with pytest.raises(ValueError, match="position_embeddings"):
         models.extend_positions(torch.nn.Linear(2, 2), 1024)
+
+
+def test_long_text_inputs_wrap_real_text_in_special_tokens(encoder):
+    _, tokenizer = encoder
+    inputs = models.long_text_inputs(tokenizer, 700)
+    ids = inputs["input_ids"]
+    assert ids.shape == (1, 700)
+    assert ids[0, 0] == tokenizer.cls_token_id
+    assert ids[0, -1] == tokenizer.sep_token_id
+    assert torch.equal(ids[0, 1:-1], models.real_text_ids(tokenizer, 698))
+    assert inputs["attention_mask"].sum() == 700
+    assert not inputs["token_type_ids"].any()
+    for bad in (2, 1000.0, True):
+        with pytest.raises(ValueError, match="length"):
+            models.long_text_inputs(tokenizer, bad)
+
+
+def test_compare_attention_times_each_variant_and_restores_sdpa(encoder):
+    model, tokenizer = encoder
+    model.set_attn_implementation("sdpa")
+    inputs = models.long_text_inputs(tokenizer, 96)
+    rows = models.compare_attention(
+        model,
+        inputs,
+        {
+            "sdpa": None,
+            "dense (package)": (ea.dense_attention, {}),
+            "window 2": (ea.sliding_window_attention, {"window": 2}),
+        },
+        rounds=2,
+    )
+    assert list(rows) == ["sdpa", "dense (package)", "window 2"]
+    assert rows["sdpa"]["speed-up"] == 1.0
+    assert rows["sdpa"]["token cosine"] == pytest.approx(1.0)
+    assert rows["dense (package)"]["token cosine"] > 0.9999
+    assert rows["window 2"]["token cosine"] < 0.99  # the window moves it
+    assert all(row["seconds"] > 0 for row in rows.values())
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match="rounds"):
+        models.compare_attention(model, inputs, {"sdpa": None}, rounds=0)
+    with pytest.raises(ValueError, match="variants"):
+        models.compare_attention(model, inputs, {})

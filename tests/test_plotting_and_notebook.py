@@ -262,3 +262,33 @@ def test_pick_device_refuses_what_is_not_here(prefer, message, monkeypatch):
 def test_pick_device_gives_mps_where_there_is_one(monkeypatch):
     pretend(monkeypatch, cuda=0, mps=True)
     assert ea.pick_device("mps") == torch.device("mps")
+
+
+def test_pareto_front_keeps_exactly_the_unbeaten_points():
+    cost = [10, 5, 5, 2, 8, 2]
+    quality = [0.9, 0.85, 0.80, 0.70, 0.85, 0.70]
+    # (5, 0.80) loses to (5, 0.85); (8, 0.85) to (5, 0.85); the two equal
+    # points (2, 0.70) beat nothing of each other, so both stay.
+    assert plotting.pareto_front(cost, quality) == [
+        True, True, False, True, False, True]
+    assert plotting.pareto_front([1.0], [0.5]) == [True]
+    with pytest.raises(ValueError, match="one value per point"):
+        plotting.pareto_front([1, 2], [0.5])
+    with pytest.raises(ValueError, match="finite"):
+        plotting.pareto_front([1, math.nan], [0.5, 0.6])
+
+
+def test_plot_pareto_colours_the_front_and_labels_every_point():
+    ax = plotting.plot_pareto(
+        ["big", "small", "worse"], [10, 2, 5], [0.9, 0.8, 0.7],
+        xlabel="ms", ylabel="F1")
+    colours = ax.collections[0].get_facecolors()
+    assert [tuple(c[:3]) != tuple(colours[2][:3]) for c in colours] == [
+        True, True, False]
+    assert [t.get_text() for t in ax.texts] == ["big", "small", "worse"]
+    step = ax.lines[0]
+    assert list(step.get_xdata()) == [2, 10]
+    with pytest.raises(ValueError, match="names"):
+        plotting.plot_pareto(["a"], [1, 2], [0.1, 0.2], xlabel="x",
+                             ylabel="y")
+    plt.close("all")
