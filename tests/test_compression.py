@@ -296,8 +296,15 @@ def test_quantize_weights_mixed_and_int8_model():
     int8, description = quantization.quantize_dynamic_int8(model)
     assert "engine" in description
     torch.testing.assert_close(logits(int8, batch), before, atol=0.05, rtol=0)
-    assert quantization.non_embedding_megabytes(int8) < (
-        quantization.non_embedding_megabytes(model)
+    for layer in pruning.encoder_layers(int8):  # one scale per output row
+        weight = layer.intermediate.dense.weight()
+        assert weight.qscheme() == torch.per_channel_affine
+        assert weight.q_per_channel_scales().shape == (weight.shape[0],)
+    # 16 bytes of scale and zero point per row: a saving at real widths.
+    wide = torch.nn.Sequential(torch.nn.Linear(256, 256))
+    small, _ = quantization.quantize_dynamic_int8(wide)
+    assert training.serialized_megabytes(small) < (
+        training.serialized_megabytes(wide) / 3
     )
 
 

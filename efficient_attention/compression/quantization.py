@@ -261,12 +261,13 @@ def quantize_dynamic_int8(model: nn.Module) -> tuple[nn.Module, str]:
         # torch.ao.quantization announces its move to torchao; its CPU
         # kernels (fbgemm / oneDNN) are the ones that run without compiling.
         warnings.simplefilter("ignore")
+        per_channel = torch.ao.quantization.per_channel_dynamic_qconfig
         quantized = torch.ao.quantization.quantize_dynamic(
-            copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8
+            copy.deepcopy(model), {nn.Linear: per_channel}, dtype=torch.qint8
         )
     description = (
-        f"torch.ao.quantization.quantize_dynamic (qint8 weights, per-call "
-        f"activation scales), engine {engine!r}, CPU capability "
+        f"torch.ao.quantization.quantize_dynamic (qint8 weights, one scale "
+        f"per output channel; per-call activation scales), engine {engine!r}, CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}"
     )
     return quantized, description
