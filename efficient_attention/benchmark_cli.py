@@ -259,8 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--head-dim", type=_positive_int_argument, default=64)
     parser.add_argument(
         "--dtype",
-        "--dtypes",
-        dest="dtype",
         nargs="+",
         choices=list(DTYPES),
         default=["float32"],
@@ -268,8 +266,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--device",
-        "--devices",
-        dest="device",
         nargs="+",
         default=None,
         help="cpu, cuda or cuda:<index>, one or more (default: cuda if "
