@@ -9,6 +9,7 @@ results from a cache.
 from __future__ import annotations
 
 import functools
+import math
 
 import pytest
 import torch
@@ -266,3 +267,79 @@ def test_ring_attention_is_forward_only():
         distributed.ring_attention(q, q, q)
     with torch.no_grad():
         distributed.ring_attention(q, q, q)
+
+
+# Properties (hypothesis), in this process: the online-softmax merge that
+# ring attention runs on each process, over random shard splits.
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def ring_problems(draw):
+    W = draw(st.integers(1, 5))
+    L = draw(st.integers(0, 12))
+    E, Ev = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    heads = draw(st.integers(1, 3))
+    causal = draw(st.booleans())
+    seed = draw(st.integers(0, 2**16))
+    return W, L, E, Ev, heads, causal, seed
+
+
+@given(ring_problems())
+def test_merging_shards_in_ring_order_equals_dense_attention(problem):
+    W, L, E, Ev, heads, causal, seed = problem
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(heads, L, E, generator=g, dtype=torch.float64)
+    k = torch.randn(heads, L, E, generator=g, dtype=torch.float64)
+    v = torch.randn(heads, L, Ev, generator=g, dtype=torch.float64)
+    lengths = [s.shape[-2] for s in k.tensor_split(W, -2)]
+    offsets = [sum(lengths[:r]) for r in range(W)]
+    S_max = max(lengths)
+    pad = distributed._pad_rows
+    rows = []
+    for rank in range(W):  # what each process computes, one after another
+        q_r = distributed.shard_sequence(q, W, rank) / math.sqrt(E)
+        n = q_r.shape[-2]
+        q_pos = torch.arange(n) + offsets[rank]
+        row_max = torch.full((heads, n, 1), -math.inf, dtype=torch.float64)
+        row_sum = torch.zeros_like(row_max)
+        acc = torch.zeros(heads, n, Ev, dtype=torch.float64)
+        for step in range(W):
+            src = (rank - step) % W
+            k_s = pad(distributed.shard_sequence(k, W, src), S_max)
+            v_s = pad(distributed.shard_sequence(v, W, src), S_max)
+            distributed._merge_block(
+                q_r, k_s, v_s, q_pos, offsets[src], lengths[src], causal,
+                row_max, row_sum, acc,
+            )  # fmt: skip
+        rows.append(acc / row_sum.clamp_min(torch.finfo(torch.float64).tiny))
+    out = torch.cat(rows, dim=-2)
+    expected = ea.dense_attention(q, k, v, is_causal=causal)
+    assert not out.isnan().any()
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
+
+
+@given(st.integers(0, 20), st.integers(1, 6), st.data())
+def test_shard_sequence_pieces_cover_the_sequence_in_order(L, W, data):
+    x = torch.arange(L * 2).reshape(2, L, 1)
+    pieces = [distributed.shard_sequence(x, W, r) for r in range(W)]
+    assert torch.equal(torch.cat(pieces, dim=-2), x)
+    sizes = [p.shape[-2] for p in pieces]
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    rank = data.draw(st.integers(W, W + 3))
+    with pytest.raises(ValueError, match="rank must be in"):
+        distributed.shard_sequence(x, W, rank)
+
+
+@given(
+    st.sampled_from(["L", "E", "world_size", "heads", "batch"]),
+    st.one_of(st.integers(-3, 0), st.floats(0.5, 2), st.booleans()),
+)
+def test_ring_attention_cost_names_a_bad_size(name, bad):
+    sizes = {"L": 8, "E": 4, "world_size": 2, "heads": 1, "batch": 1}
+    sizes[name] = bad
+    L, E, W = sizes.pop("L"), sizes.pop("E"), sizes.pop("world_size")
+    with pytest.raises(ValueError, match=f"{name} must be a positive int"):
+        distributed.ring_attention_cost(L, E, W, **sizes)
