@@ -3,10 +3,10 @@
 This module holds the measurements: ``time_callable`` and ``Timing``,
 ``peak_memory_bytes``, the hardware line (``describe_hardware``,
 ``hardware_summary``), seeded ``attention_inputs``, ``sweep`` over lengths
-and ``loglog_slope``. Times come from ``torch.utils.benchmark.Timer`` (it synchronizes CUDA, warms
-up and reports the median and the interquartile range); peak memory from
-``torch.cuda.max_memory_allocated`` on a GPU and from the PyTorch profiler's
-record of every CPU allocation on a CPU. Every chapter times its variant
+and ``loglog_slope``. Times come from ``torch.utils.benchmark.Timer`` (it
+synchronizes CUDA, warms up and reports the median and the interquartile
+range); peak memory from ``torch.cuda.max_memory_allocated`` on a GPU and
+from the PyTorch profiler's record of every CPU allocation on a CPU. Every chapter times its variant
 against ``F.scaled_dot_product_attention``, the fused baseline, in the same
 run; chapter 1 introduces the tools. What happens to the records next
 (the table, JSON, CSV, plots, loading) lives in ``benchmark_results``; the
@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils import benchmark as torch_benchmark
 from tqdm import tqdm
@@ -40,7 +39,6 @@ from ._validation import (
     check_real,
     check_seed,
 )
-from .benchmark_results import format_records, load_results
 from .notebook import pick_device
 
 TIMED_DEVICES = ("cpu", "cuda")

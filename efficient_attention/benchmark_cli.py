@@ -309,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", metavar="PATH", help="write the records and hardware as JSON"
     )
-    parser.add_argument("--csv", metavar="PATH", help="write the records as CSV")
+    parser.add_argument(
+        "--csv", metavar="PATH", help="write the records as CSV"
+    )
     parser.add_argument(
         "--plot", metavar="PATH", help="draw time against length as a PNG"
     )
@@ -346,7 +348,9 @@ def list_variants() -> str:
         for name in names:
             causal = ", takes --causal" if name in CAUSAL_VARIANTS else ""
             lines.append(f"{name:<{width}}  {family}{causal}")
-    lines.append(f"{'all':<{width}}  every variant above (window {ALL_WINDOW})")
+    lines.append(
+        f"{'all':<{width}}  every variant above (window {ALL_WINDOW})"
+    )
     return "\n".join(lines)
 
 

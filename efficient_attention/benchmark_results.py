@@ -92,7 +92,9 @@ def add_ratios(
     out = []
     for r in records:
         b, m = base.get(_group(r)), r.get("median_s")
-        ratio = m / b if b and m is not None and r.get("status") == "ok" else None
+        ratio = (
+            m / b if b and m is not None and r.get("status") == "ok" else None
+        )
         out.append({**r, "ratio_to_baseline": ratio})
     return out
 
@@ -178,7 +180,9 @@ def write_csv(
         writer = csv.DictWriter(file, fieldnames=names)
         writer.writeheader()
         for r in records:
-            writer.writerow({k: "" if r.get(k) is None else r.get(k) for k in names})
+            writer.writerow(
+                {k: "" if r.get(k) is None else r.get(k) for k in names}
+            )
 
 
 def load_results(path: str | os.PathLike, *, as_frame: bool = False):

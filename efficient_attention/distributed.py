@@ -100,8 +100,7 @@ def shard_sequence(
     rank = check_non_negative_int("rank", rank)
     if rank >= world_size:
         raise ValueError(
-            f"rank must be in [0, world_size) = [0, {world_size}); "
-            f"got {rank}."
+            f"rank must be in [0, world_size) = [0, {world_size}); got {rank}."
         )
     dim = check_int("dim", dim, -max(x.dim(), 1))
     if dim >= x.dim():
@@ -196,7 +195,8 @@ def ring_attention(
     Complexity:
         Per process ``O(L_r S E)`` time in ``W`` steps, ``O(L_r max S_r)``
         memory for one block's scores (never ``L x S``); communication
-        ``2 (W - 1)`` blocks of ``max S_r`` keys sent (``ring_attention_cost``).
+        ``2 (W - 1)`` blocks of ``max S_r`` keys sent
+        (``ring_attention_cost``).
 
     Equivalent to:
         ``shard_sequence(dense_attention(Q, K, V, is_causal=causal,
@@ -268,9 +268,7 @@ def ring_attention(
         pending = None
         if step < world_size - 1:  # pass the block on while computing
             incoming = torch.empty_like(block)
-            pending = _ring_exchange(
-                block, incoming, rank, world_size, group
-            )
+            pending = _ring_exchange(block, incoming, rank, world_size, group)
         _merge_block(
             q,
             block[..., :E],
@@ -672,8 +670,7 @@ def ddp_gradients(
     model = make_model()
     if not isinstance(model, torch.nn.Module):
         raise ValueError(
-            f"make_model must return an nn.Module; got "
-            f"{type(model).__name__}."
+            f"make_model must return an nn.Module; got {type(model).__name__}."
         )
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     per_rank = run_processes(

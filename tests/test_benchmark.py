@@ -568,7 +568,12 @@ def test_json_round_trips_through_load_results(tmp_path):
     records = [
         {"variant": "sdpa", "L": 8, "median_s": 0.5, "status": "ok"},
         {"variant": "dense", "L": 8, "median_s": 1.5, "status": "ok"},
-        {"variant": "dense", "L": 16, "median_s": None, "status": "out of memory"},
+        {
+            "variant": "dense",
+            "L": 16,
+            "median_s": None,
+            "status": "out of memory",
+        },
     ]
     path = tmp_path / "r.json"
     benchmark_results.write_json(records, path, settings={"rounds": 1})
@@ -589,7 +594,9 @@ def test_json_round_trips_through_load_results(tmp_path):
         ('[{"L": 4}]', "no list of benchmark records"),
     ],
 )
-def test_load_results_refuses_what_is_not_a_result_file(tmp_path, text, message):
+def test_load_results_refuses_what_is_not_a_result_file(
+    tmp_path, text, message
+):
     path = tmp_path / "r.json"
     if text is not None:
         path.write_text(text)
@@ -680,12 +687,20 @@ def test_python_dash_m_runs_the_command_line():
     )
     assert run.returncode == 0 and "coarse-to-fine" in run.stdout
     run = subprocess.run(
-        [sys.executable, "-m", "efficient_attention.benchmark", "--batch", "0"],
+        [
+            sys.executable,
+            "-m",
+            "efficient_attention.benchmark",
+            "--batch",
+            "0",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert run.returncode == 2 and "--batch: must be a positive int" in run.stderr
+    assert (
+        run.returncode == 2 and "--batch: must be a positive int" in run.stderr
+    )
 
 
 def test_plot_records_draws_one_line_a_variant(tmp_path):

@@ -43,12 +43,16 @@ def ring_cases(rank: int, world_size: int) -> dict[str, object]:
     results: dict[str, object] = {"outputs": []}
     for index in range(len(CASES)):
         q, k, v, causal, scale = case_inputs(index)
-        shards = (distributed.shard_sequence(t, world_size, rank) for t in (q, k, v))
+        shards = (
+            distributed.shard_sequence(t, world_size, rank) for t in (q, k, v)
+        )
         out = distributed.ring_attention(*shards, causal=causal, scale=scale)
         results["outputs"].append(out)
     # half precision: statistics in float32, output back in bfloat16
     q, k, v, causal, _ = case_inputs(1, torch.bfloat16)
-    shards = (distributed.shard_sequence(t, world_size, rank) for t in (q, k, v))
+    shards = (
+        distributed.shard_sequence(t, world_size, rank) for t in (q, k, v)
+    )
     results["bfloat16"] = distributed.ring_attention(*shards, causal=True)
     # shards that do not fit together: every rank must raise, none hang
     E = 4 + (rank == world_size - 1)
@@ -80,7 +84,9 @@ def test_ring_attention_equals_dense_attention(world_size):
     q, k, v, _, _ = case_inputs(1, torch.bfloat16)
     out = torch.cat([r["bfloat16"] for r in per_rank], dim=-2)
     assert out.dtype == torch.bfloat16
-    expected = ea.dense_attention(*(t.double() for t in (q, k, v)), is_causal=True)
+    expected = ea.dense_attention(
+        *(t.double() for t in (q, k, v)), is_causal=True
+    )
     torch.testing.assert_close(out.double(), expected, rtol=2e-2, atol=2e-2)
 
 
@@ -93,9 +99,13 @@ def test_ring_attention_refuses_shards_that_do_not_fit(world_size):
 def test_one_process_without_a_group_needs_no_communication():
     q, k, v, causal, scale = case_inputs(1)
     out = distributed.ring_attention(q, k, v, causal=True)
-    torch.testing.assert_close(out, ea.dense_attention(q, k, v, is_causal=True))
+    torch.testing.assert_close(
+        out, ea.dense_attention(q, k, v, is_causal=True)
+    )
     # a row with no key before it (causal, queries longer than keys) is 0
-    out = distributed.ring_attention(q[..., :1, :], k[..., :0, :], v[..., :0, :])
+    out = distributed.ring_attention(
+        q[..., :1, :], k[..., :0, :], v[..., :0, :]
+    )
     assert out.shape == (2, 3, 1, 8) and not out.isnan().any()
     assert (out == 0).all()
 
@@ -106,9 +116,8 @@ def test_shard_sequence_is_tensor_split():
     assert [len(s) for s in shards] == [4, 3, 3, 3]
     assert torch.equal(torch.cat(shards), x)
     y = torch.arange(3)[None, :, None]
-    assert [distributed.shard_sequence(y, 4, r).shape[-2] for r in range(4)] == [
-        1, 1, 1, 0,
-    ]  # fmt: skip
+    sizes = [distributed.shard_sequence(y, 4, r).shape[-2] for r in range(4)]
+    assert sizes == [1, 1, 1, 0]
 
 
 def test_ring_attention_cost_matches_a_hand_count():
@@ -122,11 +131,15 @@ def test_ring_attention_cost_matches_a_hand_count():
     assert cost.bytes_sent == 3 * block == 3072
     # q, k, v, 2 blocks of k and v, accumulator: 8E; max, sum: 2; scores: 2 L_r
     assert cost.peak_bytes == 8 * 2 * 4 * (8 * 8 + 2 + 2 * 4) == 4736
-    one = distributed.ring_attention_cost(13, 8, 1, heads=2, bytes_per_element=8)
+    one = distributed.ring_attention_cost(
+        13, 8, 1, heads=2, bytes_per_element=8
+    )
     assert one.bytes_sent == 0 and one.transfer_bytes_per_step == 0
     assert one.peak_bytes == 8 * 2 * 13 * (4 * 8 + 2 + 2 * 13)
     # more processes: less memory each, and the total sent grows ~ (W-1)/W
-    costs = [distributed.ring_attention_cost(4096, 64, w) for w in (1, 2, 4, 8)]
+    costs = [
+        distributed.ring_attention_cost(4096, 64, w) for w in (1, 2, 4, 8)
+    ]
     assert all(a.peak_bytes > b.peak_bytes for a, b in zip(costs, costs[1:]))
     assert all(a.bytes_sent < b.bytes_sent for a, b in zip(costs, costs[1:]))
 
@@ -327,7 +340,9 @@ def test_shard_sequence_pieces_cover_the_sequence_in_order(L, W, data):
     pieces = [distributed.shard_sequence(x, W, r) for r in range(W)]
     assert torch.equal(torch.cat(pieces, dim=-2), x)
     sizes = [p.shape[-2] for p in pieces]
-    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    assert max(sizes) - min(sizes) <= 1 and sizes == sorted(
+        sizes, reverse=True
+    )
     rank = data.draw(st.integers(W, W + 3))
     with pytest.raises(ValueError, match="rank must be in"):
         distributed.shard_sequence(x, W, rank)
