@@ -39,6 +39,10 @@ from ._validation import (
     check_real,
     check_seed,
 )
+
+# re-exported: chapters and tests call benchmark.format_records and
+# benchmark.load_results
+from .benchmark_results import format_records, load_results  # noqa: F401
 from .notebook import pick_device
 
 TIMED_DEVICES = ("cpu", "cuda")
