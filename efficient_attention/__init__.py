@@ -2,7 +2,8 @@
 
 One function per attention variant, shaped like
 ``F.scaled_dot_product_attention``; mask functions for the patterns; cost
-models; benchmarking, plotting and notebook helpers. Import it as
+models; benchmarking, attention across processes (``distributed``),
+plotting and notebook helpers. Import it as
 ``import efficient_attention as ea``.
 """
 
@@ -46,6 +47,7 @@ _LAZY_MODULES = {
     "benchmark",
     "compression",
     "data",
+    "distributed",
     "low_rank_weights",
     "models",
     "plotting",
@@ -80,6 +82,7 @@ __all__ = [
     "cost",
     "data",
     "dense_attention",
+    "distributed",
     "effective_attention",
     "masks",
     "models",

@@ -1,21 +1,24 @@
-"""Timing and memory on the reader's hardware, length sweeps, a command line.
+"""Timing and memory on the reader's hardware, and length sweeps.
 
-Times come from ``torch.utils.benchmark.Timer`` (it synchronizes CUDA, warms
-up and reports the median and the interquartile range); peak memory from
-``torch.cuda.max_memory_allocated`` on a GPU and from the PyTorch profiler's
-record of every CPU allocation on a CPU. Every chapter times its variant
-against ``F.scaled_dot_product_attention``, the fused baseline, in the same
-run; chapter 1 introduces the tools.
-
-Run ``python -m efficient_attention.benchmark --help`` for the command line.
+This module holds the measurements: ``time_callable`` and ``Timing``,
+``peak_memory_bytes``, the hardware line (``describe_hardware``,
+``hardware_summary``), seeded ``attention_inputs``, ``sweep`` over lengths
+and ``loglog_slope``. Times come from ``torch.utils.benchmark.Timer`` (it
+synchronizes CUDA, warms up and reports the median and the interquartile
+range); peak memory from ``torch.cuda.max_memory_allocated`` on a GPU and
+from the PyTorch profiler's record of every CPU allocation on a CPU. Every
+chapter times its variant against ``F.scaled_dot_product_attention``, the
+fused baseline, in the same run; chapter 1 introduces the tools. What
+happens to the records next (the table, JSON, CSV, plots, loading) lives
+in ``benchmark_results``; the command line ``python -m
+efficient_attention.benchmark`` (``--help``, ``--list``, ``--quick``)
+lives in ``benchmark_cli``, and its names (``main``, ``build_parser``...)
+stay reachable from here. It implements no paper.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import functools
-import math
 import os
 import platform
 import sys
@@ -24,82 +27,23 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils import benchmark as torch_benchmark
+from tqdm import tqdm
 
 from ._validation import (
     check_bool,
     check_dtype,
-    check_non_negative_int,
     check_positive_int,
     check_positive_real,
     check_real,
     check_seed,
 )
-from .attention import dense_attention
+
+# re-exported: chapters and tests call benchmark.format_records and
+# benchmark.load_results
+from .benchmark_results import format_records, load_results  # noqa: F401
 from .notebook import pick_device
-
-VARIANTS: dict[str, Callable[..., Tensor]] = {
-    "sdpa": F.scaled_dot_product_attention,
-    "dense": dense_attention,
-}
-"""The attention functions the command line can time, by name.
-
-``sdpa`` is the baseline.
-"""
-
-LOCAL_VARIANTS = (
-    "sliding-window",
-    "sdpa-mask",
-    "flex",
-    "local-attention",
-    "longformer",
-    "natten",
-)
-"""Variants of the command line that time a ``--window``: the package's
-``sliding_window_attention`` and the peers of ``efficient_attention.peers``
-(with ``--causal`` only ``sliding-window``)."""
-
-LOW_RANK_VARIANTS = ("linformer", "nystrom", "performer")
-"""Approximations the command line times: ``--rank`` projected keys
-(Linformer, random projections seeded with 0), ``--landmarks`` segment
-means (Nyström), ``--features`` orthogonal random features (Performer,
-seeded with 0; with ``--causal`` its prefix-sum form)."""
-
-SPARSE_VARIANTS = (
-    "block-sparse",
-    "bigbird",
-    "routing",
-    "sdpa-layout",
-    "flex-layout",
-)
-"""Variants of the command line that time sparse attention: the package's
-``block_sparse_attention`` on a random layout of ``--density`` per block
-row (``block-sparse``) and on BigBird's layout (``bigbird``: 3 window, 2
-global and 3 random blocks), its ``routing_attention`` with ``--clusters``
-(``routing``), and, on the layout that ``--layout`` names, SDPA with it as
-a boolean mask (``sdpa-layout``) and compiled FlexAttention with it as a
-block mask (``flex-layout``). Layouts are shared by all heads, in blocks
-of ``--block-size``, and seeded."""
-
-HIERARCHICAL_VARIANTS = (
-    "pyramid",
-    "recursive",
-    "coarse-to-fine",
-)
-"""Variants of the command line that time hierarchical attention: the
-package's ``pyramid_attention`` and ``recursive_attention`` with
-``--block-size`` and ``--levels`` (default: enough levels that the coarsest
-holds at most 4 blocks), and ``coarse_to_fine_attention`` with
-``--block-size`` and ``--top-k``."""
-
-DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
 
 TIMED_DEVICES = ("cpu", "cuda")
 """The device types timed here: ``Timer`` synchronizes CUDA only, and peak
@@ -372,6 +316,7 @@ def sweep(
     min_run_time: float = 0.2,
     measure_memory: bool = True,
     rounds: int = 1,
+    progress: bool = False,
 ) -> list[dict[str, object]]:
     """Time (and measure the memory of) each variant at each length.
 
@@ -389,6 +334,8 @@ def sweep(
         rounds: sweep all lengths and variants this many times and pool the
             blocks of each: a burst of load on a shared machine then spoils
             one round of a few measurements rather than all of one.
+        progress: show a progress bar (tqdm) on stderr, one step per
+            measurement.
 
     Returns:
         one plain dict per (length, variant): ``variant, L, median_s, iqr_s,
@@ -423,16 +370,26 @@ def sweep(
     min_run_time = _check_min_run_time(min_run_time)
     check_bool("measure_memory", measure_memory)
     rounds = check_positive_int("rounds", rounds)
+    check_bool("progress", progress)
     records = {
         (L, name): _empty_record(name, L) for L in lengths for name in variants
     }
     timings: dict[tuple[int, str], list[Timing]] = {key: [] for key in records}
+    bar = tqdm(
+        total=rounds * len(records),
+        disable=not progress,
+        file=sys.stderr,
+        unit="timing",
+        leave=False,
+    )
     for round_index in range(rounds):
         for L in lengths:
             inputs = make_inputs(L)
             if round_index == 0:
                 _check_inputs(inputs, L)
             for name, fn in variants.items():
+                bar.set_description(f"L={L} {name}", refresh=False)
+                bar.update()
                 record = records[L, name]
                 if record["status"] != "ok":
                     continue
@@ -450,6 +407,7 @@ def sweep(
                 if measure_memory and round_index == 0:
                     record["peak_bytes"] = peak_memory_bytes(fn, *inputs)
             del inputs
+    bar.close()
     for key, record in records.items():
         if record["status"] == "ok":
             timing = Timing.pooled(timings[key])
@@ -599,452 +557,31 @@ def loglog_slope(xs: Iterable[float], ys: Iterable[float]) -> float:
     return float(slope)
 
 
-def format_records(
-    records: Sequence[Mapping[str, object]], baseline: str = "sdpa"
-) -> str:
-    """A text table of ``sweep`` records, times as ratios to ``baseline``.
-
-    Columns: length, variant, median and interquartile range in ms, timed
-    runs, peak MiB, and the median divided by the baseline's at that length.
-
-    Raises:
-        ValueError: no records.
-    """
-    if not records:
-        raise ValueError(
-            "records must hold at least one record (from benchmark.sweep)."
-        )
-    base_times = {
-        r["L"]: r["median_s"] for r in records if r["variant"] == baseline
-    }
-    width = max(len("variant"), *(len(str(r["variant"])) for r in records))
-    lines = [
-        f"{'L':>6} {'variant':>{width}} {'median ms':>10} {'iqr ms':>8} "
-        f"{'runs':>5} {'peak MiB':>9} {'x ' + baseline:>{width + 2}}"
-    ]
-    for r in records:
-        row = f"{r['L']:>6} {r['variant']:>{width}} "
-        if r["status"] != "ok":
-            lines.append(row + str(r["status"]))
-            continue
-        base = base_times.get(r["L"])
-        ratio = f"{r['median_s'] / base:.2f}" if base else "-"
-        peak = r["peak_bytes"]
-        peak = "-" if peak is None else f"{peak / 2**20:.2f}"
-        lines.append(
-            row + f"{r['median_s'] * 1e3:>10.3f} {r['iqr_s'] * 1e3:>8.3f} "
-            f"{r.get('runs', '-'):>5} {peak:>9} {ratio:>{width + 2}}"
-        )
-    return "\n".join(lines)
+_CLI_NAMES = {
+    "main",
+    "build_parser",
+    "sparse_layout",
+    "VARIANTS",
+    "LOCAL_VARIANTS",
+    "LOW_RANK_VARIANTS",
+    "SPARSE_VARIANTS",
+    "HIERARCHICAL_VARIANTS",
+    "DTYPES",
+    "_variant",
+}
 
 
-def _positive_int_argument(text: str) -> int:
-    """argparse type: a positive int, or a usage error."""
-    try:
-        return check_positive_int("the value", int(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be a positive int; got {text!r}"
-        ) from None
+def __getattr__(name: str) -> object:
+    """The command line's names (``benchmark.main``...), from
+    ``benchmark_cli``, imported on first use (it imports this module)."""
+    if name in _CLI_NAMES:
+        from . import benchmark_cli
 
-
-def _non_negative_int_argument(text: str) -> int:
-    """argparse type: an int >= 0, or a usage error."""
-    try:
-        return check_non_negative_int("the value", int(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be an int >= 0; got {text!r}"
-        ) from None
-
-
-def _positive_seconds_argument(text: str) -> float:
-    """argparse type: a finite number of seconds > 0, or a usage error."""
-    try:
-        return check_positive_real("the value", float(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be a finite number of seconds > 0; got {text!r}"
-        ) from None
-
-
-def _density_argument(text: str) -> float:
-    """argparse type: a number in (0, 1], or a usage error."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(
-            f"must be a number in (0, 1]; got {text!r}"
-        )
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The command line's parser: every number is checked as it is read."""
-    parser = argparse.ArgumentParser(
-        prog="python -m efficient_attention.benchmark",
-        description=(
-            "Time attention variants against "
-            "F.scaled_dot_product_attention "
-            "on this machine, over sequence lengths."
-        ),
-    )
-    parser.add_argument(
-        "--variants",
-        nargs="+",
-        default=list(VARIANTS),
-        choices=[
-            *VARIANTS,
-            *LOCAL_VARIANTS,
-            *SPARSE_VARIANTS,
-            *LOW_RANK_VARIANTS,
-            *HIERARCHICAL_VARIANTS,
-        ],
-        help="what to time; the local ones need --window",
-    )
-    parser.add_argument(
-        "--density",
-        type=_density_argument,
-        default=0.1,
-        help="share of key blocks each query block keeps in the random "
-        "layout of block-sparse (and of --layout random)",
-    )
-    parser.add_argument(
-        "--block-size",
-        type=_positive_int_argument,
-        default=64,
-        help="block side of the sparse layouts",
-    )
-    parser.add_argument(
-        "--levels",
-        type=_positive_int_argument,
-        default=None,
-        help="levels of pyramid and recursive (default: the coarsest "
-        "holds at most 4 blocks of pooled keys)",
-    )
-    parser.add_argument(
-        "--top-k",
-        type=_non_negative_int_argument,
-        default=4,
-        help="key blocks each query block picks in coarse-to-fine",
-    )
-    parser.add_argument(
-        "--clusters",
-        type=_positive_int_argument,
-        default=16,
-        help="k-means clusters per head of routing",
-    )
-    parser.add_argument(
-        "--rank",
-        type=_positive_int_argument,
-        default=256,
-        help="projected keys of linformer",
-    )
-    parser.add_argument(
-        "--landmarks",
-        type=_positive_int_argument,
-        default=64,
-        help="landmarks (segment means) of nystrom",
-    )
-    parser.add_argument(
-        "--features",
-        type=_positive_int_argument,
-        default=256,
-        help="random features of performer",
-    )
-    parser.add_argument(
-        "--layout",
-        choices=["random", "bigbird"],
-        default="random",
-        help="the layout sdpa-layout and flex-layout are given",
-    )
-    parser.add_argument(
-        "--window",
-        type=_non_negative_int_argument,
-        default=None,
-        help="keys on each side of the query, W: window (W, W), or (W, 0) "
-        "with --causal",
-    )
-    parser.add_argument(
-        "--causal",
-        action="store_true",
-        help="causal attention: sdpa with is_causal=True, windows (W, 0)",
-    )
-    parser.add_argument(
-        "--lengths",
-        nargs="+",
-        type=_positive_int_argument,
-        default=[256, 512, 1024, 2048, 4096],
-    )
-    for option in ("--batch", "--heads"):
-        parser.add_argument(option, type=_positive_int_argument, default=1)
-    parser.add_argument("--head-dim", type=_positive_int_argument, default=64)
-    parser.add_argument("--dtype", choices=list(DTYPES), default="float32")
-    parser.add_argument(
-        "--device",
-        default=None,
-        help="cpu, cuda or cuda:<index> (default: cuda if available)",
-    )
-    parser.add_argument(
-        "--min-run-time", type=_positive_seconds_argument, default=0.2
-    )
-    parser.add_argument(
-        "--rounds",
-        type=_positive_int_argument,
-        default=1,
-        help="sweep this many times and pool the timings",
-    )
-    parser.add_argument(
-        "--no-memory",
-        action="store_true",
-        help="skip the peak-memory measurement",
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: time attention variants against SDPA over lengths.
-
-    Bad arguments (a number that is not positive, a repeated length or
-    variant, a device this machine lacks or that is not timed here) are
-    usage errors: the program exits with status 2 before timing anything.
-    """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for option, values in (
-        ("--lengths", args.lengths),
-        ("--variants", args.variants),
-    ):
-        if len(set(values)) != len(values):
-            parser.error(f"argument {option}: each value must come once")
-    try:
-        device = timing_device(args.device)
-    except ValueError as error:
-        parser.error(f"argument --device: {error}")
-    local = [name for name in args.variants if name in LOCAL_VARIANTS]
-    if local and args.window is None:
-        parser.error(f"the variants {local} need --window")
-    if args.causal and set(local) - {"sliding-window"}:
-        parser.error(
-            "with --causal only sdpa, dense and sliding-window are timed"
-        )
-    sparse = [name for name in args.variants if name in SPARSE_VARIANTS]
-    if sparse and args.causal:
-        parser.error(f"the variants {sparse} do not take --causal")
-    low_rank = [name for name in args.variants if name in LOW_RANK_VARIANTS]
-    if args.causal and set(low_rank) - {"performer"}:
-        parser.error("with --causal only performer of the low-rank ones")
-    hierarchical = [n for n in args.variants if n in HIERARCHICAL_VARIANTS]
-    if hierarchical and args.causal:
-        parser.error(f"the variants {hierarchical} do not take --causal")
-    dtype = DTYPES[args.dtype]
-    print(hardware_summary(device, dtype))
-    print(
-        f"shape (batch, heads, L, head_dim) = "
-        f"({args.batch}, {args.heads}, L, {args.head_dim})"
-    )
-    if args.window is not None:
-        side = (args.window, 0) if args.causal else (args.window, args.window)
-        print(f"window (left, right) = {side}")
-    if sparse:
-        print(
-            f"block size {args.block_size}; block-sparse: random layout, "
-            f"{args.density:g} of the blocks per row; routing: "
-            f"{args.clusters} clusters; sdpa-layout, flex-layout: the "
-            f"{args.layout} layout"
-        )
-    if low_rank:
-        print(
-            f"linformer rank {args.rank}, nystrom {args.landmarks} "
-            f"landmarks, performer {args.features} features"
-        )
-    if hierarchical:
-        levels = "auto" if args.levels is None else args.levels
-        print(
-            f"hierarchical: block size {args.block_size}; pyramid, "
-            f"recursive: levels {levels}; coarse-to-fine: top-k "
-            f"{args.top_k}"
-        )
-    records = sweep(
-        {name: _variant(name, args) for name in args.variants},
-        args.lengths,
-        lambda L: attention_inputs(
-            L,
-            batch=args.batch,
-            heads=args.heads,
-            head_dim=args.head_dim,
-            dtype=dtype,
-            device=device,
-        ),
-        min_run_time=args.min_run_time,
-        measure_memory=not args.no_memory,
-        rounds=args.rounds,
-    )
-    print(format_records(records))
-
-
-def _variant(name: str, args: argparse.Namespace) -> Callable[..., Tensor]:
-    """The function the command line times for variant ``name``."""
-    if name in VARIANTS:
-        if args.causal:
-            return functools.partial(VARIANTS[name], is_causal=True)
-        return VARIANTS[name]
-    from . import peers
-    from .attention import sliding_window_attention
-
-    if name in SPARSE_VARIANTS:
-        return _sparse_variant(name, args)
-    if name in LOW_RANK_VARIANTS:
-        return _low_rank_variant(name, args)
-    if name in HIERARCHICAL_VARIANTS:
-        return _hierarchical_variant(name, args)
-    w = args.window
-    if name == "sliding-window":
-        window = (w, 0) if args.causal else (w, w)
-        return functools.partial(sliding_window_attention, window=window)
-    builders = {
-        "sdpa-mask": lambda L, device: peers.sdpa_masked_attention(
-            w, L, device
-        ),
-        "flex": lambda L, device: peers.flex_attention(w, L, device),
-        "local-attention": lambda L, device: peers.local_attention_package(
-            w, L
-        ),
-        "longformer": lambda L, device: peers.longformer_attention(
-            w, L, args.heads, args.head_dim
-        ),
-        "natten": lambda L, device: peers.natten_attention(
-            w, L, args.batch * args.heads
-        ),
-    }
-    return peers.per_length(builders[name])
-
-
-def _low_rank_variant(
-    name: str, args: argparse.Namespace
-) -> Callable[..., Tensor]:
-    """The function the command line times for low-rank variant ``name``;
-    its projections or features are drawn once per length (seed 0)."""
-    from .attention import (
-        linformer_attention,
-        make_linformer_projections,
-        make_performer_features,
-        nystrom_attention,
-        performer_attention,
-    )
-
-    if name == "nystrom":
-        return functools.partial(
-            nystrom_attention, num_landmarks=args.landmarks
-        )
-    drawn: dict[int, Tensor] = {}
-
-    def run(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        L, E = key.shape[-2], key.shape[-1]
-        size = L if name == "linformer" else E
-        if size not in drawn:
-            g = torch.Generator().manual_seed(0)
-            kind = {"dtype": key.dtype, "device": key.device}
-            drawn[size] = (
-                make_linformer_projections(
-                    L, min(args.rank, L), generator=g, **kind
-                )
-                if name == "linformer"
-                else make_performer_features(
-                    args.features, E, generator=g, **kind
-                )
-            )
-        if name == "linformer":
-            return linformer_attention(query, key, value, proj_k=drawn[size])
-        return performer_attention(
-            query, key, value, features=drawn[size], is_causal=args.causal
-        )
-
-    return run
-
-
-def _hierarchical_variant(
-    name: str, args: argparse.Namespace
-) -> Callable[..., Tensor]:
-    """The function the command line times for hierarchical ``name``."""
-    from .attention import hierarchical
-
-    if name == "coarse-to-fine":
-        return functools.partial(
-            hierarchical.coarse_to_fine_attention,
-            block_size=args.block_size,
-            top_k=args.top_k,
-        )
-    function = (
-        hierarchical.pyramid_attention
-        if name == "pyramid"
-        else hierarchical.recursive_attention
-    )
-    return functools.partial(
-        function, block_size=args.block_size, levels=args.levels
-    )
-
-
-def sparse_layout(kind: str, L: int, args: argparse.Namespace) -> Tensor:
-    """The layout the command line times at length ``L``: ``"random"``
-    (``--density`` of the blocks of each row) or ``"bigbird"``; seeded with
-    0 and shared by all heads."""
-    from . import masks
-
-    n = masks.n_blocks(L, args.block_size)
-    generator = torch.Generator().manual_seed(0)
-    if kind == "random":
-        return masks.random_layout(
-            n, density=args.density, generator=generator
-        )
-    return masks.bigbird_layout(
-        n, window=1, global_blocks=2, random_blocks=3, generator=generator
-    )
-
-
-def _sparse_variant(
-    name: str, args: argparse.Namespace
-) -> Callable[..., Tensor]:
-    """The function the command line times for sparse variant ``name``."""
-    from . import peers
-    from .attention import block_sparse_attention, routing_attention
-
-    bs = args.block_size
-    if name == "routing":
-        return functools.partial(
-            routing_attention, clusters=args.clusters, block_size=bs
-        )
-
-    def ours(kind: str) -> Callable[..., Tensor]:
-        layouts: dict[int, Tensor] = {}
-
-        def run(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-            L = query.shape[-2]
-            if L not in layouts:
-                layouts[L] = sparse_layout(kind, L, args).to(query.device)
-            return block_sparse_attention(
-                query, key, value, layout=layouts[L], block_size=bs
-            )
-
-        return run
-
-    if name == "block-sparse":
-        return ours("random")
-    if name == "bigbird":
-        return ours("bigbird")
-    build = (
-        peers.sdpa_layout_attention
-        if name == "sdpa-layout"
-        else peers.flex_layout_attention
-    )
-    return peers.per_length(
-        lambda L, device: build(
-            sparse_layout(args.layout, L, args).to(device), bs, L, device
-        )
-    )
+        return getattr(benchmark_cli, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":
+    from efficient_attention.benchmark_cli import main
+
     main()

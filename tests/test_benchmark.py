@@ -519,3 +519,198 @@ def test_command_line_refuses_cuda_without_a_gpu(capsys, monkeypatch):
 def test_bad_input_raises_a_clear_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# The command line's newer options (benchmark_cli) and its result files
+# (benchmark_results).
+
+from efficient_attention import benchmark_cli, benchmark_results  # noqa: E402
+
+
+def test_command_line_names_stay_importable_from_benchmark():
+    assert benchmark.main is benchmark_cli.main
+    assert benchmark.build_parser is benchmark_cli.build_parser
+    assert benchmark._variant is benchmark_cli._variant
+    assert benchmark.format_records is benchmark_results.format_records
+    assert benchmark.load_results is benchmark_results.load_results
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        benchmark.nothing
+
+
+def test_quick_writes_json_csv_and_a_plot_that_load_back(tmp_path, capsys):
+    paths = {k: tmp_path / f"run.{k}" for k in ("json", "csv", "png")}
+    benchmark.main(
+        f"--quick --head-dim 8 --json {paths['json']} --csv {paths['csv']} "
+        f"--plot {paths['png']}".split()
+    )
+    captured = capsys.readouterr()
+    assert "CPU threads" in captured.out and "x sdpa" in captured.out
+    assert "timing" in captured.err  # the progress bar, on stderr
+    records = benchmark.load_results(paths["json"])
+    assert [(r["L"], r["variant"]) for r in records] == [
+        (64, "sdpa"), (64, "dense"), (128, "sdpa"), (128, "dense"),
+    ]  # fmt: skip
+    for r in records:
+        assert r["status"] == "ok" and r["median_s"] > 0
+        assert r["heads"] == 1 and r["head_dim"] == 8
+        assert r["hardware"].startswith("CPU") and r["dtype"] == "float32"
+    assert records[0]["ratio_to_baseline"] == 1.0
+    frame = benchmark.load_results(paths["json"], as_frame=True)
+    assert list(frame["variant"]) == [r["variant"] for r in records]
+    assert frame["median_s"].tolist() == [r["median_s"] for r in records]
+    csv_lines = paths["csv"].read_text().splitlines()
+    assert csv_lines[0].startswith("variant,L,median_s,iqr_s")
+    assert len(csv_lines) == 5
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_json_round_trips_through_load_results(tmp_path):
+    records = [
+        {"variant": "sdpa", "L": 8, "median_s": 0.5, "status": "ok"},
+        {"variant": "dense", "L": 8, "median_s": 1.5, "status": "ok"},
+        {
+            "variant": "dense",
+            "L": 16,
+            "median_s": None,
+            "status": "out of memory",
+        },
+    ]
+    path = tmp_path / "r.json"
+    benchmark_results.write_json(records, path, settings={"rounds": 1})
+    loaded = benchmark.load_results(path)
+    assert [{k: r[k] for k in records[0]} for r in loaded] == records
+    assert [r["ratio_to_baseline"] for r in loaded] == [1.0, 3.0, None]
+    # a bare list of records loads too
+    path.write_text('[{"variant": "x", "L": 4}]')
+    assert benchmark.load_results(path) == [{"variant": "x", "L": 4}]
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (None, "does not exist"),
+        ("{not json", "is not JSON"),
+        ('{"records": 3}', "no list of benchmark records"),
+        ('[{"L": 4}]', "no list of benchmark records"),
+    ],
+)
+def test_load_results_refuses_what_is_not_a_result_file(
+    tmp_path, text, message
+):
+    path = tmp_path / "r.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        benchmark.load_results(path)
+
+
+def test_list_names_every_variant_and_times_nothing(capsys, monkeypatch):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("--list times nothing")
+
+    monkeypatch.setattr(benchmark, "sweep", must_not_run)
+    benchmark.main(["--list"])
+    out = capsys.readouterr().out
+    names = [line.split()[0] for line in out.splitlines()]
+    assert names == [*benchmark_cli.all_variant_names(), "all"]
+
+
+def test_all_means_every_variant_that_can_run():
+    parser = benchmark_cli.build_parser()
+    args = parser.parse_args(["--variants", "all", "--quick"])
+    devices = benchmark_cli._check_arguments(parser, args)
+    assert args.variants == benchmark_cli.all_variant_names()
+    assert args.window == benchmark_cli.ALL_WINDOW
+    assert args.lengths == [64, 128] and args.min_run_time == 0.01
+    assert [d.type for d in devices] == [ea.pick_device().type]
+    args = parser.parse_args("--variants all --causal --window 3".split())
+    benchmark_cli._check_arguments(parser, args)
+    assert args.variants == list(benchmark_cli.CAUSAL_VARIANTS)
+    assert args.window == 3 and args.lengths == [256, 512, 1024, 2048, 4096]
+
+
+def test_every_variant_runs_at_a_tiny_size(capsys):
+    benchmark.main(
+        "--variants all --lengths 32 --heads 2 --head-dim 8 --block-size 8 "
+        "--rank 8 --landmarks 4 --features 8 --clusters 2 --window 2 "
+        "--min-run-time 0.001 --no-memory --no-progress".split()
+    )
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line[:6] == "    32"]
+    assert [row[1] for row in rows] == benchmark_cli.all_variant_names()
+    # every one timed, or skipped with its reason (a missing peer package)
+    assert all(len(row) == 7 or "skipped:" in " ".join(row) for row in rows)
+
+
+def test_several_dtypes_give_a_table_each(capsys, tmp_path):
+    path = tmp_path / "r.csv"
+    benchmark.main(
+        f"--dtype float32 float64 --lengths 16 --head-dim 8 --no-memory "
+        f"--min-run-time 0.001 --csv {path}".split()
+    )
+    out = capsys.readouterr().out
+    assert out.count("CPU threads") == 2 and "dtype float64" in out
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
+    assert [(row[0], row[10]) for row in rows] == [
+        ("sdpa", "float32"), ("dense", "float32"),
+        ("sdpa", "float64"), ("dense", "float64"),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        ("--variants all dense", "'all' comes alone"),
+        ("--dtype float32 float32", "--dtype: each value must come once"),
+        ("--dtype float8", "--dtype: invalid choice"),
+        ("--device cpu cpu", "--device: each value must come once"),
+        ("--variants sdpa-mask", "need --window"),
+        ("--variants nope", "--variants: invalid choice"),
+    ],
+)
+def test_new_bad_arguments_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(argv.split())
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_command_line():
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "efficient_attention.benchmark", "--list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0 and "coarse-to-fine" in run.stdout
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "efficient_attention.benchmark",
+            "--batch",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        run.returncode == 2 and "--batch: must be a positive int" in run.stderr
+    )
+
+
+def test_plot_records_draws_one_line_a_variant(tmp_path):
+    records = [
+        {"variant": v, "L": L, "median_s": t * L, "status": "ok"}
+        for v, t in (("sdpa", 1e-6), ("dense", 3e-6))
+        for L in (16, 32)
+    ]
+    figure = benchmark_results.plot_records(records, tmp_path / "p.png")
+    assert len(figure.axes[0].lines) == 2
+    assert (tmp_path / "p.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="at least one record"):
+        benchmark_results.plot_records([])

@@ -1,0 +1,279 @@
+"""The benchmark's results: the text table, JSON, CSV, a plot, and loading.
+
+This module holds what happens to the records of ``benchmark.sweep`` once
+they are measured: ``format_records`` prints them as a table of medians,
+spreads, peak memory and ratios to dense SDPA; ``write_json`` and
+``write_csv`` save them (the JSON also keeps the hardware and the settings
+of the run); ``plot_records`` draws median time against sequence length
+on log-log axes; ``load_results`` reads a JSON file back, as records or a
+pandas DataFrame, for the book's leaderboard. It implements no paper; the
+command line of ``python -m efficient_attention.benchmark`` (module
+``benchmark_cli``) writes these files, and chapter 1 introduces the table.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+RESULTS_FORMAT = "efficient_attention.benchmark/1"
+"""The ``format`` field of the JSON files: bumped when the layout changes."""
+
+COLUMNS = (
+    "variant",
+    "L",
+    "median_s",
+    "iqr_s",
+    "min_s",
+    "runs",
+    "peak_bytes",
+    "ratio_to_baseline",
+    "status",
+    "device",
+    "dtype",
+    "threads",
+    "batch",
+    "heads",
+    "head_dim",
+    "hardware",
+)
+"""The CSV's columns, in order; a record's other keys follow them."""
+
+
+def _check_records(records: object) -> list[Mapping[str, object]]:
+    """``records`` as a non-empty list of mappings with variant and L."""
+    if isinstance(records, Mapping) or not isinstance(records, Sequence):
+        raise ValueError(
+            f"records must be a list of records (from benchmark.sweep); got "
+            f"{type(records).__name__}."
+        )
+    if not records:
+        raise ValueError(
+            "records must hold at least one record (from benchmark.sweep)."
+        )
+    for record in records:
+        if not isinstance(record, Mapping) or not {"variant", "L"} <= set(
+            record
+        ):
+            raise ValueError(
+                f"each record must be a mapping with 'variant' and 'L' (as "
+                f"benchmark.sweep returns); got {record!r}."
+            )
+    return list(records)
+
+
+def _group(record: Mapping[str, object]) -> tuple:
+    """Records compare with the baseline only within one length, device,
+    dtype and shape."""
+    return tuple(
+        record.get(key)
+        for key in ("L", "device", "dtype", "batch", "heads", "head_dim")
+    )
+
+
+def add_ratios(
+    records: Sequence[Mapping[str, object]], baseline: str = "sdpa"
+) -> list[dict[str, object]]:
+    """Copies of ``records`` with ``ratio_to_baseline``: the median divided
+    by the baseline's median in the same length, device, dtype and shape
+    (None when either was not measured).
+
+    Raises:
+        ValueError: no records, or records without variant and L.
+    """
+    records = _check_records(records)
+    base = {
+        _group(r): r.get("median_s")
+        for r in records
+        if r["variant"] == baseline
+    }
+    out = []
+    for r in records:
+        b, m = base.get(_group(r)), r.get("median_s")
+        ratio = (
+            m / b if b and m is not None and r.get("status") == "ok" else None
+        )
+        out.append({**r, "ratio_to_baseline": ratio})
+    return out
+
+
+def format_records(
+    records: Sequence[Mapping[str, object]], baseline: str = "sdpa"
+) -> str:
+    """A text table of ``sweep`` records, times as ratios to ``baseline``.
+
+    Columns: length, variant, median and interquartile range in ms, timed
+    runs, peak MiB, and the median divided by the baseline's at that length
+    (on the same device, dtype and shape).
+
+    Raises:
+        ValueError: no records.
+    """
+    records = add_ratios(records, baseline)
+    width = max(len("variant"), *(len(str(r["variant"])) for r in records))
+    lines = [
+        f"{'L':>6} {'variant':>{width}} {'median ms':>10} {'iqr ms':>8} "
+        f"{'runs':>5} {'peak MiB':>9} {'x ' + baseline:>{width + 2}}"
+    ]
+    for r in records:
+        row = f"{r['L']:>6} {r['variant']:>{width}} "
+        if r["status"] != "ok":
+            lines.append(row + str(r["status"]))
+            continue
+        ratio = r["ratio_to_baseline"]
+        ratio = "-" if ratio is None else f"{ratio:.2f}"
+        peak = r["peak_bytes"]
+        peak = "-" if peak is None else f"{peak / 2**20:.2f}"
+        lines.append(
+            row + f"{r['median_s'] * 1e3:>10.3f} {r['iqr_s'] * 1e3:>8.3f} "
+            f"{r.get('runs', '-'):>5} {peak:>9} {ratio:>{width + 2}}"
+        )
+    return "\n".join(lines)
+
+
+def write_json(
+    records: Sequence[Mapping[str, object]],
+    path: str | os.PathLike,
+    *,
+    hardware: Sequence[Mapping[str, object]] = (),
+    settings: Mapping[str, object] | None = None,
+    baseline: str = "sdpa",
+) -> None:
+    """Save ``records`` (with their ratios) as JSON at ``path``.
+
+    The file holds ``{"format", "baseline", "hardware", "settings",
+    "records"}``; ``load_results`` reads it back.
+
+    Raises:
+        ValueError: no records, or records without variant and L.
+    """
+    document = {
+        "format": RESULTS_FORMAT,
+        "baseline": baseline,
+        "hardware": [dict(h) for h in hardware],
+        "settings": dict(settings or {}),
+        "records": add_ratios(records, baseline),
+    }
+    with open(path, "w") as file:
+        json.dump(document, file, indent=1)
+        file.write("\n")
+
+
+def write_csv(
+    records: Sequence[Mapping[str, object]],
+    path: str | os.PathLike,
+    *,
+    baseline: str = "sdpa",
+) -> None:
+    """Save ``records`` as CSV at ``path``, one row a record, ``COLUMNS``
+    first (empty cells for numbers that were not measured).
+
+    Raises:
+        ValueError: no records, or records without variant and L.
+    """
+    records = add_ratios(records, baseline)
+    extra = sorted({k for r in records for k in r} - set(COLUMNS))
+    names = [c for c in COLUMNS if any(c in r for r in records)] + extra
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=names)
+        writer.writeheader()
+        for r in records:
+            writer.writerow(
+                {k: "" if r.get(k) is None else r.get(k) for k in names}
+            )
+
+
+def load_results(path: str | os.PathLike, *, as_frame: bool = False):
+    """The records of a JSON file that ``write_json`` (or the command line's
+    ``--json``) wrote.
+
+    Args:
+        path: the JSON file. It may also hold a bare list of records.
+        as_frame: True: a ``pandas.DataFrame`` with one row a record.
+
+    Returns:
+        a list of dicts (one per variant and length), or a DataFrame.
+
+    Raises:
+        ValueError: a file that does not exist, is not JSON, or holds no
+            list of records.
+    """
+    try:
+        with open(path) as file:
+            document = json.load(file)
+    except FileNotFoundError:
+        raise ValueError(f"path {str(path)!r} does not exist.") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"path {str(path)!r} is not JSON ({error}); pass a file that "
+            f"`python -m efficient_attention.benchmark --json` wrote."
+        ) from None
+    records = (
+        document.get("records") if isinstance(document, dict) else document
+    )
+    if not isinstance(records, list) or not all(
+        isinstance(r, dict) and {"variant", "L"} <= set(r) for r in records
+    ):
+        raise ValueError(
+            f"path {str(path)!r} holds no list of benchmark records (dicts "
+            f"with 'variant' and 'L')."
+        )
+    if as_frame:
+        import pandas as pd
+
+        return pd.DataFrame.from_records(records)
+    return records
+
+
+def plot_records(
+    records: Sequence[Mapping[str, object]],
+    path: str | os.PathLike | None = None,
+    *,
+    title: str | None = None,
+):
+    """Median time against sequence length, log-log, one line a variant
+    (and device and dtype, when the records hold several).
+
+    Args:
+        records: from ``benchmark.sweep`` or ``load_results``.
+        path: save the figure there as PNG too (None: do not save).
+        title: the figure's title (e.g. the hardware line).
+
+    Returns:
+        the matplotlib ``Figure``.
+
+    Raises:
+        ValueError: no records, or records without variant and L.
+    """
+    from matplotlib.figure import Figure  # no pyplot: no window, no state
+
+    records = _check_records(records)
+    several = len({(r.get("device"), r.get("dtype")) for r in records}) > 1
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for r in records:
+        if r.get("status", "ok") != "ok" or r.get("median_s") is None:
+            continue
+        label = str(r["variant"])
+        if several:
+            label += f" ({r.get('device')}, {r.get('dtype')})"
+        lines.setdefault(label, []).append((r["L"], r["median_s"] * 1e3))
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
+    for label, points in lines.items():
+        points.sort()
+        axes.plot(*zip(*points), marker="o", label=label)
+    axes.set_xscale("log", base=2)
+    axes.set_yscale("log")
+    axes.set_xlabel("sequence length L")
+    axes.set_ylabel("median time per call (ms)")
+    if title:
+        axes.set_title(title, fontsize=9)
+    if lines:
+        axes.legend(fontsize=8)
+    axes.grid(True, which="both", alpha=0.3)
+    figure.tight_layout()
+    if path is not None:
+        figure.savefig(path, format="png", dpi=100)
+    return figure

@@ -1,0 +1,688 @@
+"""Attention past one device: sequence-parallel ring attention and DDP.
+
+This module holds ring attention (``ring_attention``: each process keeps a
+contiguous shard of the sequence, the key/value shards travel around a ring
+of processes, and the partial results merge with an online softmax), its
+cost model (``ring_attention_cost``), the sharding rule used everywhere
+(``shard_sequence``), a launcher that runs a function on a group of local
+processes (``run_processes``), and data parallelism on a tiny model
+(``ddp_gradients``). It implements "Ring Attention with Blockwise
+Transformers for Near-Infinite Context" (Liu, Zaharia and Abbeel 2023,
+arXiv:2310.01889), the online softmax of "Online normalizer calculation for
+softmax" (Milakov and Gimelshein 2018, arXiv:1805.02867), and shows
+"PyTorch Distributed: Experiences on Accelerating Data Parallel Training"
+(Li et al. 2020, arXiv:2006.15704); the chapter on hardware acceleration
+teaches it. Everything is written on ``torch.distributed``, so the same code
+runs on CPU processes with the gloo backend (as the tests do) and on GPUs
+with NCCL. Across machines, start one process per device with ``torchrun``
+(``torchrun --nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d
+--rdzv-endpoint=HOST:29500 script.py`` on every machine), call
+``torch.distributed.init_process_group("nccl")`` in the script, and give
+``ring_attention`` each process's shard of the sequence. What limits it:
+every process sends ``2 (W - 1)`` shard-sized key/value blocks per
+attention call (``ring_attention_cost``), which hides behind the block's
+compute only while a block is large (the compute of a shard grows as
+``L_r^2 E``, its transfer as ``L_r E``); small blocks are latency-bound,
+each step paying a message's fixed latency (tens of microseconds on
+NVLink or InfiniBand, far more over TCP).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import queue as queue_module
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import Tensor
+
+from ._validation import (
+    check_bool,
+    check_int,
+    check_non_negative_int,
+    check_positive_int,
+    check_positive_real,
+    check_qkv,
+    check_scale,
+    check_tensor,
+)
+
+__all__ = [
+    "ProcessFailed",
+    "RingAttentionCost",
+    "ddp_gradients",
+    "ring_attention",
+    "ring_attention_cost",
+    "run_processes",
+    "shard_sequence",
+]
+
+
+def shard_sequence(
+    x: Tensor, world_size: int, rank: int, dim: int = -2
+) -> Tensor:
+    """The contiguous shard of ``x`` along ``dim`` that process ``rank`` holds.
+
+    The rule of ``torch.tensor_split``: a length ``L`` splits into
+    ``world_size`` contiguous pieces, the first ``L % world_size`` of them
+    one element longer; when ``L < world_size`` the last ones are empty.
+
+    Args:
+        x: any tensor with a dimension ``dim``.
+        world_size: the number of processes, an int >= 1.
+        rank: this process, an int in ``[0, world_size)``.
+        dim: the sequence dimension (default -2, as in ``(..., L, E)``).
+
+    Returns:
+        a view of ``x``: ``x.tensor_split(world_size, dim)[rank]``.
+
+    Raises:
+        ValueError: ``x`` not a tensor, a ``world_size`` below 1, a ``rank``
+            outside ``[0, world_size)``, or a ``dim`` that ``x`` lacks.
+
+    Shape:
+        ``x (..., L, E)`` -> ``(..., L_r, E)`` with ``L_r`` equal to
+        ``ceil(L / W)`` or ``floor(L / W)``.
+
+    Complexity:
+        O(1) time and memory (a view).
+    """
+    check_tensor("x", x)
+    world_size = check_positive_int("world_size", world_size)
+    rank = check_non_negative_int("rank", rank)
+    if rank >= world_size:
+        raise ValueError(
+            f"rank must be in [0, world_size) = [0, {world_size}); got {rank}."
+        )
+    dim = check_int("dim", dim, -max(x.dim(), 1))
+    if dim >= x.dim():
+        raise ValueError(
+            f"dim must be a dimension of x, in [-{x.dim()}, {x.dim()}); got "
+            f"{dim} for x of shape {tuple(x.shape)}."
+        )
+    return x.tensor_split(world_size, dim)[rank]
+
+
+def _group_rank_and_size(group: object) -> tuple[int, int]:
+    """``(rank, world_size)`` in ``group``; ``(0, 1)`` without a process
+    group, so ring attention also runs in a plain script."""
+    if not dist.is_available() or not dist.is_initialized():
+        if group is not None:
+            raise ValueError(
+                "group was given but torch.distributed is not initialised; "
+                "call torch.distributed.init_process_group first."
+            )
+        return 0, 1
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def _gather_sizes(
+    sizes: list[int], world_size: int, group: object, device: torch.device
+) -> list[list[int]]:
+    """All processes' ``sizes`` (the same count on each), by one all_gather."""
+    if world_size == 1:
+        return [sizes]
+    mine = torch.tensor(sizes, dtype=torch.int64, device=device)
+    everyone = [torch.empty_like(mine) for _ in range(world_size)]
+    dist.all_gather(everyone, mine, group=group)
+    return [t.tolist() for t in everyone]
+
+
+def ring_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    group: object | None = None,
+) -> Tensor:
+    """Softmax attention over a sequence sharded across processes.
+
+    Call it in every process of ``group`` with that process's contiguous
+    shard (process ``r`` holds positions ``offset_r .. offset_r + L_r - 1``,
+    in rank order, e.g. from ``shard_sequence``). The key/value shards
+    travel around the ring: at step ``t`` process ``r`` attends its queries
+    to the block of process ``(r - t) mod W`` while it sends the block it
+    holds to ``r + 1`` and receives the next from ``r - 1`` (the transfer
+    overlaps the block's compute). Blocks merge with an online softmax: a
+    running maximum ``m`` and sum ``l`` of ``exp(score - m)`` per query row,
+    the output accumulator rescaled by ``exp(m_old - m_new)`` each time the
+    maximum grows; the log-sum-exp of the row is ``m + log l``. Scores and
+    the running statistics are computed in float32 for half-precision
+    inputs (float64 for float64) and the output is cast back. Shards may
+    differ in length (``L`` not divisible by ``W``): the lengths are
+    exchanged once with ``all_gather``, blocks are padded to the longest and
+    the padding is masked. Without an initialised process group (or with
+    one process) it computes locally, with no communication. Forward only:
+    the ring's sends are not differentiable.
+
+    Args:
+        query: ``(..., L_r, E)``, this process's queries.
+        key: ``(..., S_r, E)``, this process's keys.
+        value: ``(..., S_r, Ev)``, this process's values.
+        causal: True: global query position ``i`` attends global key
+            positions ``j <= i`` (the shards' offsets are counted).
+        scale: multiplies ``Q K^T``; None means ``1 / sqrt(E)``.
+        group: the ``torch.distributed`` process group (None: the default
+            group); its ranks order the shards.
+
+    Returns:
+        ``(..., L_r, Ev)``, this process's rows of the output, in the
+        query's dtype. A query row with nothing to attend (causal, no key
+        before it) returns zeros, never NaN.
+
+    Raises:
+        ValueError: shapes, dtypes or devices that do not fit (as
+            ``dense_attention``); a ``causal`` that is not a bool or a bad
+            ``scale``; shards whose leading dimensions or feature sizes
+            differ between processes (every process raises); ``group``
+            without an initialised process group.
+        NotImplementedError: inputs that require a gradient (forward only).
+
+    Shape:
+        ``W`` processes, ``L = sum L_r`` queries, ``S = sum S_r`` keys,
+        ``E`` head dim, ``Ev`` value dim, leading dims ``(B, H)`` or any.
+
+    Complexity:
+        Per process ``O(L_r S E)`` time in ``W`` steps, ``O(L_r max S_r)``
+        memory for one block's scores (never ``L x S``); communication
+        ``2 (W - 1)`` blocks of ``max S_r`` keys sent
+        (``ring_attention_cost``).
+
+    Equivalent to:
+        ``shard_sequence(dense_attention(Q, K, V, is_causal=causal,
+        scale=scale), W, r)`` on the concatenated shards.
+    """
+    check_qkv(query, key, value)
+    check_bool("causal", causal)
+    scale = check_scale(scale)
+    if torch.is_grad_enabled() and any(
+        t.requires_grad for t in (query, key, value)
+    ):
+        raise NotImplementedError(
+            "ring_attention is forward only: its ring sends are not "
+            "differentiable. Call it under torch.no_grad(), or detach the "
+            "inputs."
+        )
+    rank, world_size = _group_rank_and_size(group)
+    lead = query.shape[:-2]
+    L_r, S_r, E, Ev = (
+        query.shape[-2],
+        key.shape[-2],
+        query.shape[-1],
+        value.shape[-1],
+    )
+    # one all_gather: every process learns every shard's lengths and checks
+    # that the shards fit together (all raise alike, so none waits forever)
+    sizes = _gather_sizes(
+        [L_r, S_r, E, Ev, len(lead), math.prod(lead)],
+        world_size,
+        group,
+        query.device,
+    )
+    if any(s[2:] != sizes[0][2:] for s in sizes):
+        raise ValueError(
+            f"the shards of query, key and value must share leading "
+            f"dimensions and feature sizes E, Ev on every process; got "
+            f"(L_r, S_r, E, Ev, leading rank, leading numel) = {sizes}."
+        )
+    q_offset = sum(s[0] for s in sizes[:rank])
+    k_offsets = [sum(s[1] for s in sizes[:r]) for r in range(world_size)]
+    k_lengths = [s[1] for s in sizes]
+    S_max = max(k_lengths)
+    if scale is None:
+        scale = 1 / math.sqrt(E)
+    compute = (
+        query.dtype
+        if query.dtype in (torch.float32, torch.float64)
+        else torch.float32
+    )
+    q = query.to(compute) * scale  # (..., L_r, E)
+    q_pos = torch.arange(L_r, device=query.device) + q_offset  # (L_r,)
+    row_max = torch.full(
+        (*lead, L_r, 1), -math.inf, dtype=compute, device=query.device
+    )  # (..., L_r, 1)
+    row_sum = torch.zeros_like(row_max)  # (..., L_r, 1)
+    acc = torch.zeros(
+        (*lead, L_r, Ev), dtype=compute, device=query.device
+    )  # (..., L_r, Ev)
+    # the block in hand: key and value, padded to S_max, in one buffer
+    block = torch.cat(
+        [
+            _pad_rows(key.to(compute), S_max),
+            _pad_rows(value.to(compute), S_max),
+        ],
+        dim=-1,
+    ).contiguous()  # (..., S_max, E + Ev)
+    for step in range(world_size):
+        source = (rank - step) % world_size
+        pending = None
+        if step < world_size - 1:  # pass the block on while computing
+            incoming = torch.empty_like(block)
+            pending = _ring_exchange(block, incoming, rank, world_size, group)
+        _merge_block(
+            q,
+            block[..., :E],
+            block[..., E:],
+            q_pos,
+            k_offsets[source],
+            k_lengths[source],
+            causal,
+            row_max,
+            row_sum,
+            acc,
+        )
+        if pending is not None:
+            for request in pending:
+                request.wait()
+            block = incoming
+    # rows with nothing to attend have row_sum 0 and acc 0: they stay 0
+    out = acc / row_sum.clamp_min(torch.finfo(compute).tiny)  # (..., L_r, Ev)
+    return out.to(query.dtype)
+
+
+def _pad_rows(x: Tensor, rows: int) -> Tensor:
+    """``x (..., n, D)`` padded with zero rows to ``(..., rows, D)``."""
+    return torch.nn.functional.pad(x, (0, 0, 0, rows - x.shape[-2]))
+
+
+def _ring_exchange(
+    send: Tensor,
+    receive: Tensor,
+    rank: int,
+    world_size: int,
+    group: object,
+) -> list:
+    """Start sending ``send`` to ``rank + 1`` and receiving ``receive`` from
+    ``rank - 1`` (ranks in ``group``); returns the requests to wait on."""
+    to_rank, from_rank = (rank + 1) % world_size, (rank - 1) % world_size
+    if group is not None:
+        to_rank = dist.get_global_rank(group, to_rank)
+        from_rank = dist.get_global_rank(group, from_rank)
+    operations = [
+        dist.P2POp(dist.isend, send, to_rank, group),
+        dist.P2POp(dist.irecv, receive, from_rank, group),
+    ]
+    return dist.batch_isend_irecv(operations)
+
+
+def _merge_block(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_pos: Tensor,
+    k_offset: int,
+    k_length: int,
+    causal: bool,
+    row_max: Tensor,
+    row_sum: Tensor,
+    acc: Tensor,
+) -> None:
+    """Fold one key/value block into the running softmax, in place.
+
+    ``q`` is already scaled; the block's keys sit at global positions
+    ``k_offset ..``, and only its first ``k_length`` rows are real.
+    """
+    S_max = k.shape[-2]
+    if k_length == 0 or q.shape[-2] == 0:
+        return
+    if causal and k_offset > int(q_pos[-1]):
+        return  # every key of the block lies after every query
+    k_pos = torch.arange(S_max, device=q.device)  # (S_max,)
+    allowed = (k_pos < k_length).expand(q.shape[-2], S_max)  # (L_r, S_max)
+    if causal:
+        allowed = allowed & (k_pos[None, :] + k_offset <= q_pos[:, None])
+    scores = q @ k.transpose(-2, -1)  # (..., L_r, S_max)
+    scores = scores.masked_fill(~allowed, -math.inf)
+    new_max = torch.maximum(row_max, scores.amax(-1, keepdim=True))
+    # a row with no allowed key yet keeps max -inf: shift it by 0 instead
+    shift = torch.where(torch.isinf(new_max), 0.0, new_max)  # (..., L_r, 1)
+    rescale = torch.exp(row_max - shift)  # (..., L_r, 1); exp(-inf) = 0
+    weights = torch.exp(scores - shift)  # (..., L_r, S_max); masked -> 0
+    row_sum.mul_(rescale).add_(weights.sum(-1, keepdim=True))
+    acc.mul_(rescale).add_(weights @ v)  # (..., L_r, Ev)
+    row_max.copy_(new_max)
+
+
+@dataclass(frozen=True)
+class RingAttentionCost:
+    """What ring attention costs each of ``world_size`` processes.
+
+    ``shard_length`` is the longest shard ``ceil(L / W)``; ``steps`` the
+    ring's steps (``W``); ``bytes_sent`` what one process sends in one
+    attention call; ``peak_bytes`` its peak memory for the inputs, the key/
+    value blocks, the output accumulator, the running statistics and one
+    block's scores; ``transfer_bytes_per_step`` one key/value block.
+    """
+
+    shard_length: int
+    steps: int
+    bytes_sent: int
+    transfer_bytes_per_step: int
+    peak_bytes: int
+
+
+def ring_attention_cost(
+    L: int,
+    E: int,
+    world_size: int,
+    *,
+    heads: int = 1,
+    batch: int = 1,
+    bytes_per_element: int = 4,
+) -> RingAttentionCost:
+    """Communication and peak memory per process of ``ring_attention``.
+
+    With ``n = batch * heads`` rows of attention, ``W = world_size``,
+    ``L_r = ceil(L / W)`` (the longest shard, which every block is padded
+    to) and ``b = bytes_per_element``:
+
+    - one block (keys and values) is ``2 n L_r E b`` bytes;
+    - each process sends ``W - 1`` blocks:
+      ``bytes_sent = 2 (W - 1) n L_r E b`` (0 for one process);
+    - peak memory per process counts ``q, k, v`` (``3 n L_r E``), the block
+      in hand and the one arriving (``2 * 2 n L_r E``, only when ``W > 1``),
+      the output accumulator (``n L_r E``), the running maximum and sum
+      (``2 n L_r``) and one block's scores and weights (``2 n L_r^2``):
+      ``peak_bytes = b n L_r (8E + 2 + 2 L_r)`` for ``W > 1`` and
+      ``b n L (4E + 2 + 2 L)`` for one process.
+
+    Half-precision inputs keep these buffers in float32: pass
+    ``bytes_per_element=4`` for them. Values are taken with ``Ev = E``.
+
+    Args:
+        L: global sequence length. E: head dimension. world_size: ``W``.
+        heads, batch: the other sizes. bytes_per_element: 2, 4 or 8...
+
+    Returns:
+        a ``RingAttentionCost``.
+
+    Raises:
+        ValueError: a size that is not a positive int.
+
+    Complexity:
+        O(1).
+    """
+    L, E, world_size, heads, batch, b = (
+        check_positive_int(name, value)
+        for name, value in (
+            ("L", L),
+            ("E", E),
+            ("world_size", world_size),
+            ("heads", heads),
+            ("batch", batch),
+            ("bytes_per_element", bytes_per_element),
+        )
+    )
+    n = batch * heads
+    L_r = -(-L // world_size)
+    block = 2 * n * L_r * E * b
+    if world_size == 1:
+        peak = b * n * L_r * (4 * E + 2 + 2 * L_r)
+    else:
+        peak = b * n * L_r * (8 * E + 2 + 2 * L_r)
+    return RingAttentionCost(
+        shard_length=L_r,
+        steps=world_size,
+        bytes_sent=(world_size - 1) * block,
+        transfer_bytes_per_step=block if world_size > 1 else 0,
+        peak_bytes=peak,
+    )
+
+
+class ProcessFailed(RuntimeError):
+    """A process of ``run_processes`` raised or died; the message holds its
+    traceback."""
+
+
+def _child(
+    rank: int,
+    world_size: int,
+    init_file: str,
+    backend: str,
+    results: object,
+    fn: Callable[..., object],
+    args: tuple,
+) -> None:
+    """The body of one process of ``run_processes``."""
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group(
+            backend,
+            init_method=f"file://{init_file}",
+            rank=rank,
+            world_size=world_size,
+        )
+        try:
+            result = fn(rank, world_size, *args)
+        finally:
+            dist.destroy_process_group()
+        results.put((rank, True, pickle.dumps(result)))
+    except BaseException:
+        results.put((rank, False, traceback.format_exc()))
+
+
+def run_processes(
+    fn: Callable[..., object],
+    world_size: int,
+    *args: object,
+    timeout_s: float = 300.0,
+    backend: str = "gloo",
+) -> list[object]:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` new processes.
+
+    Each process (started with ``torch.multiprocessing``'s ``spawn``
+    method, one torch thread each) joins a process group of ``backend``
+    through a ``file://`` rendezvous in a temporary folder (no network
+    ports), runs ``fn`` and sends its result back pickled. For tests and
+    chapters on one machine; across machines use ``torchrun`` (see the
+    module's docstring).
+
+    Args:
+        fn: a picklable function (defined at module level), called as
+            ``fn(rank, world_size, *args)``.
+        world_size: the number of processes, an int >= 1.
+        args: picklable arguments passed to every process.
+        timeout_s: seconds to wait for all results before ending the
+            processes (a finite number > 0).
+        backend: ``"gloo"`` (CPU) or ``"nccl"`` (one GPU per process).
+
+    Returns:
+        the results of ranks ``0 .. world_size - 1``, in rank order.
+
+    Raises:
+        ValueError: ``fn`` not callable, a bad ``world_size`` or
+            ``timeout_s``.
+        ProcessFailed: a process raised; the message holds its traceback.
+            The other processes are ended.
+        TimeoutError: not every process finished within ``timeout_s``.
+
+    Complexity:
+        starting a process costs seconds (it imports torch): run many cases
+        in one call.
+    """
+    if not callable(fn):
+        raise ValueError(f"fn must be callable; got {type(fn).__name__}.")
+    world_size = check_positive_int("world_size", world_size)
+    timeout_s = check_positive_real("timeout_s", timeout_s)
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend must be 'gloo' or 'nccl'; got {backend!r}.")
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    with tempfile.TemporaryDirectory(prefix="ea-dist-") as folder:
+        init_file = os.path.join(folder, "rendezvous")
+        processes = [
+            context.Process(
+                target=_child,
+                args=(rank, world_size, init_file, backend, results, fn, args),
+                daemon=True,
+            )
+            for rank in range(world_size)
+        ]
+        for process in processes:
+            process.start()
+        try:
+            outputs = _collect(results, processes, world_size, timeout_s)
+        finally:
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+            for process in processes:
+                process.join(timeout=10)
+    return outputs
+
+
+def _collect(
+    results: object, processes: list, world_size: int, timeout_s: float
+) -> list[object]:
+    """Read one result per rank from ``results``; raise on the first
+    failure, on a process that died without a word, or past the deadline."""
+    deadline = time.monotonic() + timeout_s
+    outputs: dict[int, object] = {}
+    while len(outputs) < world_size:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            missing = sorted(set(range(world_size)) - set(outputs))
+            raise TimeoutError(
+                f"run_processes: ranks {missing} did not finish within "
+                f"timeout_s; a hang (a collective some rank never reached?) "
+                f"or too small a timeout."
+            )
+        try:
+            rank, ok, payload = results.get(timeout=min(left, 1.0))
+        except queue_module.Empty:
+            dead = [
+                rank
+                for rank, p in enumerate(processes)
+                if rank not in outputs and p.exitcode not in (None, 0)
+            ]
+            if dead:
+                raise ProcessFailed(
+                    f"run_processes: ranks {dead} died without a result "
+                    f"(exit codes "
+                    f"{[processes[r].exitcode for r in dead]})."
+                ) from None
+            continue
+        if not ok:
+            raise ProcessFailed(
+                f"run_processes: rank {rank} raised:\n{payload}"
+            )
+        outputs[rank] = pickle.loads(payload)
+    return [outputs[rank] for rank in range(world_size)]
+
+
+def _ddp_worker(
+    rank: int,
+    world_size: int,
+    make_model: Callable[[], torch.nn.Module],
+    state: dict[str, Tensor],
+    inputs: Tensor,
+    targets: Tensor,
+) -> dict[str, Tensor]:
+    """One rank of ``ddp_gradients``: its shard of the batch, one backward."""
+    model = make_model()
+    model.load_state_dict(state)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    x = shard_sequence(inputs, world_size, rank, dim=0)  # (N_r, ...)
+    y = shard_sequence(targets, world_size, rank, dim=0)  # (N_r, ...)
+    # DDP averages gradients over ranks; weighting each rank's sum by
+    # W / numel makes that average the gradient of the global mean loss,
+    # whatever the shard sizes
+    loss = torch.nn.functional.mse_loss(ddp(x), y, reduction="sum")
+    (loss * world_size / targets.numel()).backward()
+    return {
+        name: p.grad.detach().clone()
+        for name, p in model.named_parameters()
+        if p.grad is not None
+    }
+
+
+def ddp_gradients(
+    make_model: Callable[[], torch.nn.Module],
+    inputs: Tensor,
+    targets: Tensor,
+    world_size: int,
+    *,
+    timeout_s: float = 300.0,
+) -> dict[str, Tensor]:
+    """Gradients of one data-parallel step, on ``world_size`` processes.
+
+    ``make_model()`` builds the model once here; its initial weights are
+    sent to every process, which wraps it in ``DistributedDataParallel``,
+    takes its contiguous shard of the batch (``shard_sequence`` along
+    dimension 0) and back-propagates the mean squared error. DDP all-reduces
+    (averages) the gradients in buckets during the backward pass, so every
+    process ends with the gradient of the loss on the whole batch.
+
+    Args:
+        make_model: a picklable callable (a module-level function or a
+            class) returning an ``nn.Module``.
+        inputs: ``(N, ...)``, the global batch. targets: the model's output
+            shape for it, ``(N, ...)``.
+        world_size: processes, an int in ``[1, N]``.
+        timeout_s: as ``run_processes``.
+
+    Returns:
+        parameter name -> gradient of ``mse_loss(model(inputs), targets)``,
+        as the processes computed it (they all agree).
+
+    Raises:
+        ValueError: ``make_model`` not callable or not returning a module,
+            inputs and targets that are not tensors with one batch size
+            ``N``, or a ``world_size`` outside ``[1, N]``.
+        ProcessFailed, TimeoutError: as ``run_processes``.
+
+    Equivalent to:
+        ``mse_loss(model(inputs), targets).backward()`` in one process.
+    """
+    if not callable(make_model):
+        raise ValueError(
+            f"make_model must be callable; got {type(make_model).__name__}."
+        )
+    check_tensor("inputs", inputs)
+    check_tensor("targets", targets)
+    if inputs.dim() == 0 or targets.dim() == 0:
+        raise ValueError(
+            "inputs and targets need a batch dimension (dimension 0)."
+        )
+    if inputs.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"inputs and targets must share the batch size N (dimension "
+            f"0); got inputs {tuple(inputs.shape)}, targets "
+            f"{tuple(targets.shape)}."
+        )
+    world_size = check_positive_int("world_size", world_size)
+    if world_size > inputs.shape[0]:
+        raise ValueError(
+            f"world_size must be at most the batch size N = "
+            f"{inputs.shape[0]}, so every process gets a sample; got "
+            f"{world_size}."
+        )
+    model = make_model()
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(
+            f"make_model must return an nn.Module; got {type(model).__name__}."
+        )
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    per_rank = run_processes(
+        _ddp_worker,
+        world_size,
+        make_model,
+        state,
+        inputs.detach(),
+        targets.detach(),
+        timeout_s=timeout_s,
+    )
+    first = per_rank[0]
+    for other in per_rank[1:]:  # DDP's all-reduce: every rank agrees
+        assert all(torch.equal(first[k], other[k]) for k in first)
+    return first
