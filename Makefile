@@ -61,8 +61,9 @@ unit-tests: $(INSTALLED)
 fuzz: $(INSTALLED)
 	$(BIN)/python -m pytest tests/test_properties.py --hypothesis-profile explore
 
+# --durations: the slowest cells, so the log shows where the time goes.
 notebook-tests: $(INSTALLED)
-	$(BIN)/python -m pytest --nbval book
+	$(BIN)/python -m pytest --nbval book --durations=12
 
 # Re-execute the notebooks in place, as nbval runs them; commit the result.
 execute: $(INSTALLED)

@@ -15,6 +15,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 from torch import Tensor
 
 from ._validation import check_positive_int
@@ -376,8 +377,9 @@ def plot_pareto(
     ax: Axes | None = None,
     log_x: bool = True,
 ) -> Axes:
-    """Quality against cost, one labelled point per model, the Pareto
-    front (``pareto_front``) joined by a step line and drawn in colour.
+    """Quality against cost, one numbered point per model (the numbers are
+    keyed in a legend beside the axes, so close points stay readable), the
+    Pareto front (``pareto_front``) in colour and joined by a step line.
 
     Args:
         names: one label per point. cost, quality: as ``pareto_front``.
@@ -392,19 +394,27 @@ def plot_pareto(
             f"names must have one label per point; got {len(names)} names "
             f"for {len(front)} points."
         )
-    ax = ax or plt.figure(figsize=(7.5, 4.6)).gca()
-    colours = ["#c0392b" if best else "#7f8c8d" for best in front]
-    ax.scatter(cost, quality, c=colours, zorder=3)
-    for name, x, y in zip(names, cost, quality):
+    ax = ax or plt.figure(figsize=(9, 4.2)).gca()
+    for number, (name, x, y, best) in enumerate(
+        zip(names, cost, quality, front), start=1
+    ):
+        colour = "#c0392b" if best else "#7f8c8d"
+        ax.scatter([x], [y], color=colour, zorder=3, label=f"{number}  {name}")
         ax.annotate(
-            name, (x, y), xytext=(4, 3), textcoords="offset points",
-            fontsize=8,
+            str(number), (x, y), xytext=(4, 3), textcoords="offset points",
+            fontsize=8, color=colour,
         )
     best = sorted((x, y) for x, y, keep in zip(cost, quality, front) if keep)
     xs, ys = zip(*best)
     ax.step(xs, ys, where="post", color="#c0392b", linewidth=1, zorder=2)
     if log_x:
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    ax.legend(
+        loc="upper left", bbox_to_anchor=(1.01, 1), handletextpad=0.2,
+        title="red: on the Pareto front",
+    )
     return ax

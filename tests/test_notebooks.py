@@ -203,3 +203,19 @@ def test_an_error_in_a_raises_exception_cell_is_allowed():
         metadata={"tags": ["raises-exception"]},
     )
     assert notebook_problems(notebook, "book/x", ["book/x"]) == []
+
+
+def test_readme_figures_are_the_ones_the_chapters_drew():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from readme_figures import readme_figures
+
+    figures = readme_figures(ROOT / "book")
+    assert figures, "no cell is marked readme_figure"
+    readme = (ROOT / "README.md").read_text()
+    for name, png in figures.items():
+        assert f"docs/{name}" in readme, f"the README does not show {name}"
+        committed = ROOT / "docs" / name
+        assert committed.exists() and committed.read_bytes() == png, (
+            f"docs/{name} differs from its chapter's figure: run "
+            "python scripts/readme_figures.py"
+        )

@@ -282,10 +282,11 @@ def test_plot_pareto_colours_the_front_and_labels_every_point():
     ax = plotting.plot_pareto(
         ["big", "small", "worse"], [10, 2, 5], [0.9, 0.8, 0.7],
         xlabel="ms", ylabel="F1")
-    colours = ax.collections[0].get_facecolors()
-    assert [tuple(c[:3]) != tuple(colours[2][:3]) for c in colours] == [
-        True, True, False]
-    assert [t.get_text() for t in ax.texts] == ["big", "small", "worse"]
+    colours = [tuple(c.get_facecolors()[0][:3]) for c in ax.collections]
+    assert [c != colours[2] for c in colours] == [True, True, False]
+    assert [t.get_text() for t in ax.texts] == ["1", "2", "3"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["1  big", "2  small", "3  worse"]
     step = ax.lines[0]
     assert list(step.get_xdata()) == [2, 10]
     with pytest.raises(ValueError, match="names"):
