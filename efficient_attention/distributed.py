@@ -695,7 +695,7 @@ def ring_attention_trial(
     L: int,
     E: int,
     heads: int = 1,
-    min_run_time: float = 0.2,
+    repeats: int = 5,
     seed: int = 0,
 ) -> dict[str, float | int]:
     """One process's measurements of ``ring_attention``; for ``run_processes``.
@@ -703,24 +703,29 @@ def ring_attention_trial(
     Every process builds the same random ``(1, heads, L, E)`` query, key and
     value (``seed``), takes its shard (``shard_sequence``) and runs
     ``ring_attention`` once while counting the bytes it hands to the ring's
-    sends, once under the profiler for its peak memory, and then under
-    ``time_callable``. Without a process group it runs as one process.
+    sends, once under the profiler for its peak memory, and then
+    ``repeats`` times, timed (a fixed count: every process must make the
+    same collective calls, so an adaptive timer such as ``time_callable``,
+    which may stop after a different count in each process, would hang the
+    ring). Without a process group it runs as one process.
 
     Args:
         rank, world_size: as ``run_processes`` passes them.
         L, E, heads: global sequence length, head dimension and heads.
-        min_run_time: seconds of timing. seed: of the inputs.
+        repeats: timed calls, an int >= 1. seed: of the inputs.
 
     Returns:
         ``bytes_sent`` (counted), ``peak_bytes`` (measured), ``time_s``
-        (median of one call), ``max_error`` (largest absolute difference
+        (median of the timed calls), ``max_error`` (largest absolute difference
         from this shard of ``scaled_dot_product_attention`` on the whole
         sequence) and ``shard_length``.
 
     Raises:
         ValueError: as ``ring_attention`` and ``time_callable``.
     """
-    from .benchmark import attention_inputs, peak_memory_bytes, time_callable
+    from .benchmark import attention_inputs, peak_memory_bytes
+
+    repeats = check_positive_int("repeats", repeats)
 
     q, k, v = attention_inputs(L, heads=heads, head_dim=E, seed=seed)
     dense = torch.nn.functional.scaled_dot_product_attention(q, k, v)
@@ -741,13 +746,17 @@ def ring_attention_trial(
     expected = shard_sequence(dense, world_size, rank)
     with torch.no_grad():
         peak = peak_memory_bytes(ring_attention, *shards)
-        timing = time_callable(
-            ring_attention, *shards, min_run_time=min_run_time
-        )
+        times = []
+        for _ in range(repeats):
+            if world_size > 1:
+                dist.barrier()  # start every call together
+            start = time.perf_counter()
+            ring_attention(*shards)
+            times.append(time.perf_counter() - start)
     return {
         "bytes_sent": sum(sent),
         "peak_bytes": peak,
-        "time_s": timing.median_s,
+        "time_s": sorted(times)[len(times) // 2],
         "max_error": float((out - expected).abs().max()),
         "shard_length": shards[0].shape[-2],
     }
