@@ -61,6 +61,7 @@ __all__ = [
     "ddp_gradients",
     "ring_attention",
     "ring_attention_cost",
+    "ring_attention_trial",
     "run_processes",
     "shard_sequence",
 ]
@@ -686,3 +687,76 @@ def ddp_gradients(
     for other in per_rank[1:]:  # DDP's all-reduce: every rank agrees
         assert all(torch.equal(first[k], other[k]) for k in first)
     return first
+
+
+def ring_attention_trial(
+    rank: int,
+    world_size: int,
+    L: int,
+    E: int,
+    heads: int = 1,
+    repeats: int = 5,
+    seed: int = 0,
+) -> dict[str, float | int]:
+    """One process's measurements of ``ring_attention``; for ``run_processes``.
+
+    Every process builds the same random ``(1, heads, L, E)`` query, key and
+    value (``seed``), takes its shard (``shard_sequence``) and runs
+    ``ring_attention`` once while counting the bytes it hands to the ring's
+    sends, once under the profiler for its peak memory, and then
+    ``repeats`` times, timed (a fixed count: every process must make the
+    same collective calls, so an adaptive timer such as ``time_callable``,
+    which may stop after a different count in each process, would hang the
+    ring). Without a process group it runs as one process.
+
+    Args:
+        rank, world_size: as ``run_processes`` passes them.
+        L, E, heads: global sequence length, head dimension and heads.
+        repeats: timed calls, an int >= 1. seed: of the inputs.
+
+    Returns:
+        ``bytes_sent`` (counted), ``peak_bytes`` (measured), ``time_s``
+        (median of the timed calls), ``max_error`` (largest absolute difference
+        from this shard of ``scaled_dot_product_attention`` on the whole
+        sequence) and ``shard_length``.
+
+    Raises:
+        ValueError: as ``ring_attention`` and ``time_callable``.
+    """
+    from .benchmark import attention_inputs, peak_memory_bytes
+
+    repeats = check_positive_int("repeats", repeats)
+
+    q, k, v = attention_inputs(L, heads=heads, head_dim=E, seed=seed)
+    dense = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    shards = [shard_sequence(t, world_size, rank) for t in (q, k, v)]
+    sent: list[int] = []
+    original = globals()["_ring_exchange"]
+
+    def counting(send: Tensor, receive: Tensor, *rest: object) -> list:
+        sent.append(send.numel() * send.element_size())
+        return original(send, receive, *rest)
+
+    globals()["_ring_exchange"] = counting
+    try:
+        with torch.no_grad():
+            out = ring_attention(*shards)  # (1, heads, L_r, E)
+    finally:
+        globals()["_ring_exchange"] = original
+    expected = shard_sequence(dense, world_size, rank)
+    with torch.no_grad():
+        peak = peak_memory_bytes(ring_attention, *shards)
+        times = []
+        for _ in range(repeats):
+            if world_size > 1:
+                dist.barrier()  # start every call together
+            start = time.perf_counter()
+            ring_attention(*shards)
+            times.append(time.perf_counter() - start)
+    return {
+        "bytes_sent": sum(sent),
+        "peak_bytes": peak,
+        "time_s": sorted(times)[len(times) // 2],
+        "max_error": float((out - expected).abs().max()),
+        "shard_length": shards[0].shape[-2],
+    }

@@ -110,6 +110,14 @@ def test_one_process_without_a_group_needs_no_communication():
     assert (out == 0).all()
 
 
+def test_ring_attention_trial_in_one_process_measures_no_traffic():
+    result = distributed.ring_attention_trial(0, 1, 64, 8, 2, 2)
+    assert result["bytes_sent"] == 0
+    assert result["shard_length"] == 64
+    assert result["max_error"] < 1e-5
+    assert result["peak_bytes"] > 0 and result["time_s"] > 0
+
+
 def test_shard_sequence_is_tensor_split():
     x = torch.arange(13 * 2).reshape(13, 2)
     shards = [distributed.shard_sequence(x, 4, r, dim=0) for r in range(4)]
