@@ -450,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = list(sys.argv[1:] if argv is None else argv)
     if args.list:
         print(list_variants())
         return
@@ -504,11 +505,16 @@ def _write_outputs(
     settings = {
         key: value
         for key, value in vars(args).items()
-        if key not in ("json", "csv", "plot", "list", "no_progress")
+        if key
+        not in ("json", "csv", "plot", "list", "no_progress", "command_line")
     }
     if args.json:
         benchmark_results.write_json(
-            records, args.json, hardware=hardware, settings=settings
+            records,
+            args.json,
+            hardware=hardware,
+            settings=settings,
+            provenance=benchmark_results.provenance(args.command_line),
         )
         print(f"wrote {args.json}", file=sys.stderr)
     if args.csv:

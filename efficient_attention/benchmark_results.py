@@ -139,12 +139,15 @@ def write_json(
     *,
     hardware: Sequence[Mapping[str, object]] = (),
     settings: Mapping[str, object] | None = None,
+    provenance: Mapping[str, object] | None = None,
     baseline: str = "sdpa",
 ) -> None:
     """Save ``records`` (with their ratios) as JSON at ``path``.
 
-    The file holds ``{"format", "baseline", "hardware", "settings",
-    "records"}``; ``load_results`` reads it back.
+    The file holds ``{"format", "baseline", "provenance", "hardware",
+    "settings", "records"}``; ``load_results`` reads it back, and
+    ``load_document`` reads the whole file. ``provenance`` says where the
+    numbers came from (see ``provenance()``: date, versions, command).
 
     Raises:
         ValueError: no records, or records without variant and L.
@@ -152,6 +155,7 @@ def write_json(
     document = {
         "format": RESULTS_FORMAT,
         "baseline": baseline,
+        "provenance": dict(provenance or {}),
         "hardware": [dict(h) for h in hardware],
         "settings": dict(settings or {}),
         "records": add_ratios(records, baseline),
@@ -159,6 +163,36 @@ def write_json(
     with open(path, "w") as file:
         json.dump(document, file, indent=1)
         file.write("\n")
+
+
+def provenance(argv: Sequence[str] | None = None) -> dict[str, str]:
+    """Where a run's numbers come from: the date and time (UTC, ISO 8601),
+    the versions of efficient_attention, PyTorch and Python, and the
+    command that was run (``argv``: its arguments; None: ``sys.argv[1:]``).
+    """
+    import datetime
+    import platform
+    import shlex
+    import sys
+
+    import torch
+
+    from . import __version__
+
+    if argv is None:
+        argv = sys.argv[1:]
+    command = "python -m efficient_attention.benchmark"
+    if argv:
+        command += " " + shlex.join(str(a) for a in argv)
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+        "efficient_attention": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "command": command,
+    }
 
 
 def write_csv(
@@ -225,6 +259,22 @@ def load_results(path: str | os.PathLike, *, as_frame: bool = False):
 
         return pd.DataFrame.from_records(records)
     return records
+
+
+def load_document(path: str | os.PathLike) -> dict[str, object]:
+    """The whole JSON file that ``write_json`` wrote: its ``provenance``,
+    ``hardware`` and ``settings`` besides the ``records`` (a bare list of
+    records comes back as ``{"records": [...]}``).
+
+    Raises:
+        ValueError: as ``load_results``.
+    """
+    records = load_results(path)
+    with open(path) as file:
+        document = json.load(file)
+    if not isinstance(document, dict):
+        return {"records": records}
+    return document
 
 
 def plot_records(

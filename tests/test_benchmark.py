@@ -555,6 +555,18 @@ def test_quick_writes_json_csv_and_a_plot_that_load_back(tmp_path, capsys):
         assert r["heads"] == 1 and r["head_dim"] == 8
         assert r["hardware"].startswith("CPU") and r["dtype"] == "float32"
     assert records[0]["ratio_to_baseline"] == 1.0
+    # the file says where its numbers came from
+    document = benchmark_results.load_document(paths["json"])
+    origin = document["provenance"]
+    assert origin["command"] == (
+        "python -m efficient_attention.benchmark --quick --head-dim 8 "
+        f"--json {paths['json']} --csv {paths['csv']} --plot {paths['png']}"
+    )
+    assert origin["efficient_attention"] == ea.__version__
+    assert origin["torch"] == torch.__version__
+    assert origin["date"][:4].isdigit() and origin["date"].endswith("+00:00")
+    assert document["hardware"][0]["device"] == "cpu"
+    assert document["records"] == records
     frame = benchmark.load_results(paths["json"], as_frame=True)
     assert list(frame["variant"]) == [r["variant"] for r in records]
     assert frame["median_s"].tolist() == [r["median_s"] for r in records]
