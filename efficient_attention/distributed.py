@@ -574,11 +574,38 @@ def _collect(
                 ) from None
             continue
         if not ok:
+            failures = _other_failures(results, processes, {rank: payload})
             raise ProcessFailed(
-                f"run_processes: rank {rank} raised:\n{payload}"
+                f"run_processes: ranks {sorted(failures)} raised (when one "
+                f"rank fails, its peers often fail too, waiting for it):\n"
+                + "\n".join(
+                    f"rank {r} raised:\n{failures[r]}" for r in sorted(failures)
+                )
             )
         outputs[rank] = pickle.loads(payload)
     return [outputs[rank] for rank in range(world_size)]
+
+
+def _other_failures(
+    results: object,
+    processes: list,
+    failures: dict[int, str],
+    grace_s: float = 5.0,
+) -> dict[int, str]:
+    """After a first failure, gather the tracebacks other ranks send within
+    ``grace_s``: which rank failed first in the queue is a race, and the
+    cause is often a peer's error."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            rank, ok, payload = results.get(timeout=0.2)
+        except queue_module.Empty:
+            if not any(p.is_alive() for p in processes):
+                break  # nothing more can come
+            continue
+        if not ok:
+            failures[rank] = payload
+    return failures
 
 
 def _ddp_worker(
