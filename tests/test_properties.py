@@ -1923,3 +1923,33 @@ def test_offset_copy_bad_arguments_name_themselves(bad):
     kwargs = {"batch": 2, "length": 8, **changes}
     batch, length = kwargs.pop("batch"), kwargs.pop("length")
     raises_naming(name, lambda: tasks.offset_copy(batch, length, **kwargs))
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=1,
+        max_size=12,
+    )
+)
+def test_pareto_front_is_exactly_the_unbeaten_points(points):
+    from efficient_attention import plotting
+
+    cost = [c for c, _ in points]
+    quality = [q for _, q in points]
+    front = plotting.pareto_front(cost, quality)
+    for (c0, q0), on_front in zip(points, front):
+        beaten = any(
+            c <= c0 and q >= q0 and (c, q) != (c0, q0) for c, q in points
+        )
+        assert on_front == (not beaten)
+    assert any(front)  # the cheapest of the best is never beaten
+
+
+@given(st.integers(-3, 2) | st.floats(allow_nan=True) | st.booleans())
+def test_long_text_inputs_refuse_bad_lengths(length):
+    from efficient_attention import models
+
+    assume(not (isinstance(length, int) and not isinstance(length, bool)
+                and length >= 3))
+    with pytest.raises(ValueError, match="length"):
+        models.long_text_inputs(None, length)
