@@ -170,6 +170,35 @@ def test_kernel_matches_torch_on_a_long_sequence():
     )
 
 
+def test_kernel_reads_views_as_their_contiguous_copies():
+    # The layouts transformers and users hand over: heads split out of a
+    # (B, L, H * E) projection, keys expanded over heads (shared), and a
+    # last dimension that is not contiguous (copied first).
+    B, L, H, E = 2, 150, 3, 16
+    generator = torch.Generator().manual_seed(0)
+    qkv = torch.randn(B, L, 3 * H * E, generator=generator)
+    q, k, v = (
+        t.view(B, L, H, E).transpose(1, 2) for t in qkv.split(H * E, -1)
+    )
+    shared = torch.randn(B, 1, L, E, generator=generator).expand(B, H, L, E)
+    wide = torch.randn(B, H, L, 2 * E, generator=generator)[..., ::2]
+    kw = dict(window=[(9, 4), (0, 0), (30, 30)], dilation=[1, 2, 1])
+    for views in [(q, k, v), (q, shared, shared), (wide, k, wide)]:
+        assert not all(t.is_contiguous() for t in views)
+        torch.testing.assert_close(
+            ea.sliding_window_attention(*views, backend="kernel", **kw),
+            ea.sliding_window_attention(
+                *(t.contiguous() for t in views), backend="kernel", **kw
+            ),
+            rtol=0,
+            atol=0,
+        )
+        torch.testing.assert_close(
+            ea.sliding_window_attention(*views, backend="kernel", **kw),
+            ea.sliding_window_attention(*views, backend="torch", **kw),
+        )
+
+
 def test_gradients_equal_dense_and_pass_gradcheck():
     q, k, v = (t.requires_grad_(True) for t in random_qkv(2, L=7, S=7))
     mask = window_mask((2, 1), 7, 7, dilation=2)
