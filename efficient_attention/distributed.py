@@ -579,7 +579,8 @@ def _collect(
                 f"run_processes: ranks {sorted(failures)} raised (when one "
                 f"rank fails, its peers often fail too, waiting for it):\n"
                 + "\n".join(
-                    f"rank {r} raised:\n{failures[r]}" for r in sorted(failures)
+                    f"rank {r} raised:\n{failures[r]}"
+                    for r in sorted(failures)
                 )
             )
         outputs[rank] = pickle.loads(payload)

@@ -335,7 +335,9 @@ def plot_tiles(
     return ax
 
 
-def pareto_front(cost: Sequence[float], quality: Sequence[float]) -> list[bool]:
+def pareto_front(
+    cost: Sequence[float], quality: Sequence[float]
+) -> list[bool]:
     """Which points no other point beats: for each point, True when no
     other one is at least as cheap and at least as good, and strictly
     better in one of the two.

@@ -6,27 +6,11 @@ import copy
 
 import pytest
 import torch
-import transformers
+from tiny_models import tiny_bert
 from torch import nn
 
 from efficient_attention import training
 from efficient_attention.compression import pruning, quantization
-
-
-def tiny_bert(seed: int = 0, heads: int = 4, layers: int = 2):
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=24,
-        max_position_embeddings=32,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        num_labels=2,
-    )
-    return transformers.BertForSequenceClassification(config).eval()
 
 
 def tiny_batch(seed: int = 1, batch: int = 3, length: int = 7):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 
 import pytest
+import tiny_models
 import torch
-import transformers
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -26,19 +26,10 @@ def pairs():
 
 
 def tiny_bert(seed: int = 0, *, width: int = 16, layers: int = 4, vocab=50):
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(
-        vocab_size=vocab,
-        hidden_size=width,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=24,
-        max_position_embeddings=128,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        num_labels=2,
+    return tiny_models.tiny_bert(
+        seed, width=width, layers=layers, heads=2, vocab=vocab,
+        positions=128,
     )
-    return transformers.BertForSequenceClassification(config).eval()
 
 
 def test_soft_label_loss_by_hand():

@@ -267,7 +267,8 @@ def quantize_dynamic_int8(model: nn.Module) -> tuple[nn.Module, str]:
         )
     description = (
         f"torch.ao.quantization.quantize_dynamic (qint8 weights, one scale "
-        f"per output channel; per-call activation scales), engine {engine!r}, CPU capability "
+        f"per output channel; per-call activation scales), engine "
+        f"{engine!r}, CPU capability "
         f"{torch.backends.cpu.get_cpu_capability()}"
     )
     return quantized, description
