@@ -388,13 +388,19 @@ def plot_pareto(
         xlabel, ylabel: the axis labels. log_x: a logarithmic cost axis.
 
     Raises:
-        ValueError: as ``pareto_front``, or ``names`` of another length.
+        ValueError: as ``pareto_front``, ``names`` of another length, or a
+            cost that is not positive on the logarithmic axis.
     """
     front = pareto_front(cost, quality)
     if len(names) != len(front):
         raise ValueError(
             f"names must have one label per point; got {len(names)} names "
             f"for {len(front)} points."
+        )
+    if log_x and min(cost) <= 0:
+        raise ValueError(
+            f"cost must be positive on a logarithmic axis; got "
+            f"{min(cost)!r}. Pass log_x=False to draw it on a linear one."
         )
     ax = ax or plt.figure(figsize=(9, 4.2)).gca()
     for number, (name, x, y, best) in enumerate(

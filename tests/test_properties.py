@@ -1953,3 +1953,123 @@ def test_long_text_inputs_refuse_bad_lengths(length):
                 and length >= 3))
     with pytest.raises(ValueError, match="length"):
         models.long_text_inputs(None, length)
+
+
+POINTS = st.lists(
+    st.tuples(
+        st.floats(0.01, 1e4), st.floats(0, 1), st.text(min_size=1, max_size=8)
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+@given(POINTS, st.booleans())
+def test_plot_pareto_colours_and_joins_exactly_the_front(points, log_x):
+    cost, quality, names = (list(column) for column in zip(*points))
+    front = plotting.pareto_front(cost, quality)
+    ax = plotting.plot_pareto(
+        names, cost, quality, xlabel="ms", ylabel="F1", log_x=log_x
+    )
+    red = [
+        tuple(c.get_facecolors()[0][:3])
+        == matplotlib.colors.to_rgb("#c0392b")
+        for c in ax.collections
+    ]
+    assert red == front
+    assert [t.get_text() for t in ax.texts] == [
+        str(i) for i in range(1, len(points) + 1)
+    ]
+    best = sorted((c, q) for c, q, keep in zip(cost, quality, front) if keep)
+    assert list(ax.lines[0].get_xdata()) == [c for c, _ in best]
+    assert list(ax.lines[0].get_ydata()) == [q for _, q in best]
+    assert ax.get_xscale() == ("log" if log_x else "linear")
+    plt.close("all")
+
+
+@given(POINTS, st.floats(-10, 0))
+def test_plot_pareto_refuses_what_it_cannot_draw(points, bad_cost):
+    cost, quality, names = (list(column) for column in zip(*points))
+    with pytest.raises(ValueError, match="names"):
+        plotting.plot_pareto(
+            names[:-1], cost + [1.0], quality + [0.5], xlabel="x",
+            ylabel="y",
+        )
+    with pytest.raises(ValueError, match="cost"):
+        plotting.plot_pareto(
+            names + ["bad"], cost + [bad_cost], quality + [0.5],
+            xlabel="x", ylabel="y",
+        )
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder():
+    from tiny_models import tiny_bert
+
+    model = tiny_bert(positions=64)
+    model.set_attn_implementation("sdpa")
+    return model
+
+
+@given(
+    rounds=st.integers(1, 3),
+    length=st.integers(2, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_compare_attention_puts_the_reference_first_and_restores_it(
+    tiny_encoder, rounds, length, seed
+):
+    from efficient_attention import models
+
+    generator = torch.Generator().manual_seed(seed)
+    inputs = {
+        "input_ids": torch.randint(1, 50, (1, length), generator=generator),
+        "attention_mask": torch.ones(1, length, dtype=torch.int64),
+    }
+    rows = models.compare_attention(
+        tiny_encoder,
+        inputs,
+        {"sdpa": None, "dense": (ea.dense_attention, {})},
+        rounds=rounds,
+    )
+    assert list(rows) == ["sdpa", "dense"]
+    assert rows["sdpa"]["speed-up"] == 1.0
+    assert rows["sdpa"]["token cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert rows["dense"]["token cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert rows["dense"]["speed-up"] == pytest.approx(
+        rows["sdpa"]["seconds"] / rows["dense"]["seconds"]
+    )
+    assert tiny_encoder.config._attn_implementation == "sdpa"
+
+
+@given(
+    st.integers(-3, 0)
+    | st.booleans()
+    | st.floats(allow_nan=True)
+    | st.text(max_size=3)
+)
+def test_compare_attention_refuses_bad_rounds_by_name(tiny_encoder, rounds):
+    from efficient_attention import models
+
+    inputs = {"input_ids": torch.ones(1, 4, dtype=torch.int64)}
+    with pytest.raises(ValueError, match="rounds"):
+        models.compare_attention(
+            tiny_encoder, inputs, {"sdpa": None}, rounds=rounds
+        )
+
+
+def test_compare_attention_restores_the_attention_after_a_failure(
+    tiny_encoder,
+):
+    from efficient_attention import models
+
+    def broken(query, key, value, *, scale=None):
+        raise RuntimeError("this attention fails")
+
+    inputs = {"input_ids": torch.ones(1, 4, dtype=torch.int64)}
+    with pytest.raises(RuntimeError, match="fails"):
+        models.compare_attention(
+            tiny_encoder, inputs, {"sdpa": None, "broken": (broken, {})}
+        )
+    assert tiny_encoder.config._attn_implementation == "sdpa"
