@@ -25,7 +25,8 @@ export GLUE_DIR := $(abspath ../shared/data/glue)
 endif
 endif
 
-.PHONY: book test unit-tests notebook-tests execute benchmark clean install fuzz \
+.PHONY: book test unit-tests notebook-tests portability execute benchmark clean \
+	install fuzz \
 	browser-test browser-deps mathjax serve screenshots
 
 install: $(INSTALLED)
@@ -55,6 +56,17 @@ test: unit-tests notebook-tests
 
 unit-tests: $(INSTALLED)
 	$(BIN)/python -m pytest tests
+
+# The unit tests as on another CPU: PyTorch's generic kernels instead of
+# this CPU's best (AVX2, AVX-512...), and the package's C++ kernels built
+# for any x86-64 CPU instead of -march=native. A test that passes only on
+# the CPU it was written on fails here.
+PORTABLE := ATEN_CPU_CAPABILITY=default
+ifeq ($(shell uname -m),x86_64)
+PORTABLE += EFFICIENT_ATTENTION_KERNEL_FLAGS=-march=x86-64
+endif
+portability: $(INSTALLED)
+	$(PORTABLE) $(BIN)/python -m pytest tests -p no:cacheprovider
 
 # The property suite with fresh random examples (make test draws the same
 # examples every run, so that CI is reproducible): the hunt for new bugs.

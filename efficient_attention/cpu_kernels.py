@@ -6,6 +6,9 @@ costs microseconds). For those, the package ships a short C++ file in
 ``efficient_attention/csrc``; ``load`` compiles it once with the machine's
 C++ compiler (``-O3 -march=native``, OpenMP when the compiler has it),
 caches the library, and opens it with ``ctypes``. Nothing is downloaded.
+``$EFFICIENT_ATTENTION_KERNEL_FLAGS`` replaces ``-march=native`` with flags
+of your choice, e.g. ``-march=x86-64`` for code any x86-64 CPU runs (the
+portability tests build the kernels that way too).
 Where there is no compiler (or the build fails), ``status`` says why, and
 the attention functions run their PyTorch version instead. The chapter
 "Local attention" explains the sliding-window kernel.
@@ -60,14 +63,23 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def target_flags() -> tuple[str, ...]:
+    """The flags that choose the instruction set: ``-march=native`` (on arm64
+    ``-mcpu=native``), or ``$EFFICIENT_ATTENTION_KERNEL_FLAGS`` split on
+    spaces when that variable is set."""
+    chosen = os.environ.get("EFFICIENT_ATTENTION_KERNEL_FLAGS", "").split()
+    if chosen:
+        return tuple(chosen)
+    if platform.machine() == "arm64":
+        return ("-mcpu=native",)
+    return ("-march=native",)
+
+
 def _flag_sets() -> list[tuple[str, ...]]:
-    """Flags to try in order: native code with OpenMP, then without."""
-    native = (
-        "-mcpu=native" if platform.machine() == "arm64" else "-march=native"
-    )
+    """Flags to try in order: with OpenMP, then without."""
     return [
-        (*BASE_FLAGS, native, "-fopenmp"),
-        (*BASE_FLAGS, native),
+        (*BASE_FLAGS, *target_flags(), "-fopenmp"),
+        (*BASE_FLAGS, *target_flags()),
     ]
 
 
@@ -153,11 +165,15 @@ def _build(
 
 def status(name: str) -> str:
     """``"ready"`` when kernel ``name`` loads here (with a note if it could
-    only be built for one thread), else the reason it does not (the
-    attention functions then run their PyTorch version)."""
+    only be built for one thread, and the target flags when they are not
+    the default), else the reason it does not (the attention functions
+    then run their PyTorch version)."""
     try:
         load(name)
     except KernelUnavailable as error:
         return f"unavailable: {error}"
     _, note = _load_once(SOURCE_DIR / f"{name}.cpp")
-    return f"ready, but {note}" if note else "ready"
+    notes = [note] if note else []
+    if os.environ.get("EFFICIENT_ATTENTION_KERNEL_FLAGS", "").split():
+        notes.append(f"built with {' '.join(target_flags())}")
+    return "ready, but " + "; ".join(notes) if notes else "ready"

@@ -22,6 +22,7 @@ MRPC worked example" (Dolan and Brockett 2005; GLUE, arXiv:1804.07461).
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import random
@@ -37,6 +38,25 @@ GLUE_SIZES = {"train": 3668, "dev": 408, "test": 1725}
 _LABELLED_HEADER = ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String")
 _TEST_HEADER = ("index", "#1 ID", "#2 ID", "#1 String", "#2 String")
 _HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
+
+
+PROSE_FILE = (
+    pathlib.Path(__file__).resolve().parent / "texts" / "book_prose.txt"
+)
+"""The package's own long English text (see ``book_prose``)."""
+
+
+@functools.lru_cache(maxsize=1)
+def book_prose() -> str:
+    """About 30,000 words of real English prose that ships with the package.
+
+    The paragraphs of this book's chapters (maths written out, code and
+    tables left out), frozen as a text file: a long document every reader
+    has, offline, whatever MRPC's source. ``models.real_text_ids`` and
+    ``models.long_text_inputs`` read it. Paragraphs are separated by blank
+    lines.
+    """
+    return PROSE_FILE.read_text(encoding="utf-8")
 
 
 class MRPCFormatError(ValueError):

@@ -368,39 +368,38 @@ def extend_positions(
 def real_text_ids(
     tokenizer: transformers.PreTrainedTokenizerBase,
     num_tokens: int,
-    *,
-    split: str = "dev",
 ) -> Tensor:
-    """Token ids of real English prose: MRPC's sentences, one after another.
+    """Token ids of real English prose: the package's own long text.
+
+    The text (``data.book_prose()``) ships inside the package, so every
+    reader gets the same ids whether MRPC came from GLUE's files, the hub
+    or the generated set.
 
     Args:
         tokenizer: the encoder's tokenizer.
         num_tokens: how many token ids to return (no special tokens).
-        split: the MRPC split whose sentences are read (``load_mrpc``).
 
     Returns:
-        ``(num_tokens,)`` int64 ids: the first sentences of the split
-        (``sentence1`` then ``sentence2`` of each pair), tokenized and cut.
+        ``(num_tokens,)`` int64 ids: the text's first paragraphs,
+        tokenized and cut.
 
     Raises:
-        ValueError: ``num_tokens`` is not a positive int, or the split holds
+        ValueError: ``num_tokens`` is not a positive int, or the text holds
             fewer tokens than asked for.
     """
-    from .data import load_mrpc
+    from .data import book_prose
 
     if isinstance(num_tokens, bool) or not isinstance(num_tokens, int):
         raise ValueError(f"num_tokens must be an int, got {num_tokens!r}")
     if num_tokens < 1:
         raise ValueError(f"num_tokens must be at least 1, got {num_tokens}")
-    pairs = load_mrpc(split, verbose=False)
     ids: list[int] = []
-    for first, second in zip(pairs["sentence1"], pairs["sentence2"]):
-        for sentence in (first, second):
-            ids += tokenizer(sentence, add_special_tokens=False)["input_ids"]
+    for paragraph in book_prose().split("\n\n"):
+        ids += tokenizer(paragraph, add_special_tokens=False)["input_ids"]
         if len(ids) >= num_tokens:
             return torch.tensor(ids[:num_tokens], dtype=torch.long)
     raise ValueError(
-        f"MRPC's {split!r} split holds {len(ids)} tokens, fewer than the "
+        f"the package's text holds {len(ids)} tokens, fewer than the "
         f"num_tokens={num_tokens} asked for; ask for fewer."
     )
 
@@ -416,7 +415,7 @@ def real_attention_inputs(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Queries, keys and values of a real encoder on real text, any length.
 
-    The encoder reads MRPC's sentences (``real_text_ids``) in consecutive
+    The encoder reads real prose (``real_text_ids``) in consecutive
     chunks of at most ``chunk`` tokens (its position embeddings stop at
     512); each chunk's hidden states entering ``layer`` go through that
     layer's query, key and value projections, and the chunks are joined
@@ -473,19 +472,16 @@ def real_attention_inputs(
 def long_text_inputs(
     tokenizer: transformers.PreTrainedTokenizerBase,
     length: int,
-    *,
-    split: str = "dev",
 ) -> dict[str, Tensor]:
     """One long document of real prose, ready for a BERT-style model.
 
-    ``[CLS]``, then ``length - 2`` tokens of MRPC's sentences one after
-    another (``real_text_ids``), then ``[SEP]``: a stand-in for the long
+    ``[CLS]``, then ``length - 2`` tokens of the package's own prose
+    (``real_text_ids``), then ``[SEP]``: a stand-in for the long
     inputs (reports, contracts, books) that efficient attention is for.
 
     Args:
         tokenizer: the encoder's tokenizer.
         length: tokens in all, special tokens included (at least 3).
-        split: the MRPC split whose sentences are read.
 
     Returns:
         ``input_ids``, ``attention_mask`` (ones) and ``token_type_ids``
@@ -499,7 +495,7 @@ def long_text_inputs(
             f"length must be an int of at least 3 ([CLS], one token, [SEP]);"
             f" got {length!r}."
         )
-    text = real_text_ids(tokenizer, length - 2, split=split)
+    text = real_text_ids(tokenizer, length - 2)
     ids = torch.cat(
         [
             torch.tensor([tokenizer.cls_token_id]),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import efficient_attention as ea
-from efficient_attention import masks, models
+from efficient_attention import data, masks, models
 
 
 @pytest.fixture(scope="module")
@@ -244,6 +244,22 @@ def test_real_attention_inputs_refuse_bad_arguments(encoder):
         models.real_text_ids(tokenizer, 0)
     with pytest.raises(ValueError, match="fewer than"):
         models.real_text_ids(tokenizer, 10**8)
+
+
+def test_real_text_is_the_packages_prose_whatever_mrpcs_source(
+    encoder, monkeypatch
+):
+    # Chapters that read real text must print the same numbers for a reader
+    # with GLUE's files and for one with the generated MRPC set.
+    _, tokenizer = encoder
+    monkeypatch.setenv("GLUE_DIR", "/nonexistent/glue")
+    with_glue_dir = models.real_text_ids(tokenizer, 300)
+    monkeypatch.delenv("GLUE_DIR")
+    assert torch.equal(models.real_text_ids(tokenizer, 300), with_glue_dir)
+    first = data.book_prose().split("\n\n")[0]
+    assert tokenizer.decode(with_glue_dir[:10]) in first.lower()
+    # Long enough for the longest document a chapter reads (16,384 tokens).
+    assert len(models.real_text_ids(tokenizer, 16384)) == 16384
 
 
 def test_extended_positions_keep_the_first_512_outputs_and_run_longer():
