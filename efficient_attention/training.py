@@ -4,7 +4,9 @@ A plain PyTorch loop (AdamW, linear warm-up and decay, dynamic padding, a
 ``tqdm`` progress bar that works in a notebook and a terminal), GLUE's MRPC
 metrics (accuracy and the F1 of the paraphrase class), latency at a chosen
 batch size and the model's size; plus a cache of fine-tuned checkpoints keyed
-by everything that determines them. Used by the chapter "The MRPC worked
+by everything that determines them (``fine_tune_mrpc``), and of weights
+trained from a model the caller builds (``cached_training``: pruned,
+factored or distilled models). Used by the chapter "The MRPC worked
 example" and by the compression chapters, which all compare against the
 teacher fine-tuned here (BERT, arXiv:1810.04805, section 4.1).
 
@@ -30,6 +32,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import datasets
+import safetensors.torch
 import torch
 import transformers
 from torch import Tensor
@@ -694,6 +697,129 @@ def cached_checkpoint(
     if use_cache:
         _save_atomically(model, tokenizer, info, folder)
     return model, tokenizer, {**info, "path": str(folder), "from_cache": False}
+
+
+def cached_training(
+    model: torch.nn.Module,
+    key: dict[str, object],
+    fit: Callable[[torch.nn.Module], list[float]],
+    *,
+    use_cache: bool = True,
+) -> dict[str, object]:
+    """Train ``model`` in place with ``fit(model)``, once: later calls with
+    the same ``key`` load the trained weights from the cache instead.
+
+    For models that ``fine_tune_mrpc`` cannot rebuild from a folder (pruned
+    heads, low-rank layers, a student): the caller builds the starting
+    model (cheap and deterministic: copy the teacher, prune it), and only
+    the weights are cached. The key must say everything that determines
+    them (where the model started, what was changed, the recipe and the
+    number of steps); the versions of the package, torch and transformers
+    are added to it here.
+
+    Args:
+        model: the model before training; trained or loaded in place.
+        key: JSON-serializable description of the training.
+        fit: trains its argument in place and returns the batch losses.
+        use_cache: read and write the cache (``cache_root()``).
+
+    Returns:
+        ``info``: the full ``key``, ``path`` (the cache folder),
+        ``from_cache``, ``train_seconds`` and ``losses`` (those of the run
+        that trained the weights).
+
+    Raises:
+        ValueError: ``key`` is not a dict of JSON values.
+    """
+    full_key = {
+        **key,
+        "efficient_attention": __version__,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__.split("+")[0],
+    }
+    folder = cache_root() / f"trained-{_key_digest(full_key)}"
+    weights = folder / "model.safetensors"
+    if use_cache and (folder / "info.json").is_file():
+        info = json.loads((folder / "info.json").read_text())
+        if _file_sha256(weights) == info.get("sha256"):
+            safetensors.torch.load_model(model, weights)
+            model.eval()
+            return {**info, "path": str(folder), "from_cache": True}
+        warnings.warn(
+            f"the cached weights in {folder} do not match their checksum "
+            "(a corrupted or partial file): training again.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    start = time.perf_counter()
+    losses = fit(model)
+    model.eval()
+    info = {
+        "key": full_key,
+        "train_seconds": time.perf_counter() - start,
+        "losses": list(losses),
+        "threads": torch.get_num_threads(),
+    }
+    if use_cache:
+        _save_weights(model, info, folder)
+    return {**info, "path": str(folder), "from_cache": False}
+
+
+def _key_digest(key: dict[str, object]) -> str:
+    """A short hash of a JSON-serializable key (refuses anything else)."""
+    if not isinstance(key, dict):
+        raise ValueError(f"key must be a dict; got {type(key).__name__}.")
+    try:
+        text = json.dumps(key, sort_keys=True)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"key must hold only JSON values (str, int, float, bool, None, "
+            f"lists and dicts of them): {error}"
+        ) from None
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _file_sha256(path: pathlib.Path) -> str | None:
+    """The file's SHA-256, or None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _save_weights(
+    model: torch.nn.Module, info: dict, folder: pathlib.Path
+) -> None:
+    """Write the weights and ``info.json`` (with the weights' checksum) to a
+    temporary folder, then rename it; if saving fails, warn and go on (the
+    trained model is still returned)."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        partial = pathlib.Path(
+            tempfile.mkdtemp(dir=folder.parent, prefix=".partial-")
+        )
+        try:
+            safetensors.torch.save_model(model, partial / "model.safetensors")
+            info = {
+                **info,
+                "sha256": _file_sha256(partial / "model.safetensors"),
+            }
+            (partial / "info.json").write_text(json.dumps(info, indent=2))
+            shutil.rmtree(folder, ignore_errors=True)  # a stale or bad copy
+            os.replace(partial, folder)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    except Exception as error:  # disk full, read-only, a file in the way...
+        warnings.warn(
+            f"could not cache the trained weights in {folder} ({error}); "
+            "the model is trained, but the next run trains it again.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def set_dropout(model: torch.nn.Module, p: float) -> int:

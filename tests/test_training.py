@@ -280,3 +280,87 @@ def test_train_classifier_stops_at_max_steps_under_autocast(tokenizer):
         training.train_classifier(
             model, tokenizer, pairs, config, autocast=torch.int8
         )
+
+
+def _tiny_fit(steps=5):
+    """A fit for cached_training: a few Adam steps on random tokens."""
+
+    def fit(model):
+        generator = torch.Generator().manual_seed(0)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        losses = []
+        model.train()
+        for _ in range(steps):
+            ids = torch.randint(0, 50, (4, 8), generator=generator)
+            loss = model(input_ids=ids, labels=ids[:, 0] % 2).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+        return losses
+
+    return fit
+
+
+def test_cached_training_trains_once_and_loads_the_same_weights(
+    tmp_path, monkeypatch
+):
+    from tiny_models import tiny_bert
+
+    from efficient_attention.compression import pruning
+
+    monkeypatch.setenv("EFFICIENT_ATTENTION_CACHE", str(tmp_path))
+    key = {"start": "tiny seed 0", "pruned heads": {0: [1, 2]}, "steps": 5}
+    trained = tiny_bert()
+    pruning.prune_heads(trained, {0: [1, 2]})  # an architecture of its own
+    info = training.cached_training(trained, key, _tiny_fit())
+    assert not info["from_cache"] and len(info["losses"]) == 5
+
+    calls = []
+    again = tiny_bert()
+    pruning.prune_heads(again, {0: [1, 2]})
+    loaded = training.cached_training(
+        again, key, lambda m: calls.append(m) or []
+    )
+    assert loaded["from_cache"] and not calls and not again.training
+    assert loaded["losses"] == info["losses"]
+    for (name, a), b in zip(
+        trained.state_dict().items(), again.state_dict().values()
+    ):
+        assert torch.equal(a, b), name  # a copy: bit for bit
+    other = tiny_bert()
+    pruning.prune_heads(other, {0: [1, 2]})
+    assert not training.cached_training(
+        other, {**key, "steps": 6}, _tiny_fit(6)
+    )["from_cache"]
+
+
+def test_cached_training_retrains_a_corrupted_file_and_survives_a_bad_cache(
+    tmp_path, monkeypatch
+):
+    from tiny_models import tiny_bert
+
+    monkeypatch.setenv("EFFICIENT_ATTENTION_CACHE", str(tmp_path))
+    info = training.cached_training(tiny_bert(), {"k": 1}, _tiny_fit())
+    weights = pathlib.Path(info["path"]) / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-8:] = b"\x7f" * 8  # same size, other numbers
+    weights.write_bytes(bytes(raw))
+    with pytest.warns(RuntimeWarning, match="do not match their checksum"):
+        again = training.cached_training(tiny_bert(), {"k": 1}, _tiny_fit())
+    assert not again["from_cache"]
+    assert training.cached_training(tiny_bert(), {"k": 1}, _tiny_fit())[
+        "from_cache"
+    ]  # repaired
+    # A cache root that is a file: the model is trained and returned.
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("EFFICIENT_ATTENTION_CACHE", str(blocked))
+    model = tiny_bert()
+    before = model.classifier.weight.clone()
+    with pytest.warns(RuntimeWarning, match="could not cache"):
+        info = training.cached_training(model, {"k": 2}, _tiny_fit())
+    assert not info["from_cache"]
+    assert not torch.equal(model.classifier.weight, before)  # trained
+    with pytest.raises(ValueError, match="JSON values"):
+        training.cached_training(tiny_bert(), {"k": {1, 2}}, _tiny_fit())
