@@ -108,7 +108,7 @@ def load_mrpc(
         dataset = read_glue_tsv(path, split)
         where = path if glue_dir is not None else f"$GLUE_DIR/MRPC/{split}.tsv"
         _notice(verbose, f"GLUE's file {where}", dataset, split)
-        return dataset
+        return _tagged(dataset, "glue")
     hub_error = None
     if source in ("auto", "hub"):
         try:
@@ -121,7 +121,7 @@ def load_mrpc(
             hub_error = error
         else:
             _notice(verbose, "the datasets hub (nyu-mll/glue)", dataset, split)
-            return dataset
+            return _tagged(dataset, "hub")
     dataset = generate_paraphrase_pairs(split)
     reason = "" if hub_error is None else f" (hub: {_short(hub_error)})"
     _notice(
@@ -131,7 +131,30 @@ def load_mrpc(
         dataset,
         split,
     )
+    return _tagged(dataset, "generated")
+
+
+_SOURCE_TAG = "efficient_attention.data.load_mrpc source: "
+
+
+def _tagged(dataset: datasets.Dataset, source: str) -> datasets.Dataset:
+    """Record in the dataset's info where its pairs came from."""
+    dataset.info.description = _SOURCE_TAG + source
     return dataset
+
+
+def source_of(dataset: datasets.Dataset) -> str:
+    """Where ``load_mrpc`` found this dataset's pairs: ``"glue"``, ``"hub"``
+    or ``"generated"`` (kept through ``select`` and ``map``), or
+    ``"unknown"`` for a dataset it did not load.
+
+    Chapters use it to check a claim that holds only for the real MRPC
+    (and print why they skip it on the generated set).
+    """
+    description = getattr(getattr(dataset, "info", None), "description", "")
+    if description and description.startswith(_SOURCE_TAG):
+        return description[len(_SOURCE_TAG) :]
+    return "unknown"
 
 
 def read_glue_tsv(

@@ -107,6 +107,21 @@ def test_generated_fallback_when_offline_without_glue(no_glue_dir, capsys):
     assert 0.6 < sum(labels) / len(labels) < 0.76
 
 
+def test_the_source_is_recorded_and_survives_select_and_map(
+    tmp_path, no_glue_dir
+):
+    write_mrpc(tmp_path, "dev", HEADER + GOOD_ROWS)
+    glue = data.load_mrpc("dev", glue_dir=tmp_path, verbose=False)
+    generated = data.load_mrpc("dev", verbose=False)
+    assert data.source_of(glue) == "glue"
+    assert data.source_of(generated) == "generated"
+    assert data.source_of(generated.select(range(3))) == "generated"
+    flipped = glue.map(lambda row: {"label": 1 - row["label"]})
+    assert data.source_of(flipped) == "glue"
+    assert data.source_of(data.generate_paraphrase_pairs("dev")) == "unknown"
+    assert data.source_of([1, 2]) == "unknown"
+
+
 def test_generated_set_is_deterministic_and_splits_differ():
     first = data.generate_paraphrase_pairs("train", size=50)
     again = data.generate_paraphrase_pairs("train", size=50)
