@@ -765,6 +765,52 @@ def cached_training(
     return {**info, "path": str(folder), "from_cache": False}
 
 
+def train_classifier_cached(
+    model: transformers.PreTrainedModel,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    train: datasets.Dataset,
+    config: FineTuneConfig,
+    *,
+    start: object,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> dict[str, object]:
+    """``train_classifier`` once: a later call with the same arguments loads
+    the trained weights from the cache (``cached_training``).
+
+    For the short recovery fine-tunes of the compression chapters: prune
+    or factor a copy of the teacher, then call this.
+
+    Args:
+        model, tokenizer, train, config, max_steps, progress: as for
+            ``train_classifier``.
+        start: JSON-serializable description of ``model`` before training:
+            where it came from (a cached checkpoint's ``info["key"]``) and
+            what was changed (the heads removed, the rank...).
+
+    Returns:
+        ``info`` of ``cached_training``.
+    """
+    key = {
+        "start": start,
+        "config": dataclasses.asdict(config),
+        "max_steps": max_steps,
+        "train_data": dataset_fingerprint(train),
+    }
+
+    def fit(model: torch.nn.Module) -> list[float]:
+        return train_classifier(
+            model,
+            tokenizer,
+            train,
+            config,
+            max_steps=max_steps,
+            progress=progress,
+        )
+
+    return cached_training(model, key, fit)
+
+
 def _key_digest(key: dict[str, object]) -> str:
     """A short hash of a JSON-serializable key (refuses anything else)."""
     if not isinstance(key, dict):

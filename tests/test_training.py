@@ -364,3 +364,32 @@ def test_cached_training_retrains_a_corrupted_file_and_survives_a_bad_cache(
     assert not torch.equal(model.classifier.weight, before)  # trained
     with pytest.raises(ValueError, match="JSON values"):
         training.cached_training(tiny_bert(), {"k": {1, 2}}, _tiny_fit())
+
+
+def test_train_classifier_cached_keys_the_start_recipe_and_data(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("EFFICIENT_ATTENTION_CACHE", str(tmp_path))
+    train = data.generate_paraphrase_pairs("train", size=8)
+    config = training.FineTuneConfig(batch_size=4, learning_rate=1e-3)
+
+    def run(start="pretrained", steps=2, pairs=train):
+        model, tokenizer = models.load_encoder(verbose=False)
+        info = training.train_classifier_cached(
+            model, tokenizer, pairs, config, start=start, max_steps=steps,
+            progress=False,
+        )
+        return model, info
+
+    trained, info = run()
+    assert not info["from_cache"] and len(info["losses"]) == 2
+    loaded, again = run()
+    assert again["from_cache"]
+    torch.testing.assert_close(
+        loaded.classifier.weight, trained.classifier.weight, rtol=0, atol=0
+    )
+    flipped = train.map(lambda row: {"label": 1 - row["label"]})
+    for changed in (
+        dict(start="other"), dict(steps=1), dict(pairs=flipped)
+    ):
+        assert not run(**changed)[1]["from_cache"], changed
