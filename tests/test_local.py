@@ -379,6 +379,33 @@ def test_adaptive_span_fast_inference_uses_the_hard_windows():
         local.AdaptiveSpanAttention(2, 8, initial_span=9)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_adaptive_span_runs_half_precision_in_float32(dtype):
+    # issue 22: the float32 soft mask met half-precision weights
+    span = local.AdaptiveSpanAttention(2, 8, ramp=2)
+    q, k, v = random_qkv(2, L=12, S=12, dtype=torch.float32)
+    q, k, v = (t.to(dtype) for t in (q, k, v))
+    out = span(q, k, v)
+    assert out.dtype == dtype
+    torch.testing.assert_close(
+        out.float(), span(q.float(), k.float(), v.float()),
+        atol=1e-2, rtol=1e-2,
+    )
+
+
+def test_adaptive_span_checks_its_scores_and_its_initial_span():
+    # issue 22: NaN or overflowing scores gave NaN; True passed as a span
+    span = local.AdaptiveSpanAttention(2, 8)
+    q, k, v = random_qkv(2, L=6, S=6, dtype=torch.float32)
+    k[0, 3, 0] = float("nan")
+    with pytest.raises(ValueError, match="scores"):
+        span(q, k, v)
+    with pytest.raises(ValueError, match="scores"):
+        span(q * 1e30, k.nan_to_num() * 1e30, v)
+    with pytest.raises(ValueError, match="initial_span"):
+        local.AdaptiveSpanAttention(2, 8, initial_span=True)
+
+
 def test_without_openmp_the_kernel_runs_on_one_thread_and_says_so(
     tmp_path, monkeypatch, fresh_kernels
 ):

@@ -569,7 +569,11 @@ class AdaptiveSpanAttention(nn.Module):
             raise ValueError(f"causal must be True or False; got {causal!r}.")
         self.causal = causal
         start = max_span / 2 if initial_span is None else initial_span
-        if not isinstance(start, numbers.Real) or not 0 <= start <= max_span:
+        if (
+            isinstance(start, bool)
+            or not isinstance(start, numbers.Real)
+            or not 0 <= start <= max_span
+        ):
             raise ValueError(
                 f"initial_span must be a number in [0, max_span={max_span}]; "
                 f"got {initial_span!r}."
@@ -606,14 +610,27 @@ class AdaptiveSpanAttention(nn.Module):
         return [(r, 0) if self.causal else (r, r) for r in reach]
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        """Soft-masked attention (differentiable in the spans)."""
+        """Soft-masked attention (differentiable in the spans).
+
+        Half-precision inputs are computed in float32 and cast back.
+
+        Raises:
+            ValueError: shapes, dtypes or devices that do not fit, a head
+                count other than ``heads``, or scores that are not finite
+                (as ``dense_attention``).
+        """
         check_qkv(query, key, value)
         _heads(query, "span", self.heads)
         L, S = query.shape[-2], key.shape[-2]
-        scores = query @ key.transpose(-2, -1) / math.sqrt(query.shape[-1])
-        weights = torch.softmax(scores, dim=-1) * self.soft_mask(L, S)
+        half = query.dtype in (torch.float16, torch.bfloat16)
+        q, k, v = (t.float() if half else t for t in (query, key, value))
+        scale = 1 / math.sqrt(q.shape[-1])
+        scores = (q * scale) @ k.transpose(-2, -1)  # (..., H, L, S)
+        check_finite_scores(scores, scale)
+        mask = self.soft_mask(L, S).to(scores)  # (H, L, S)
+        weights = torch.softmax(scores, dim=-1) * mask
         weights = weights / (weights.sum(-1, keepdim=True) + 1e-8)
-        return weights @ value  # (..., H, L, Ev)
+        return (weights @ v).to(query.dtype)  # (..., H, L, Ev)
 
     def fast_forward(
         self, query: Tensor, key: Tensor, value: Tensor
