@@ -396,3 +396,33 @@ def check_generator(name: str, value: object) -> torch.Generator:
             f"Make one with torch.Generator().manual_seed(0)."
         )
     return value
+
+
+def check_block_choice(
+    block_size: object, top_k: object, band: object, L: int, S: int
+) -> tuple[int, int, int]:
+    """``(block_size, top_k, band)`` of coarse-to-fine attention as ints
+    that fit ``L`` queries and ``S`` keys; ``coarse_to_fine_attention`` and
+    the picture of it (``hierarchical_levels``) share this check.
+
+    A block wider than both sequences is one block of ``max(L, S)``, and a
+    band wider than the blocks keeps them all, so both are capped.
+
+    Raises:
+        ValueError: a block size that is not a positive int, a band or
+            ``top_k`` that is not an int >= 0, or ``top_k`` above the
+            number of key blocks ``nk = ceil(S / block_size)``.
+    """
+    block_size = check_positive_int("block_size", block_size)
+    block_size = min(block_size, max(L, S, 1))
+    band = min(check_non_negative_int("band", band), max(L, S, 1))
+    top_k = check_non_negative_int("top_k", top_k)
+    nk = -(-S // block_size)
+    if top_k > nk:
+        raise ValueError(
+            f"top_k must be at most the number of key blocks, nk = ceil(S / "
+            f"block_size) = ceil({S} / {block_size}) = {nk}; got top_k="
+            f"{top_k}. Use top_k <= {nk} (top_k={nk} is dense attention), "
+            f"or a smaller block_size."
+        )
+    return block_size, top_k, band
