@@ -426,3 +426,76 @@ def check_block_choice(
             f"or a smaller block_size."
         )
     return block_size, top_k, band
+
+
+def check_block_layout(layout: object) -> Tensor:
+    """Return ``layout`` if it is a bool ``(nq, nk)`` or ``(H, nq, nk)``
+    tensor (True = the block is computed), else raise a ValueError."""
+    check_tensor("layout", layout)
+    if layout.dtype != torch.bool:
+        raise ValueError(
+            f"layout must be a bool tensor (True = compute the block); got "
+            f"dtype {layout.dtype}. Convert it with layout.bool()."
+        )
+    if layout.dim() not in (2, 3):
+        raise ValueError(
+            f"layout must be (nq, nk) or (H, nq, nk); got shape "
+            f"{tuple(layout.shape)}."
+        )
+    return layout
+
+
+def check_layout_fits(
+    shape: tuple[int, ...],
+    block_size: int,
+    L: int,
+    S: int,
+    *,
+    exact: bool = True,
+) -> None:
+    """Check that a block layout of ``shape`` (``(..., nq, nk)``) fits ``L``
+    queries and ``S`` keys in blocks of ``block_size``.
+
+    The rule of ``block_sparse_attention`` (``exact``: ``(nq, nk) =
+    (ceil(L / block_size), ceil(S / block_size))``) and of the mask
+    function of ``masks.from_block_layout`` (not ``exact``: the layout
+    covers every position it is asked about; no position is clamped).
+
+    Raises:
+        ValueError: naming the layout's shape, the sizes and what fits.
+    """
+    nq, nk = -(-L // block_size), -(-S // block_size)
+    got = tuple(shape[-2:])
+    covers = got[0] >= nq and got[1] >= nk
+    if got == (nq, nk) or (covers and not exact):
+        return
+    low, high = 1, max(L, S, 1)  # the block sizes that fit, if any
+    for length, n in ((L, got[0]), (S, got[1])):
+        fit = _block_sizes(length, n)
+        if fit is None:
+            low, high = 1, 0
+            break
+        low, high = max(low, fit[0]), min(high, fit[1])
+    fix = (
+        f"block_size={low}"
+        + (f" to {high}" if high > low else "")
+        + " fits this layout"
+        if low <= high
+        else "no block size fits this layout"
+    )
+    raise ValueError(
+        f"layout of shape {tuple(shape)} does not fit L={L}, S={S} with "
+        f"block_size={block_size}: that needs (nq, nk) = (ceil(L / "
+        f"block_size), ceil(S / block_size)) = ({nq}, {nk}); {fix}, or "
+        f"build the layout for ({nq}, {nk}) blocks."
+    )
+
+
+def _block_sizes(length: int, n: int) -> tuple[int, float] | None:
+    """The block sizes ``s`` with ``ceil(length / s) == n``, an interval
+    ``[low, high]`` (``high`` may be infinite), or None."""
+    if length == 0 or n == 0:
+        return (1, math.inf) if length == n == 0 else None
+    low = -(-length // n)
+    high = math.inf if n == 1 else (length - 1) // (n - 1)
+    return (low, high) if low <= high else None
