@@ -361,6 +361,26 @@ def check_device(name: str, value: object) -> torch.device:
         ) from error
 
 
+def check_device_here(name: str, value: object) -> torch.device:
+    """``check_device``, and the device must exist on this machine (CUDA,
+    a CUDA index, Apple's MPS); ``cpu`` and ``meta`` always do."""
+    device = check_device(name, value)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise ValueError(
+                f"{name}={str(value)!r} names a CUDA device, but this "
+                f"machine has {count}; use 'cpu'"
+                + (f" or cuda:0 to cuda:{count - 1}." if count else ".")
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"{name}={str(value)!r} names Apple's MPS, which this machine "
+            f"does not have; use 'cpu'."
+        )
+    return device
+
+
 def check_finite_scores(scores: Tensor, scale: float) -> None:
     """Raise ``scores_not_finite`` if the attention scores hold inf or NaN.
 

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ._validation import (
     check_block_layout,
-    check_device,
+    check_device_here,
     check_layout_fits,
     check_non_negative_int,
     check_positive_int,
@@ -399,7 +399,8 @@ def create_mask(
     Raises:
         ValueError: ``L``, ``S``, ``batch`` or ``heads`` not positive ints, a
             ``batch`` other than the one ``mask_mod`` was built for, a device
-            name torch does not know, or a ``mask_mod`` that does not return
+            name torch does not know or this machine lacks (CUDA without a
+            GPU), or a ``mask_mod`` that does not return
             a bool tensor of a broadcastable shape.
 
     Complexity: ``O(L * S)`` time and memory; it is for drawing and for the
@@ -420,7 +421,7 @@ def create_mask(
             f"that each batch row gets its own mask."
         )
     if device is not None:
-        device = check_device("device", device)
+        device = check_device_here("device", device)
     b = torch.zeros((), dtype=torch.long, device=device)
     h = torch.zeros((), dtype=torch.long, device=device)
     shape = [L, S]

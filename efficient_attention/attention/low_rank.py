@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import (
-    check_device,
+    check_device_here,
     check_dtype,
     check_finite_scores,
     check_generator,
@@ -77,7 +77,7 @@ def make_linformer_projections(
     rank = check_positive_int("rank", rank)
     dtype = check_dtype("dtype", dtype, floating=True)
     if device is not None:
-        device = check_device("device", device)
+        device = check_device_here("device", device)
     if kind == "mean":
         if rank > seq_len:
             raise ValueError(
