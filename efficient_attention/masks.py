@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ._validation import (
+    check_bool,
     check_block_layout,
     check_device_here,
     check_layout_fits,
@@ -598,10 +599,12 @@ def strided_layout(
         bool ``(n_q, n_k)``.
 
     Raises:
-        ValueError: a count or stride that is not a positive int.
+        ValueError: a count or stride that is not a positive int, or a
+            ``causal`` that is not a bool.
     """
     i, j = _block_grid(n_q, n_k)
     stride = check_positive_int("stride", stride)
+    causal = check_bool("causal", causal)
     offset = i - j
     near = offset.abs() < stride
     layout = near | (offset % stride == 0)
@@ -624,12 +627,14 @@ def fixed_layout(
     their chunk saw; ``j <= i`` when ``causal``.
 
     Raises:
-        ValueError: a count or stride that is not a positive int, or
-            ``summary`` not in ``[0, stride]``.
+        ValueError: a count or stride that is not a positive int,
+            ``summary`` not in ``[0, stride]``, or a ``causal`` that is not
+            a bool.
     """
     i, j = _block_grid(n_q, n_k)
     stride = check_positive_int("stride", stride)
     summary = check_non_negative_int("summary", summary)
+    causal = check_bool("causal", causal)
     if summary > stride:
         raise ValueError(
             f"summary must be at most stride ({stride}); got {summary}."

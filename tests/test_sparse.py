@@ -402,6 +402,9 @@ def test_layout_builders_refuse_bad_parameters_by_name():
         ("density", lambda: masks.random_layout(4, density=0)),
         ("density", lambda: masks.random_layout(4, density=1.5)),
         ("square", lambda: masks.checkerboard_layout(4, square=0)),
+        # issue 22: any truthy value passed for causal
+        ("causal", lambda: masks.strided_layout(4, stride=2, causal="no")),
+        ("causal", lambda: masks.fixed_layout(4, stride=2, causal=0)),
         ("block_size", lambda: masks.from_block_layout(
             torch.ones(2, 2, dtype=torch.bool), 0)),
         ("layout", lambda: masks.from_block_layout(torch.ones(2, 2), 4)),
