@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -220,6 +221,34 @@ def check_positive_int(name: str, value: object) -> int:
 def check_non_negative_int(name: str, value: object) -> int:
     """Return ``value`` as an int if integral and >= 0 (see ``check_int``)."""
     return check_int(name, value, 0)
+
+
+def check_int_list(name: str, values: object) -> list[int]:
+    """Return ``values`` as a list of Python ints: any iterable (list,
+    tuple, set, range, 1-D tensor or array) of integral numbers.
+
+    Raises:
+        ValueError: not an iterable (a string or a mapping is not one
+            here), or an element that is not an integral number (``1.7``
+            is refused, never truncated; ``True`` too).
+    """
+    if isinstance(values, Tensor):
+        values = values.tolist()
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(
+        values, Iterable
+    ):
+        raise ValueError(
+            f"{name} must be a list of ints; got {values!r} "
+            f"({type(values).__name__})."
+        )
+    values = list(values)
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(
+                f"{name} must be a list of ints; got {value!r} "
+                f"({type(value).__name__}) among {values!r}."
+            )
+    return [int(value) for value in values]
 
 
 def check_real(name: str, value: object) -> float:
