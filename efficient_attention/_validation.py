@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -548,3 +549,28 @@ def _block_sizes(length: int, n: int) -> tuple[int, float] | None:
     low = -(-length // n)
     high = math.inf if n == 1 else (length - 1) // (n - 1)
     return (low, high) if low <= high else None
+
+
+def memory_bytes(device: torch.device) -> int | None:
+    """The memory of ``device`` in bytes: the machine's physical memory
+    for the CPU, the GPU's for CUDA; None where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type != "cpu":
+        return None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # not a POSIX system
+        return None
+
+
+def check_fits_in_memory(what: str, nbytes: int, device: torch.device) -> None:
+    """Raise a ValueError, saying ``what`` needs ``nbytes``, when that is
+    more than all the memory of ``device`` (so it could never run)."""
+    total = memory_bytes(device)
+    if total is not None and nbytes > total:
+        raise ValueError(
+            f"{what} would need {nbytes / 2**30:.3g} GiB, more than the "
+            f"{total / 2**30:.3g} GiB of memory of this machine's "
+            f"{device.type}."
+        )
