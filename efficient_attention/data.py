@@ -192,7 +192,7 @@ def _parse_row(
             else f"{where}: empty line."
         )
     first, id1, id2, sentence1, sentence2 = fields
-    if not (id1.isdigit() and id2.isdigit()):
+    if not (_is_number(id1) and _is_number(id2)):
         raise MRPCFormatError(
             f"{where}: the sentence IDs must be numbers; got {id1!r}, {id2!r}."
         )
@@ -210,13 +210,19 @@ def _parse_row(
         rows["label"].append(int(first))
         rows["idx"].append(len(rows["idx"]))
     else:
-        if not first.isdigit():
+        if not _is_number(first):
             raise MRPCFormatError(
                 f"{where}: the index must be a number; got {first!r}."
             )
         rows["idx"].append(int(first))
     rows["sentence1"].append(sentence1)
     rows["sentence2"].append(sentence2)
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes "²" or "١", which
+    ``int`` then refuses or reads as another number."""
+    return text.isascii() and text.isdigit()
 
 
 def _load_from_hub(split: str) -> datasets.Dataset:
