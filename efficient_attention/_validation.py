@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -574,3 +574,25 @@ def check_fits_in_memory(what: str, nbytes: int, device: torch.device) -> None:
             f"{total / 2**30:.3g} GiB of memory of this machine's "
             f"{device.type}."
         )
+
+
+def check_records(records: object) -> list[Mapping[str, object]]:
+    """``records`` as a non-empty list of mappings with variant and L."""
+    if isinstance(records, Mapping) or not isinstance(records, Sequence):
+        raise ValueError(
+            f"records must be a list of records (from benchmark.sweep); got "
+            f"{type(records).__name__}."
+        )
+    if not records:
+        raise ValueError(
+            "records must hold at least one record (from benchmark.sweep)."
+        )
+    for record in records:
+        if not isinstance(record, Mapping) or not {"variant", "L"} <= set(
+            record
+        ):
+            raise ValueError(
+                f"each record must be a mapping with 'variant' and 'L' (as "
+                f"benchmark.sweep returns); got {record!r}."
+            )
+    return list(records)
