@@ -28,6 +28,8 @@ import random
 
 import datasets
 
+from ._validation import check_positive_int
+
 SPLITS = ("train", "dev", "test")
 SOURCES = ("auto", "glue", "hub", "generated")
 COLUMNS = ("sentence1", "sentence2", "label", "idx")
@@ -450,8 +452,7 @@ def generate_paraphrase_pairs(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}.")
     size = GLUE_SIZES[split] if size is None else size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int; got {size!r}.")
+    size = check_positive_int("size", size)
     rng = random.Random(f"mrpc-{split}-{seed}")
     rows: dict[str, list] = {name: [] for name in COLUMNS}
     for idx in range(size):

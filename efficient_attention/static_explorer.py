@@ -20,6 +20,7 @@ import html
 import io
 import itertools
 import json
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -137,7 +138,7 @@ def explorer_html(
     for position, (name, values) in enumerate(checked.items()):
         label = html.escape(str(name))
         numeric = all(
-            isinstance(v, (int, float)) and not isinstance(v, bool)
+            isinstance(v, numbers.Real) and not isinstance(v, bool)
             for v in values
         )
         if numeric and len(values) > 1:

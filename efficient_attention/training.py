@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, models
 from . import data as mrpc_data
+from ._validation import check_positive_int, check_real, check_seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,27 +60,38 @@ class FineTuneConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "max_length"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or value < 1
-            ):
+            self._plain(name, check_positive_int(name, getattr(self, name)))
+        self._plain("seed", check_seed("seed", self.seed))
+        for name, low, high, closed in (
+            ("learning_rate", 0, 1, False),
+            ("head_learning_rate", 0, 1, False),
+            ("dropout", 0, 1, True),
+            ("warmup_ratio", 0, 1, True),
+            ("weight_decay", 0, math.inf, True),
+        ):
+            given = getattr(self, name)
+            try:
+                value = check_real(name, given)
+            except ValueError:
+                value = math.nan
+            inside = low <= value if closed else low < value
+            if not (inside and value < high):
+                interval = f"{'[' if closed else '('}{low}, {high:g})"
                 raise ValueError(
-                    f"{name} must be a positive int; got {value!r}."
+                    f"{name} must be in {interval}; got {given!r}."
                 )
-        for name in ("learning_rate", "head_learning_rate"):
-            value = getattr(self, name)
-            if not 0 < value < 1:
-                raise ValueError(f"{name} must be in (0, 1); got {value!r}.")
-        if not 0 <= self.dropout < 1:
+            self._plain(name, value)
+        if not isinstance(self.model, str):
             raise ValueError(
-                f"dropout must be in [0, 1); got {self.dropout!r}."
+                f"model must be a name or a folder (str); got {self.model!r}."
             )
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(
-                f"warmup_ratio must be in [0, 1); got {self.warmup_ratio!r}."
-            )
+
+    def _plain(self, name: str, value: float) -> None:
+        """Keep a Python int or float as given (the config is part of the
+        cache key); turn a NumPy number into a plain one, which JSON
+        holds."""
+        if type(getattr(self, name)) not in (int, float):
+            object.__setattr__(self, name, value)
 
 
 def encode_pairs(

@@ -227,6 +227,12 @@ def test_a_test_index_of_other_digits_names_the_file_and_line(tmp_path, index):
     assert str(path) in str(raised.value)
 
 
+def test_generated_size_takes_numpy_ints():
+    import numpy as np
+
+    assert len(data.generate_paraphrase_pairs("dev", size=np.int64(3))) == 3
+
+
 @pytest.mark.parametrize("size", [0, -3, 2.5, True])
 def test_generated_size_must_be_positive(size):
     with pytest.raises(ValueError, match="size must be a positive int"):

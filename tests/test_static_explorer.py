@@ -225,3 +225,10 @@ def test_a_draw_that_returns_no_figure_is_named():
     with pytest.raises(ValueError, match="draw must return a matplotlib"):
         static_explorer(forgets_to_return, width=[1, 2])
     plt.close("all")
+
+
+def test_numpy_numbers_get_a_slider():
+    import numpy as np
+
+    page = static_explorer(draw, width=[np.float32(1), np.int64(2)], dpi=20)
+    assert 'type="range" data-name="width"' in page.data

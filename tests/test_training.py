@@ -406,3 +406,27 @@ def test_cache_keys_hold_json_values_only(cache, tokenizer, key):
     with pytest.raises(ValueError, match="key must"):
         cached(fit, key)
     assert fit.calls == 0
+
+
+def test_config_takes_numpy_numbers_and_checks_every_field():
+    # issue 22 (NumPy scalars accepted everywhere): np.int64 epochs were
+    # refused; a seed, a weight decay or a model of any type passed
+    import numpy as np
+
+    config = training.FineTuneConfig(
+        epochs=np.int64(3), learning_rate=np.float32(0.5)
+    )
+    assert type(config.epochs) is int and config.epochs == 3
+    assert type(config.learning_rate) is float
+    import json
+
+    json.dumps(config.__dict__)  # part of the cache key: plain numbers
+    for bad, name in [
+        ({"seed": "x"}, "seed"),
+        ({"seed": -1}, "seed"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"learning_rate": "0.1"}, "learning_rate"),
+        ({"model": 3}, "model"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            training.FineTuneConfig(**bad)
