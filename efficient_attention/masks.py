@@ -33,8 +33,8 @@ import torch
 from torch import Tensor
 
 from ._validation import (
-    check_bool,
     check_block_layout,
+    check_bool,
     check_device_here,
     check_layout_fits,
     check_non_negative_int,

@@ -267,9 +267,9 @@ class Signals:
                 value = check_real(name, getattr(self, name))
             except ValueError:
                 value = math.nan
-            top = 1 if name == "soft" else math.inf
-            if not 0 <= value <= top:
-                what = "in [0, 1]" if name == "soft" else "a finite weight >= 0"
+            soft = name == "soft"
+            if not 0 <= value <= (1 if soft else math.inf):
+                what = "in [0, 1]" if soft else "a finite weight >= 0"
                 raise ValueError(
                     f"{name} must be {what}; got {getattr(self, name)!r}."
                 )

@@ -433,7 +433,8 @@ def prune_neurons(
     chosen = _check_units("neurons", neurons, counts, "neuron")
     for index, units in chosen.items():  # every entry checked: now change
         inner = layers[index].intermediate.dense
-        keep = torch.tensor(sorted(set(range(inner.out_features)) - set(units)))
+        kept = set(range(inner.out_features)) - set(units)
+        keep = torch.tensor(sorted(kept))
         layers[index].intermediate.dense = prune_linear_layer(inner, keep)
         outer = layers[index].output.dense
         layers[index].output.dense = prune_linear_layer(outer, keep, dim=1)
