@@ -54,10 +54,12 @@ def soft_label_loss(
 
     Both distributions are softmaxes of the logits divided by ``T``; the
     ``T^2`` keeps the gradient's size independent of ``T`` (the gradient of
-    the KL term shrinks as ``1 / T^2``). Computed in float64 as ``T *
-    (sum p_t (z_t - z_s) - T lse(z_t / T) + T lse(z_s / T))``, whose terms
-    stay finite for any ``T`` down to the smallest float (``T lse(z / T)``
-    tends to ``max z``): nothing divides by ``T`` or squares it.
+    the KL term shrinks as ``1 / T^2``). Computed in float64, on logits
+    ``a``, ``b`` shifted to a row maximum of 0, as ``T * (sum p_t (a - b)
+    - T (lse(a / T) - lse(b / T)))``: every term stays finite for any
+    ``T`` down to the smallest float (``lse`` of shifted logits lies in
+    ``[0, log C]``), and nothing squares ``T``. A row's loss is never
+    below 0 (rounding is clamped).
 
     Args:
         student_logits, teacher_logits: ``(N, C)``; a logit may be
@@ -91,13 +93,16 @@ def soft_label_loss(
     dtype = _wide(student_logits).dtype
     if student_logits.shape[0] == 0:  # no row: the mean of nothing is 0
         return (student_logits.sum() + teacher_logits.sum()).to(dtype) * 0
-    z_s, z_t = student_logits.double(), teacher_logits.double()
-    p_t = F.softmax(_shifted(z_t) / temperature, -1)  # (N, C)
-    # sum p_t (z_t - z_s) over the classes the teacher gives weight
-    gap = (z_t - z_s).masked_fill(p_t == 0, 0.0)  # (N, C)
-    bracket = (p_t * gap).sum(-1) - _soft_max(z_t, temperature)
-    bracket = bracket + _soft_max(z_s, temperature)  # (N,): T * KL
-    return (temperature * bracket.mean()).to(dtype)
+    # logits shifted by their row maximum (<= 0), so that no two large
+    # offsets cancel; a softmax and the KL ignore the shift
+    a, b = _shifted(teacher_logits.double()), _shifted(student_logits.double())
+    p_t = F.softmax(a / temperature, -1)  # (N, C)
+    # sum p_t (a - b) over the classes the teacher gives weight
+    gap = (a - b).masked_fill(p_t == 0, 0.0)  # (N, C)
+    bracket = (p_t * gap).sum(-1) - temperature * (
+        _log_sum_exp(a, temperature) - _log_sum_exp(b, temperature)
+    )  # (N,): T * KL, never below 0 but by rounding
+    return (temperature * bracket.clamp_min(0).mean()).to(dtype)
 
 
 def _check_logits(name: str, logits: Tensor) -> None:
@@ -118,12 +123,11 @@ def _shifted(z: Tensor) -> Tensor:
     return z - z.amax(-1, keepdim=True).detach()
 
 
-def _soft_max(z: Tensor, temperature: float) -> Tensor:
-    """``T * logsumexp(z / T)`` of each row, ``(N,)``, without forming
-    ``z / T``: the row maximum plus ``T`` times the log-sum-exp of the
-    shifted logits (each <= 0, so nothing overflows)."""
-    top = z.amax(-1).detach()  # (N,)
-    return top + temperature * torch.logsumexp(_shifted(z) / temperature, -1)
+def _log_sum_exp(shifted: Tensor, temperature: float) -> Tensor:
+    """``logsumexp(shifted / T)`` of each row, ``(N,)``, for logits
+    shifted to a maximum of 0: it lies in ``[0, log C]`` whatever ``T``
+    (a term may underflow to 0, none overflows)."""
+    return torch.logsumexp(shifted / temperature, -1)
 
 
 def hidden_state_loss(

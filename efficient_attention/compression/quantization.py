@@ -177,26 +177,34 @@ def kmeans_codebook(
     _check_values(x)
     bits = check_bits(bits, high=12)
     iterations = check_non_negative_int("iterations", iterations)
-    values = x.detach().flatten().float()
+    # float64 sums: the mean of equal float32 values is then exact
+    values = x.detach().flatten().double()
     levels = 2**bits
-    quantiles = (torch.arange(levels, dtype=torch.float32) + 0.5) / levels
+    quantiles = (torch.arange(levels, dtype=torch.float64) + 0.5) / levels
     step = values.numel() // 2**24 + 1  # torch.quantile takes <= 2**24 values
-    codebook = torch.quantile(values[::step], quantiles)
+    codebook = torch.quantile(values[::step], quantiles).float().double()
     for _ in range(iterations):
         codes = _nearest(values, codebook)
-        sums = torch.zeros(levels).index_add_(0, codes, values)
-        counts = torch.bincount(codes, minlength=levels).float()
+        sums = values.new_zeros(levels).index_add_(0, codes, values)
+        counts = torch.bincount(codes, minlength=levels).double()
         codebook = torch.where(
             counts > 0, sums / counts.clamp_min(1), codebook
         )
-        codebook = codebook.sort().values
+        codebook = codebook.float().sort().values.double()  # float32 levels
+    codebook = codebook.float()
     return codebook, _nearest(values, codebook).view(x.shape)
 
 
 def _nearest(values: Tensor, sorted_levels: Tensor) -> Tensor:
-    """Index of the nearest of ``sorted_levels`` for each value."""
-    midpoints = (sorted_levels[1:] + sorted_levels[:-1]) / 2
-    return torch.bucketize(values, midpoints)
+    """Index of the nearest of ``sorted_levels`` for each value.
+
+    Compared in float64, where the midpoint of two float32 levels is
+    exact: in float32 it can round onto a level, and a value equal to that
+    level then went to its neighbour.
+    """
+    levels = sorted_levels.double()
+    midpoints = (levels[1:] + levels[:-1]) / 2
+    return torch.bucketize(values.double(), midpoints)
 
 
 def log_grid(x: Tensor, bits: int) -> Tensor:
