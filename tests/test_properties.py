@@ -2733,3 +2733,29 @@ def test_sweep_records_a_failing_variant_and_goes_on(lengths, failing, error):
                     if broken else "ok")  # fmt: skip
         assert r["status"] == expected
         assert (r["median_s"] is None) == broken
+
+
+# -- sliding windows slid inside the keys, past the first block -------------
+
+
+@given(
+    L=st.integers(1, 200),
+    S=st.integers(1, 20),
+    window=st.tuples(st.integers(0, 4), st.integers(0, 4)),
+    dilation=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_shifted_windows_with_more_queries_than_keys_equal_their_mask(
+    L, S, window, dilation, seed
+):
+    # issue 22: the PyTorch path gave zeros from query 64 on when L > S
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(1, n, 3, generator=g, dtype=torch.float64)
+               for n in (L, S, S))  # fmt: skip
+    out = ea.sliding_window_attention(
+        q, k, v, window=window, dilation=dilation, border="shift",
+        backend="torch",
+    )  # fmt: skip
+    mask = masks.create_mask(masks.shifted_window(window, S, dilation), L, S)
+    expected = reference_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(out, expected)

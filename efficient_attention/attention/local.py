@@ -435,9 +435,11 @@ def _last_window(
 ) -> Tensor:
     """Rows ``first, first + 1, ...`` (``first >= S - 1``) with windows
     slid inside the keys: each attends the last ``left + right + 1`` keys
-    of its class, which lie among the last ``max span + 1`` keys."""
+    of its class. A class holds ``S - 1`` keys or more (``n_keys``, after
+    ``_split_residues``), so they lie among the last ``span + 1``."""
     S = k.shape[-2]
-    start = max(S - 1 - int((left + right).max()) - 1, 0)
+    span = int((left + right).max()) + 1  # the widest window
+    start = max(S - 1 - span, 0)  # the first key any of these rows attends
     arange = lambda n: torch.arange(n, device=q.device)  # noqa: E731
     query_pos = first + arange(q.shape[-2]).view(-1, 1)  # (rows, 1)
     key_pos = start + arange(S - start)  # (W,)
