@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -222,6 +224,34 @@ def check_non_negative_int(name: str, value: object) -> int:
     return check_int(name, value, 0)
 
 
+def check_int_list(name: str, values: object) -> list[int]:
+    """Return ``values`` as a list of Python ints: any iterable (list,
+    tuple, set, range, 1-D tensor or array) of integral numbers.
+
+    Raises:
+        ValueError: not an iterable (a string or a mapping is not one
+            here), or an element that is not an integral number (``1.7``
+            is refused, never truncated; ``True`` too).
+    """
+    if isinstance(values, Tensor):
+        values = values.tolist()
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(
+        values, Iterable
+    ):
+        raise ValueError(
+            f"{name} must be a list of ints; got {values!r} "
+            f"({type(values).__name__})."
+        )
+    values = list(values)
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(
+                f"{name} must be a list of ints; got {value!r} "
+                f"({type(value).__name__}) among {values!r}."
+            )
+    return [int(value) for value in values]
+
+
 def check_real(name: str, value: object) -> float:
     """Return ``value`` as a Python float if it is a finite real number.
 
@@ -361,6 +391,26 @@ def check_device(name: str, value: object) -> torch.device:
         ) from error
 
 
+def check_device_here(name: str, value: object) -> torch.device:
+    """``check_device``, and the device must exist on this machine (CUDA,
+    a CUDA index, Apple's MPS); ``cpu`` and ``meta`` always do."""
+    device = check_device(name, value)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            raise ValueError(
+                f"{name}={str(value)!r} names a CUDA device, but this "
+                f"machine has {count}; use 'cpu'"
+                + (f" or cuda:0 to cuda:{count - 1}." if count else ".")
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"{name}={str(value)!r} names Apple's MPS, which this machine "
+            f"does not have; use 'cpu'."
+        )
+    return device
+
+
 def check_finite_scores(scores: Tensor, scale: float) -> None:
     """Raise ``scores_not_finite`` if the attention scores hold inf or NaN.
 
@@ -396,3 +446,153 @@ def check_generator(name: str, value: object) -> torch.Generator:
             f"Make one with torch.Generator().manual_seed(0)."
         )
     return value
+
+
+def check_block_choice(
+    block_size: object, top_k: object, band: object, L: int, S: int
+) -> tuple[int, int, int]:
+    """``(block_size, top_k, band)`` of coarse-to-fine attention as ints
+    that fit ``L`` queries and ``S`` keys; ``coarse_to_fine_attention`` and
+    the picture of it (``hierarchical_levels``) share this check.
+
+    A block wider than both sequences is one block of ``max(L, S)``, and a
+    band wider than the blocks keeps them all, so both are capped.
+
+    Raises:
+        ValueError: a block size that is not a positive int, a band or
+            ``top_k`` that is not an int >= 0, or ``top_k`` above the
+            number of key blocks ``nk = ceil(S / block_size)``.
+    """
+    block_size = check_positive_int("block_size", block_size)
+    block_size = min(block_size, max(L, S, 1))
+    band = min(check_non_negative_int("band", band), max(L, S, 1))
+    top_k = check_non_negative_int("top_k", top_k)
+    nk = -(-S // block_size)
+    if top_k > nk:
+        raise ValueError(
+            f"top_k must be at most the number of key blocks, nk = ceil(S / "
+            f"block_size) = ceil({S} / {block_size}) = {nk}; got top_k="
+            f"{top_k}. Use top_k <= {nk} (top_k={nk} is dense attention), "
+            f"or a smaller block_size."
+        )
+    return block_size, top_k, band
+
+
+def check_block_layout(layout: object) -> Tensor:
+    """Return ``layout`` if it is a bool ``(nq, nk)`` or ``(H, nq, nk)``
+    tensor (True = the block is computed), else raise a ValueError."""
+    check_tensor("layout", layout)
+    if layout.dtype != torch.bool:
+        raise ValueError(
+            f"layout must be a bool tensor (True = compute the block); got "
+            f"dtype {layout.dtype}. Convert it with layout.bool()."
+        )
+    if layout.dim() not in (2, 3):
+        raise ValueError(
+            f"layout must be (nq, nk) or (H, nq, nk); got shape "
+            f"{tuple(layout.shape)}."
+        )
+    return layout
+
+
+def check_layout_fits(
+    shape: tuple[int, ...],
+    block_size: int,
+    L: int,
+    S: int,
+    *,
+    exact: bool = True,
+) -> None:
+    """Check that a block layout of ``shape`` (``(..., nq, nk)``) fits ``L``
+    queries and ``S`` keys in blocks of ``block_size``.
+
+    The rule of ``block_sparse_attention`` (``exact``: ``(nq, nk) =
+    (ceil(L / block_size), ceil(S / block_size))``) and of the mask
+    function of ``masks.from_block_layout`` (not ``exact``: the layout
+    covers every position it is asked about; no position is clamped).
+
+    Raises:
+        ValueError: naming the layout's shape, the sizes and what fits.
+    """
+    nq, nk = -(-L // block_size), -(-S // block_size)
+    got = tuple(shape[-2:])
+    covers = got[0] >= nq and got[1] >= nk
+    if got == (nq, nk) or (covers and not exact):
+        return
+    low, high = 1, max(L, S, 1)  # the block sizes that fit, if any
+    for length, n in ((L, got[0]), (S, got[1])):
+        fit = _block_sizes(length, n)
+        if fit is None:
+            low, high = 1, 0
+            break
+        low, high = max(low, fit[0]), min(high, fit[1])
+    fix = (
+        f"block_size={low}"
+        + (f" to {high}" if high > low else "")
+        + " fits this layout"
+        if low <= high
+        else "no block size fits this layout"
+    )
+    raise ValueError(
+        f"layout of shape {tuple(shape)} does not fit L={L}, S={S} with "
+        f"block_size={block_size}: that needs (nq, nk) = (ceil(L / "
+        f"block_size), ceil(S / block_size)) = ({nq}, {nk}); {fix}, or "
+        f"build the layout for ({nq}, {nk}) blocks."
+    )
+
+
+def _block_sizes(length: int, n: int) -> tuple[int, float] | None:
+    """The block sizes ``s`` with ``ceil(length / s) == n``, an interval
+    ``[low, high]`` (``high`` may be infinite), or None."""
+    if length == 0 or n == 0:
+        return (1, math.inf) if length == n == 0 else None
+    low = -(-length // n)
+    high = math.inf if n == 1 else (length - 1) // (n - 1)
+    return (low, high) if low <= high else None
+
+
+def memory_bytes(device: torch.device) -> int | None:
+    """The memory of ``device`` in bytes: the machine's physical memory
+    for the CPU, the GPU's for CUDA; None where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    if device.type != "cpu":
+        return None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # not a POSIX system
+        return None
+
+
+def check_fits_in_memory(what: str, nbytes: int, device: torch.device) -> None:
+    """Raise a ValueError, saying ``what`` needs ``nbytes``, when that is
+    more than all the memory of ``device`` (so it could never run)."""
+    total = memory_bytes(device)
+    if total is not None and nbytes > total:
+        raise ValueError(
+            f"{what} would need {nbytes / 2**30:.3g} GiB, more than the "
+            f"{total / 2**30:.3g} GiB of memory of this machine's "
+            f"{device.type}."
+        )
+
+
+def check_records(records: object) -> list[Mapping[str, object]]:
+    """``records`` as a non-empty list of mappings with variant and L."""
+    if isinstance(records, Mapping) or not isinstance(records, Sequence):
+        raise ValueError(
+            f"records must be a list of records (from benchmark.sweep); got "
+            f"{type(records).__name__}."
+        )
+    if not records:
+        raise ValueError(
+            "records must hold at least one record (from benchmark.sweep)."
+        )
+    for record in records:
+        if not isinstance(record, Mapping) or not {"variant", "L"} <= set(
+            record
+        ):
+            raise ValueError(
+                f"each record must be a mapping with 'variant' and 'L' (as "
+                f"benchmark.sweep returns); got {record!r}."
+            )
+    return list(records)

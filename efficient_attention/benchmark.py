@@ -342,7 +342,10 @@ def sweep(
         min_s, runs, peak_bytes, status, device, dtype, threads``. A variant
         that runs out of memory gets ``status="out of memory"`` and None for
         the numbers; one that raises ``NotImplementedError`` (it cannot run
-        that length or here) gets ``status="skipped: <its message>"``.
+        that length or here) gets ``status="skipped: <its message>"``, and
+        one that raises any other error ``status="failed: <error type>:
+        <its message>"``: the sweep goes on with the others, and that
+        variant is not timed again at that length.
 
     Raises:
         ValueError: no variants, a variant that is not callable, no lengths,
@@ -395,17 +398,21 @@ def sweep(
                     continue
                 if round_index == 0:
                     record.update(_context(inputs))
+                memory = measure_memory and round_index == 0
                 try:
-                    timing = _time_or_none(fn, inputs, min_run_time)
+                    timing, peak = _measure(fn, inputs, min_run_time, memory)
                 except NotImplementedError as error:
                     record["status"] = f"skipped: {error}"
+                    continue
+                except Exception as error:  # the sweep goes on without it
+                    record["status"] = f"failed: {_one_line(error)}"
                     continue
                 if timing is None:
                     record["status"] = "out of memory"
                     continue
                 timings[L, name].append(timing)
-                if measure_memory and round_index == 0:
-                    record["peak_bytes"] = peak_memory_bytes(fn, *inputs)
+                if peak is not None:
+                    record["peak_bytes"] = peak
             del inputs
     bar.close()
     for key, record in records.items():
@@ -489,6 +496,17 @@ def _context(inputs: tuple) -> dict[str, object]:
     }
 
 
+def _measure(
+    fn: Callable[..., object], inputs: tuple, min_run_time: float, memory: bool
+) -> tuple[Timing | None, int | None]:
+    """The timing of ``fn(*inputs)`` (None: out of memory) and, with
+    ``memory``, its peak memory."""
+    timing = _time_or_none(fn, inputs, min_run_time)
+    if timing is None or not memory:
+        return timing, None
+    return timing, peak_memory_bytes(fn, *inputs)
+
+
 def _time_or_none(
     fn: Callable[..., object], inputs: tuple, min_run_time: float
 ) -> Timing | None:
@@ -501,6 +519,13 @@ def _time_or_none(
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return None
+
+
+def _one_line(error: BaseException) -> str:
+    """``Type: message`` of an error, on one line of at most 300
+    characters (a record's status)."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

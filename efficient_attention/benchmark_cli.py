@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -403,7 +404,125 @@ def _check_arguments(
     hierarchical = [n for n in args.variants if n in HIERARCHICAL_VARIANTS]
     if hierarchical and args.causal:
         parser.error(f"the variants {hierarchical} do not take --causal")
+    for check in (_check_settings, _check_sizes, _check_output_paths):
+        problem = check(args, devices)
+        if problem is not None:
+            parser.error(problem)
     return devices
+
+
+SETTINGS = {
+    "coarse-to-fine": "--block-size, --top-k",
+    "pyramid": "--block-size, --levels",
+    "recursive": "--block-size, --levels",
+    "nystrom": "--landmarks",
+    "routing": "--clusters",
+}
+"""The variants whose settings must fit each length, and their options."""
+
+
+def _check_settings(
+    args: argparse.Namespace, devices: list[torch.device]
+) -> str | None:
+    """Why a variant's settings do not fit a length (naming the variant,
+    the setting and the length), or None: checked for every variant and
+    length before anything is timed."""
+    for name in args.variants:
+        for L in args.lengths:
+            problem = _setting_problem(name, args, L)
+            if problem is not None:
+                return (
+                    f"the variant {name} cannot run at length {L}: "
+                    f"{problem} (options {SETTINGS[name]})"
+                )
+    return None
+
+
+def _setting_problem(
+    name: str, args: argparse.Namespace, L: int
+) -> str | None:
+    """What the variant's own check says of its settings at length ``L``."""
+    from ._validation import check_block_choice
+    from .attention import hierarchical
+
+    try:
+        if name == "coarse-to-fine":
+            check_block_choice(args.block_size, args.top_k, 1, L, L)
+        elif name in ("pyramid", "recursive"):
+            hierarchical._check_levels(args.levels, args.block_size, L, L)
+    except ValueError as error:
+        return str(error)
+    if name == "nystrom" and args.landmarks > L:
+        return (
+            f"--landmarks {args.landmarks} is more than the {L} tokens "
+            f"(each landmark is the mean of a segment of them)"
+        )
+    if name == "routing" and args.clusters > L:
+        return (
+            f"--clusters {args.clusters} is more than the {L} keys (each "
+            f"cluster starts at a key of its own)"
+        )
+    return None
+
+
+def _check_sizes(
+    args: argparse.Namespace, devices: list[torch.device]
+) -> str | None:
+    """Whether the inputs of every length fit the memory of each device at
+    all (query, key, value and the output; drawn in float32 first)."""
+    from ._validation import check_fits_in_memory
+
+    for device in devices:
+        for dtype_name in args.dtype:
+            size = max(DTYPES[dtype_name].itemsize, 4)
+            for L in args.lengths:
+                elements = args.batch * args.heads * L * args.head_dim
+                what = (
+                    f"--lengths {L} (with --batch {args.batch}, --heads "
+                    f"{args.heads}, --head-dim {args.head_dim}, {dtype_name}"
+                    f"): query, key, value and the output alone"
+                )
+                try:
+                    check_fits_in_memory(what, 4 * elements * size, device)
+                except ValueError as error:
+                    return f"{error} Choose shorter lengths."
+    return None
+
+
+def _check_output_paths(
+    args: argparse.Namespace, devices: list[torch.device]
+) -> str | None:
+    """Whether ``--json``, ``--csv`` and ``--plot`` can be written (before
+    the sweep, so that no sweep is lost to a bad path), and are distinct."""
+    chosen = {
+        option: path
+        for option in ("json", "csv", "plot")
+        if (path := getattr(args, option)) is not None
+    }
+    if len(set(chosen.values())) < len(chosen):
+        return f"the output paths must differ; got {chosen}"
+    for option, path in chosen.items():
+        problem = _unwritable(path)
+        if problem is not None:
+            return f"argument --{option}: cannot write {path!r}: {problem}"
+    return None
+
+
+def _unwritable(path: str) -> str | None:
+    """Why ``path`` cannot be written, or None; an existing file is left
+    as it is (opened to append), a new one removed again."""
+    target = pathlib.Path(path)
+    if target.is_dir():
+        return "it is a folder"
+    existed = target.exists()
+    try:
+        with open(target, "a"):
+            pass
+    except OSError as error:
+        return error.strerror or str(error)
+    if not existed:
+        target.unlink()
+    return None
 
 
 def _print_settings(args: argparse.Namespace) -> None:
@@ -445,8 +564,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ``--csv`` and ``--plot`` save every record. Bad arguments (a number
     that is not positive, a repeated length or variant, a device this
     machine lacks or that is not timed here, a variant without what it
-    needs) are usage errors: the program exits with status 2 before timing
-    anything.
+    needs, settings that do not fit a length such as ``--top-k`` beyond
+    the key blocks or ``--landmarks`` beyond the tokens, lengths whose
+    inputs alone exceed the device's memory, an output path that cannot
+    be written) are usage errors: the program exits with status 2 before
+    timing anything. A variant that fails during the sweep is recorded as
+    failed and the sweep goes on; an output that cannot be written after
+    all is reported, the others are written, and the exit status is 1.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -501,29 +625,42 @@ def _write_outputs(
     hardware: list[dict[str, object]],
 ) -> None:
     """``--json``, ``--csv`` and ``--plot``, each when asked; a line on
-    stderr names each file written."""
+    stderr names each file written, or why one could not be (the others
+    are written all the same, and the exit status is then 1)."""
     settings = {
         key: value
         for key, value in vars(args).items()
         if key
         not in ("json", "csv", "plot", "list", "no_progress", "command_line")
     }
-    if args.json:
-        benchmark_results.write_json(
+    title = " / ".join(sorted({str(r["hardware"]) for r in records}))
+    writers = {
+        "json": lambda path: benchmark_results.write_json(
             records,
-            args.json,
+            path,
             hardware=hardware,
             settings=settings,
             provenance=benchmark_results.provenance(args.command_line),
-        )
-        print(f"wrote {args.json}", file=sys.stderr)
-    if args.csv:
-        benchmark_results.write_csv(records, args.csv)
-        print(f"wrote {args.csv}", file=sys.stderr)
-    if args.plot:
-        title = " / ".join(sorted({str(r["hardware"]) for r in records}))
-        benchmark_results.plot_records(records, args.plot, title=title)
-        print(f"wrote {args.plot}", file=sys.stderr)
+        ),
+        "csv": lambda path: benchmark_results.write_csv(records, path),
+        "plot": lambda path: benchmark_results.plot_records(
+            records, path, title=title
+        ),
+    }
+    failed = []
+    for option, write in writers.items():
+        path = getattr(args, option)
+        if not path:
+            continue
+        try:
+            write(path)
+        except (OSError, ValueError) as error:  # write the others anyway
+            print(f"could not write {path}: {error}", file=sys.stderr)
+            failed.append(path)
+        else:
+            print(f"wrote {path}", file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
 
 
 def _variant(name: str, args: argparse.Namespace) -> Callable[..., Tensor]:

@@ -18,6 +18,8 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 
+from ._validation import check_records
+
 RESULTS_FORMAT = "efficient_attention.benchmark/1"
 """The ``format`` field of the JSON files: bumped when the layout changes."""
 
@@ -42,28 +44,6 @@ COLUMNS = (
 """The CSV's columns, in order; a record's other keys follow them."""
 
 
-def _check_records(records: object) -> list[Mapping[str, object]]:
-    """``records`` as a non-empty list of mappings with variant and L."""
-    if isinstance(records, Mapping) or not isinstance(records, Sequence):
-        raise ValueError(
-            f"records must be a list of records (from benchmark.sweep); got "
-            f"{type(records).__name__}."
-        )
-    if not records:
-        raise ValueError(
-            "records must hold at least one record (from benchmark.sweep)."
-        )
-    for record in records:
-        if not isinstance(record, Mapping) or not {"variant", "L"} <= set(
-            record
-        ):
-            raise ValueError(
-                f"each record must be a mapping with 'variant' and 'L' (as "
-                f"benchmark.sweep returns); got {record!r}."
-            )
-    return list(records)
-
-
 def _group(record: Mapping[str, object]) -> tuple:
     """Records compare with the baseline only within one length, device,
     dtype and shape."""
@@ -83,7 +63,7 @@ def add_ratios(
     Raises:
         ValueError: no records, or records without variant and L.
     """
-    records = _check_records(records)
+    records = check_records(records)
     base = {
         _group(r): r.get("median_s")
         for r in records
@@ -299,7 +279,7 @@ def plot_records(
     """
     from matplotlib.figure import Figure  # no pyplot: no window, no state
 
-    records = _check_records(records)
+    records = check_records(records)
     several = len({(r.get("device"), r.get("dtype")) for r in records}) > 1
     lines: dict[str, list[tuple[int, float]]] = {}
     for r in records:

@@ -29,6 +29,8 @@ import random
 
 import datasets
 
+from ._validation import check_positive_int
+
 SPLITS = ("train", "dev", "test")
 SOURCES = ("auto", "glue", "hub", "generated")
 COLUMNS = ("sentence1", "sentence2", "label", "idx")
@@ -235,7 +237,7 @@ def _parse_row(
             else f"{where}: empty line."
         )
     first, id1, id2, sentence1, sentence2 = fields
-    if not (id1.isdigit() and id2.isdigit()):
+    if not (_is_number(id1) and _is_number(id2)):
         raise MRPCFormatError(
             f"{where}: the sentence IDs must be numbers; got {id1!r}, {id2!r}."
         )
@@ -253,13 +255,19 @@ def _parse_row(
         rows["label"].append(int(first))
         rows["idx"].append(len(rows["idx"]))
     else:
-        if not first.isdigit():
+        if not _is_number(first):
             raise MRPCFormatError(
                 f"{where}: the index must be a number; got {first!r}."
             )
         rows["idx"].append(int(first))
     rows["sentence1"].append(sentence1)
     rows["sentence2"].append(sentence2)
+
+
+def _is_number(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes "²" or "١", which
+    ``int`` then refuses or reads as another number."""
+    return text.isascii() and text.isdigit()
 
 
 def _load_from_hub(split: str) -> datasets.Dataset:
@@ -487,8 +495,7 @@ def generate_paraphrase_pairs(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}.")
     size = GLUE_SIZES[split] if size is None else size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int; got {size!r}.")
+    size = check_positive_int("size", size)
     rng = random.Random(f"mrpc-{split}-{seed}")
     rows: dict[str, list] = {name: [] for name in COLUMNS}
     for idx in range(size):

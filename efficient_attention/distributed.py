@@ -38,6 +38,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.reduction import ForkingPickler
 
 import torch
 import torch.distributed as dist
@@ -53,6 +54,7 @@ from ._validation import (
     check_qkv,
     check_scale,
     check_tensor,
+    scores_not_finite,
 )
 
 __all__ = [
@@ -185,8 +187,10 @@ def ring_attention(
         ValueError: shapes, dtypes or devices that do not fit (as
             ``dense_attention``); a ``causal`` that is not a bool or a bad
             ``scale``; shards whose leading dimensions or feature sizes
-            differ between processes (every process raises); ``group``
-            without an initialised process group.
+            differ between processes; scores that are not finite (inf or
+            NaN in any process's query or key, or an overflow), as
+            ``dense_attention`` refuses them (every process raises, none
+            waits); ``group`` without an initialised process group.
         NotImplementedError: inputs that require a gradient (forward only).
 
     Shape:
@@ -264,13 +268,17 @@ def ring_attention(
         ],
         dim=-1,
     ).contiguous()  # (..., S_max, E + Ev)
+    # NaN or inf in a shard is found before the ring (a block a causal
+    # process skips is never scored), an overflow while scoring; every
+    # process learns of any after the ring, and all raise alike
+    finite = bool(q.isfinite().all()) and bool(key.isfinite().all())
     for step in range(world_size):
         source = (rank - step) % world_size
         pending = None
         if step < world_size - 1:  # pass the block on while computing
             incoming = torch.empty_like(block)
             pending = _ring_exchange(block, incoming, rank, world_size, group)
-        _merge_block(
+        finite &= _merge_block(
             q,
             block[..., :E],
             block[..., E:],
@@ -286,9 +294,23 @@ def ring_attention(
             for request in pending:
                 request.wait()
             block = incoming
+    if _any_process(not finite, world_size, group, query.device):
+        raise scores_not_finite(scale, compute)
     # rows with nothing to attend have row_sum 0 and acc 0: they stay 0
     out = acc / row_sum.clamp_min(torch.finfo(compute).tiny)  # (..., L_r, Ev)
     return out.to(query.dtype)
+
+
+def _any_process(
+    flag: bool, world_size: int, group: object, device: torch.device
+) -> bool:
+    """Whether ``flag`` is True on any process of ``group`` (one
+    all_reduce; no communication for one process)."""
+    if world_size == 1:
+        return flag
+    mine = torch.tensor([int(flag)], dtype=torch.int64, device=device)
+    dist.all_reduce(mine, op=dist.ReduceOp.MAX, group=group)
+    return bool(mine.item())
 
 
 def _pad_rows(x: Tensor, rows: int) -> Tensor:
@@ -327,22 +349,25 @@ def _merge_block(
     row_max: Tensor,
     row_sum: Tensor,
     acc: Tensor,
-) -> None:
+) -> bool:
     """Fold one key/value block into the running softmax, in place.
 
     ``q`` is already scaled; the block's keys sit at global positions
     ``k_offset ..``, and only its first ``k_length`` rows are real.
+    Returns whether the scores of the real keys are all finite (as
+    ``dense_attention`` checks them, causal or not).
     """
     S_max = k.shape[-2]
     if k_length == 0 or q.shape[-2] == 0:
-        return
+        return True
     if causal and k_offset > int(q_pos[-1]):
-        return  # every key of the block lies after every query
+        return True  # every key of the block lies after every query
     k_pos = torch.arange(S_max, device=q.device)  # (S_max,)
     allowed = (k_pos < k_length).expand(q.shape[-2], S_max)  # (L_r, S_max)
     if causal:
         allowed = allowed & (k_pos[None, :] + k_offset <= q_pos[:, None])
     scores = q @ k.transpose(-2, -1)  # (..., L_r, S_max)
+    finite = bool(scores[..., :k_length].isfinite().all())
     scores = scores.masked_fill(~allowed, -math.inf)
     new_max = torch.maximum(row_max, scores.amax(-1, keepdim=True))
     # a row with no allowed key yet keeps max -inf: shift it by 0 instead
@@ -352,6 +377,7 @@ def _merge_block(
     row_sum.mul_(rescale).add_(weights.sum(-1, keepdim=True))
     acc.mul_(rescale).add_(weights @ v)  # (..., L_r, Ev)
     row_max.copy_(new_max)
+    return finite
 
 
 @dataclass(frozen=True)
@@ -501,8 +527,8 @@ def run_processes(
         the results of ranks ``0 .. world_size - 1``, in rank order.
 
     Raises:
-        ValueError: ``fn`` not callable, a bad ``world_size`` or
-            ``timeout_s``.
+        ValueError: ``fn`` not callable, ``fn`` or ``args`` not picklable
+            (a lambda), a bad ``world_size`` or ``timeout_s``.
         ProcessFailed: a process raised; the message holds its traceback.
             The other processes are ended.
         TimeoutError: not every process finished within ``timeout_s``.
@@ -513,6 +539,15 @@ def run_processes(
     """
     if not callable(fn):
         raise ValueError(f"fn must be callable; got {type(fn).__name__}.")
+    for name, value in (("fn", fn), ("args", args)):
+        try:
+            ForkingPickler.dumps(value)
+        except Exception as error:  # pickle raises several types
+            raise ValueError(
+                f"{name} must be picklable, to reach the new processes: a "
+                f"function defined at module level, not a lambda or a "
+                f"function defined inside another; {error}"
+            ) from None
     world_size = check_positive_int("world_size", world_size)
     timeout_s = check_positive_real("timeout_s", timeout_s)
     if backend not in ("gloo", "nccl"):

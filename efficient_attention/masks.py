@@ -33,7 +33,10 @@ import torch
 from torch import Tensor
 
 from ._validation import (
-    check_device,
+    check_block_layout,
+    check_bool,
+    check_device_here,
+    check_layout_fits,
     check_non_negative_int,
     check_positive_int,
     check_window,
@@ -397,7 +400,8 @@ def create_mask(
     Raises:
         ValueError: ``L``, ``S``, ``batch`` or ``heads`` not positive ints, a
             ``batch`` other than the one ``mask_mod`` was built for, a device
-            name torch does not know, or a ``mask_mod`` that does not return
+            name torch does not know or this machine lacks (CUDA without a
+            GPU), or a ``mask_mod`` that does not return
             a bool tensor of a broadcastable shape.
 
     Complexity: ``O(L * S)`` time and memory; it is for drawing and for the
@@ -418,7 +422,7 @@ def create_mask(
             f"that each batch row gets its own mask."
         )
     if device is not None:
-        device = check_device("device", device)
+        device = check_device_here("device", device)
     b = torch.zeros((), dtype=torch.long, device=device)
     h = torch.zeros((), dtype=torch.long, device=device)
     shape = [L, S]
@@ -595,10 +599,12 @@ def strided_layout(
         bool ``(n_q, n_k)``.
 
     Raises:
-        ValueError: a count or stride that is not a positive int.
+        ValueError: a count or stride that is not a positive int, or a
+            ``causal`` that is not a bool.
     """
     i, j = _block_grid(n_q, n_k)
     stride = check_positive_int("stride", stride)
+    causal = check_bool("causal", causal)
     offset = i - j
     near = offset.abs() < stride
     layout = near | (offset % stride == 0)
@@ -621,12 +627,14 @@ def fixed_layout(
     their chunk saw; ``j <= i`` when ``causal``.
 
     Raises:
-        ValueError: a count or stride that is not a positive int, or
-            ``summary`` not in ``[0, stride]``.
+        ValueError: a count or stride that is not a positive int,
+            ``summary`` not in ``[0, stride]``, or a ``causal`` that is not
+            a bool.
     """
     i, j = _block_grid(n_q, n_k)
     stride = check_positive_int("stride", stride)
     summary = check_non_negative_int("summary", summary)
+    causal = check_bool("causal", causal)
     if summary > stride:
         raise ValueError(
             f"summary must be at most stride ({stride}); got {summary}."
@@ -777,27 +785,29 @@ def from_block_layout(layout: Tensor, block_size: int) -> MaskMod:
 
     Raises:
         ValueError: a layout that is not a 2-D or 3-D bool tensor, or a
-            block size that is not a positive int.
+            block size that is not a positive int; when evaluated, a
+            position past the layout's blocks (the rule of
+            ``block_sparse_attention``: a layout has ``ceil(L /
+            block_size)`` block rows and ``ceil(S / block_size)`` block
+            columns; nothing is clamped).
 
     Build the dense mask with ``create_mask(from_block_layout(layout, bs),
-    L, S, heads=H)``, or hand it to FlexAttention's ``create_block_mask``.
+    L, S, heads=H)``, or hand it to FlexAttention's ``create_block_mask``
+    (which evaluates it inside ``vmap``, where positions cannot be read:
+    there a position past the layout takes its last block).
     """
-    if not isinstance(layout, Tensor) or layout.dtype != torch.bool:
-        raise ValueError(
-            f"layout must be a bool tensor; got "
-            f"{getattr(layout, 'dtype', type(layout).__name__)}."
-        )
-    if layout.dim() not in (2, 3):
-        raise ValueError(
-            f"layout must be (nq, nk) or (H, nq, nk); got shape "
-            f"{tuple(layout.shape)}."
-        )
+    layout = check_block_layout(layout)
     block_size = min(check_positive_int("block_size", block_size), _FAR)
     nq, nk = layout.shape[-2:]
 
     def block_layout_mask(
         b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
     ) -> Tensor:
+        last_q, last_kv = _largest(q_idx), _largest(kv_idx)
+        if last_q is not None and last_kv is not None:
+            check_layout_fits(
+                layout.shape, block_size, last_q + 1, last_kv + 1, exact=False
+            )
         grid = layout.to(q_idx.device)
         rows = (q_idx // block_size).clamp(max=nq - 1)
         cols = (kv_idx // block_size).clamp(max=nk - 1)
@@ -806,6 +816,19 @@ def from_block_layout(layout: Tensor, block_size: int) -> MaskMod:
         return grid[h, rows, cols]
 
     return block_layout_mask
+
+
+def _largest(index: Tensor) -> int | None:
+    """The largest of ``index``, or None where it cannot be read (no
+    element, or inside ``vmap``, as FlexAttention evaluates masks)."""
+    if not isinstance(index, Tensor):
+        index = torch.as_tensor(index)
+    if index.numel() == 0:
+        return None
+    try:
+        return int(index.max())
+    except RuntimeError:  # vmap: data-dependent Python values are refused
+        return None
 
 
 def block_summary(

@@ -13,6 +13,7 @@ copying the model's code. Taught in the chapter "The MRPC worked example".
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import inspect
 import itertools
@@ -25,6 +26,8 @@ import torch
 import transformers
 from torch import Tensor, nn
 from transformers import AttentionInterface, AttentionMaskInterface
+
+from ._validation import check_fits_in_memory, check_int, check_positive_int
 
 PRETRAINED_ENCODER = "all-MiniLM-L6-v2"
 """The name ``load_encoder`` reads from the local package's files."""
@@ -161,22 +164,35 @@ def use_attention(
         The name the adapter was registered under.
 
     Raises:
-        ValueError: ``model`` cannot switch its attention implementation.
+        ValueError: ``fn`` is not callable, or ``model`` cannot switch its
+            attention implementation.
         NotImplementedError (at run time): attention dropout is on (call
             ``disable_attention_dropout``), the layer is causal or a
             cross-attention, or the padding is not contiguous.
     """
+    if not callable(fn):
+        raise ValueError(
+            f"fn must be an attention function; got {type(fn).__name__}."
+        )
     if not getattr(model, "_can_set_attn_implementation", lambda: False)():
         raise ValueError(
             f"{type(model).__name__} does not dispatch its attention through "
             "transformers' AttentionInterface, so use_attention cannot "
             "plug into it."
         )
-    name = f"efficient_attention_{fn.__name__}_{next(_names)}"
+    name = f"efficient_attention_{function_name(fn)}_{next(_names)}"
     AttentionInterface.register(name, attention_adapter(fn, **options))
     AttentionMaskInterface.register(name, padding_mask_only)
     model.set_attn_implementation(name)
     return name
+
+
+def function_name(fn: Callable[..., object]) -> str:
+    """A readable name for any callable: its ``__name__``, that of the
+    function a ``functools.partial`` wraps, or its type's name."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def padding_mask_only(
@@ -230,7 +246,7 @@ def attention_adapter(
             out = per_sequence(call, query, key, value, attention_mask)
         return out.transpose(1, 2), None  # (B, L, H, Ev)
 
-    attention.__name__ = f"{fn.__name__}_for_transformers"
+    attention.__name__ = f"{function_name(fn)}_for_transformers"
     return attention
 
 
@@ -244,13 +260,14 @@ def _check_supported(
 ) -> None:
     if dropout:
         raise NotImplementedError(
-            f"{fn.__name__} has no attention dropout (p={dropout}); call "
+            f"{function_name(fn)} has no attention dropout (p={dropout}); "
+            "call "
             "ea.models.disable_attention_dropout(model) before training."
         )
     if getattr(module, "is_causal", False) or kwargs.get("is_causal"):
         raise NotImplementedError(
             f"use_attention supports encoders; this layer is causal. Pass "
-            f"the causal pattern to {fn.__name__} itself instead."
+            f"the causal pattern to {function_name(fn)} itself instead."
         )
     if query.shape[-2] != key.shape[-2]:
         raise NotImplementedError(
@@ -329,7 +346,9 @@ def extend_positions(
 
     Raises:
         ValueError: no BERT-style position embeddings, or
-            ``max_positions`` not above the current number.
+            ``max_positions`` not an int (any integral type) above the
+            current number, or so large that the new table would not fit
+            in the device's memory.
     """
     base = getattr(model, "base_model", model)
     embeddings = getattr(base, "embeddings", None)
@@ -340,16 +359,20 @@ def extend_positions(
             "embeddings.position_embeddings to extend."
         )
     old = table.num_embeddings
-    if (
-        isinstance(max_positions, bool)
-        or not isinstance(max_positions, int)
-        or max_positions <= old
-    ):
+    try:
+        max_positions = check_int("max_positions", max_positions, old + 1)
+    except ValueError:
         raise ValueError(
             f"max_positions must be an int above the model's {old} "
             f"positions; got {max_positions!r}."
-        )
+        ) from None
     weight = table.weight.detach()
+    check_fits_in_memory(
+        f"max_positions={max_positions} (a table of {weight.shape[1]} "
+        f"features a position, and two int64 buffers)",
+        max_positions * (weight.shape[1] * weight.element_size() + 16),
+        weight.device,
+    )
     copies = -(-max_positions // old)  # ceil
     grown = nn.Embedding(max_positions, weight.shape[1]).to(weight)
     with torch.no_grad():
@@ -389,10 +412,7 @@ def real_text_ids(
     """
     from .data import book_prose
 
-    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int):
-        raise ValueError(f"num_tokens must be an int, got {num_tokens!r}")
-    if num_tokens < 1:
-        raise ValueError(f"num_tokens must be at least 1, got {num_tokens}")
+    num_tokens = check_positive_int("num_tokens", num_tokens)
     ids: list[int] = []
     for paragraph in book_prose().split("\n\n"):
         ids += tokenizer(paragraph, add_special_tokens=False)["input_ids"]
@@ -488,13 +508,16 @@ def long_text_inputs(
         (zeros), each ``(1, length)`` int64.
 
     Raises:
-        ValueError: ``length`` is not an int of at least 3.
+        ValueError: ``length`` is not an int (any integral type) of at
+            least 3.
     """
-    if isinstance(length, bool) or not isinstance(length, int) or length < 3:
+    try:
+        length = check_int("length", length, 3)
+    except ValueError:
         raise ValueError(
             f"length must be an int of at least 3 ([CLS], one token, [SEP]);"
             f" got {length!r}."
-        )
+        ) from None
     text = real_text_ids(tokenizer, length - 2)
     ids = torch.cat(
         [
@@ -540,15 +563,16 @@ def compare_attention(
     Returns:
         ``{name: row}``: ``seconds``, ``speed-up`` against the first
         variant, and ``token cosine``: the mean cosine similarity of the
-        last hidden states to the first variant's, over every token.
+        last hidden states to the first variant's, over the real tokens
+        (those ``inputs["attention_mask"]`` marks; every token without
+        one): padded rows are no one's output.
 
     Raises:
         ValueError: no variants, or ``rounds`` not a positive int.
     """
     if not variants:
         raise ValueError("variants is empty; give at least the reference.")
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be a positive int; got {rounds!r}.")
+    rounds = check_positive_int("rounds", rounds)
     original = model.config._attn_implementation
     base = getattr(model, "base_model", model)
     model.eval()
@@ -569,6 +593,9 @@ def compare_attention(
         model.set_attn_implementation(original)
     reference = next(iter(variants))
     fastest = {name: min(times) for name, times in seconds.items()}
+    mask = inputs.get("attention_mask")
+    real = torch.ones(hidden[reference].shape[:2], dtype=torch.bool)
+    real = real if mask is None else mask.to(torch.bool).cpu()  # (B, L)
     return {
         name: {
             "seconds": fastest[name],
@@ -576,7 +603,7 @@ def compare_attention(
             "token cosine": float(
                 nn.functional.cosine_similarity(
                     hidden[name], hidden[reference], dim=-1
-                ).mean()
+                ).cpu()[real].mean()  # (B, L) -> real tokens
             ),
         }
         for name in variants

@@ -7,7 +7,7 @@ timing sweep looks the same in every chapter. Figures are PNG (see
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 from torch import Tensor
 
-from ._validation import check_positive_int
+from ._validation import check_positive_int, check_records
 
 BOOK_STYLE = {
     "figure.dpi": 100,
@@ -230,10 +230,12 @@ def plot_scaling(
             the first point.
 
     Raises:
-        ValueError: no records, or no record has the key ``y``.
+        ValueError: no records, a record that is not a mapping with
+            ``variant`` and ``L``, or no record has the key ``y``.
     """
     if not records:
         raise ValueError("records must hold at least one record to plot.")
+    records = check_records(records)
     if not any(y in r for r in records):
         raise ValueError(
             f"no record has the key y={y!r}; the records have "
@@ -350,9 +352,10 @@ def pareto_front(
         One bool per point, True on the Pareto front.
 
     Raises:
-        ValueError: lengths differ, or a value is not finite.
+        ValueError: ``cost`` or ``quality`` not a list of numbers, lengths
+            that differ, or a value that is not finite.
     """
-    cost, quality = list(map(float, cost)), list(map(float, quality))
+    cost, quality = _numbers("cost", cost), _numbers("quality", quality)
     if len(cost) != len(quality):
         raise ValueError(
             f"cost and quality must have one value per point; got "
@@ -367,6 +370,20 @@ def pareto_front(
         )
         for c0, q0 in points
     ]
+
+
+def _numbers(name: str, values: object) -> list[float]:
+    """``values`` as a list of floats, or a ValueError naming ``name``."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(
+            f"{name} must be a list of numbers; got {type(values).__name__}."
+        )
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"{name} must be a list of numbers; {error}."
+        ) from None
 
 
 def plot_pareto(
@@ -388,10 +405,12 @@ def plot_pareto(
         xlabel, ylabel: the axis labels. log_x: a logarithmic cost axis.
 
     Raises:
-        ValueError: as ``pareto_front``, ``names`` of another length, or a
-            cost that is not positive on the logarithmic axis.
+        ValueError: as ``pareto_front``, no point, ``names`` of another
+            length, or a cost that is not positive on the logarithmic axis.
     """
     front = pareto_front(cost, quality)
+    if not front:
+        raise ValueError("plot_pareto needs at least one point to draw.")
     if len(names) != len(front):
         raise ValueError(
             f"names must have one label per point; got {len(names)} names "

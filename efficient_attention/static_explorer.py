@@ -20,6 +20,7 @@ import html
 import io
 import itertools
 import json
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -107,8 +108,9 @@ def explorer_html(
         hash of the content, so the same frames give the same HTML.
 
     Raises:
-        ValueError: the frame count does not match the parameters, or an
-            initial value is not among its parameter's values.
+        ValueError: the frame count does not match the parameters, an
+            initial value is not among its parameter's values, or
+            ``initial`` names a parameter there is not.
     """
     checked = _check_parameters(parameters)
     n_frames = 1
@@ -119,7 +121,7 @@ def explorer_html(
             f"expected {n_frames} frames for the parameters "
             f"{ {k: len(v) for k, v in checked.items()} }, got {len(frames)}."
         )
-    initial = initial or {}
+    initial = _check_initial(initial, checked)
     start = {}
     for name, values in checked.items():
         value = initial.get(name, values[0])
@@ -133,10 +135,10 @@ def explorer_html(
     ).hexdigest()[:12]
     uid = f"ea-explorer-{digest}"
     controls = []
-    for name, values in checked.items():
+    for position, (name, values) in enumerate(checked.items()):
         label = html.escape(str(name))
         numeric = all(
-            isinstance(v, (int, float)) and not isinstance(v, bool)
+            isinstance(v, numbers.Real) and not isinstance(v, bool)
             for v in values
         )
         if numeric and len(values) > 1:
@@ -144,7 +146,7 @@ def explorer_html(
                 f'<label class="ea-control">{label} '
                 f'<input type="range" data-name="{label}" min="0" '
                 f'max="{len(values) - 1}" step="1" value="{start[name]}" '
-                f'aria-label="{label}"> '
+                f'aria-label="{label}" data-index="{position}"> '
                 f"<output>{html.escape(str(values[start[name]]))}</output>"
                 f"</label>"
             )
@@ -157,7 +159,8 @@ def explorer_html(
             )
             controls.append(
                 f'<label class="ea-control">{label} '
-                f'<select data-name="{label}" aria-label="{label}">'
+                f'<select data-name="{label}" data-index="{position}" '
+                f'aria-label="{label}">'
                 f"{options}</select></label>"
             )
     index = 0
@@ -181,20 +184,19 @@ src="data:image/png;base64,{frames[index]}">
 <script>
 (function () {{
   var root = document.getElementById("{uid}");
-  var frames = {json.dumps(list(frames))};
-  var labels = {json.dumps(labels)};
-  var names = {json.dumps(list(checked))};
+  var frames = {_script_json(list(frames))};
+  var labels = {_script_json(list(labels.values()))};
   var img = root.querySelector("img.ea-frame");
-  var inputs = root.querySelectorAll("[data-name]");
+  var inputs = root.querySelectorAll("[data-index]");
   function update() {{
     var index = 0;
-    names.forEach(function (name) {{
-      var input = root.querySelector('[data-name="' + name + '"]');
+    labels.forEach(function (values, position) {{
+      var input = root.querySelector('[data-index="' + position + '"]');
       var i = input ? parseInt(input.value, 10) : 0;
-      index = index * labels[name].length + i;
+      index = index * values.length + i;
       if (input && input.nextElementSibling &&
           input.nextElementSibling.tagName === "OUTPUT") {{
-        input.nextElementSibling.textContent = labels[name][i];
+        input.nextElementSibling.textContent = values[i];
       }}
     }});
     img.src = "data:image/png;base64," + frames[index];
@@ -207,6 +209,37 @@ src="data:image/png;base64,{frames[index]}">
 }})();
 </script>
 </div>"""
+
+
+def _check_initial(
+    initial: object, parameters: dict[str, list[object]]
+) -> dict[str, object]:
+    """``initial`` as a dict over names of ``parameters`` (an unknown name
+    is an error, not ignored)."""
+    if initial is None:
+        return {}
+    if not isinstance(initial, dict):
+        raise ValueError(
+            f"initial must be a dict {{parameter: value}}; got "
+            f"{type(initial).__name__}."
+        )
+    unknown = [name for name in initial if name not in parameters]
+    if unknown:
+        raise ValueError(
+            f"initial names {unknown}, which are not parameters; the "
+            f"parameters are {list(parameters)}."
+        )
+    return initial
+
+
+def _script_json(value: object) -> str:
+    """``value`` as JSON to write inside a ``<script>``: ``<``, ``>`` and
+    ``&`` escaped (``\\u003c``...), so that no text, such as a label
+    holding ``</script>``, can end the script early."""
+    text = json.dumps(value)  # ASCII: U+2028 and U+2029 escaped too
+    for char in "<>&":
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return text
 
 
 def static_explorer(
@@ -236,7 +269,9 @@ def static_explorer(
 
     Raises:
         ValueError: no parameter, a parameter without values, more than
-            ``MAX_FRAMES`` combinations, or an unknown initial value.
+            ``MAX_FRAMES`` combinations, an initial value that is not
+            among its parameter's values or names no parameter, or a
+            ``draw`` that returns no ``Figure``.
 
     Example:
         >>> static_explorer(draw_local_windows_for, left=[1, 2, 4],
@@ -245,11 +280,24 @@ def static_explorer(
     from IPython.display import HTML
 
     checked = _check_parameters(parameters)
+    if not callable(draw):
+        raise ValueError(
+            f"draw must be a function that returns a matplotlib Figure; "
+            f"got {type(draw).__name__}."
+        )
+    _check_initial(initial, checked)  # before drawing every frame
     names = list(checked)
-    frames = [
-        figure_to_png_base64(draw(**dict(zip(names, combo))), dpi=dpi)
-        for combo in itertools.product(*checked.values())
-    ]
+    frames = []
+    for combo in itertools.product(*checked.values()):
+        values = dict(zip(names, combo))
+        fig = draw(**values)
+        if not isinstance(fig, Figure):
+            raise ValueError(
+                f"draw must return a matplotlib Figure; draw(**{values!r}) "
+                f"returned {type(fig).__name__}. End it with `return fig` "
+                f"(or `return plt.gcf()`)."
+            )
+        frames.append(figure_to_png_base64(fig, dpi=dpi))
     return HTML(
         explorer_html(
             frames,

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, models
 from . import data as mrpc_data
+from ._validation import check_positive_int, check_real, check_seed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,27 +63,38 @@ class FineTuneConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "max_length"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or value < 1
-            ):
+            self._plain(name, check_positive_int(name, getattr(self, name)))
+        self._plain("seed", check_seed("seed", self.seed))
+        for name, low, high, closed in (
+            ("learning_rate", 0, 1, False),
+            ("head_learning_rate", 0, 1, False),
+            ("dropout", 0, 1, True),
+            ("warmup_ratio", 0, 1, True),
+            ("weight_decay", 0, math.inf, True),
+        ):
+            given = getattr(self, name)
+            try:
+                value = check_real(name, given)
+            except ValueError:
+                value = math.nan
+            inside = low <= value if closed else low < value
+            if not (inside and value < high):
+                interval = f"{'[' if closed else '('}{low}, {high:g})"
                 raise ValueError(
-                    f"{name} must be a positive int; got {value!r}."
+                    f"{name} must be in {interval}; got {given!r}."
                 )
-        for name in ("learning_rate", "head_learning_rate"):
-            value = getattr(self, name)
-            if not 0 < value < 1:
-                raise ValueError(f"{name} must be in (0, 1); got {value!r}.")
-        if not 0 <= self.dropout < 1:
+            self._plain(name, value)
+        if not isinstance(self.model, str):
             raise ValueError(
-                f"dropout must be in [0, 1); got {self.dropout!r}."
+                f"model must be a name or a folder (str); got {self.model!r}."
             )
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(
-                f"warmup_ratio must be in [0, 1); got {self.warmup_ratio!r}."
-            )
+
+    def _plain(self, name: str, value: float) -> None:
+        """Keep a Python int or float as given (the config is part of the
+        cache key); turn a NumPy number into a plain one, which JSON
+        holds."""
+        if type(getattr(self, name)) not in (int, float):
+            object.__setattr__(self, name, value)
 
 
 def encode_pairs(
@@ -665,27 +677,37 @@ def cached_checkpoint(
     ``fit()`` (which returns the model, its tokenizer and the batch losses)
     and then cached.
 
+    A checkpoint is saved into a temporary folder, with the SHA-256 of
+    every file in its ``info.json``, and renamed into place, so a reader
+    never sees half of one. It is loaded only when every file matches its
+    checksum; a folder that does not (corrupted or truncated files, a
+    corrupt or missing ``info.json``, one saved without checksums by an
+    older version) is never loaded: a ``RuntimeWarning`` names it, and the
+    model is trained again and replaces it. When saving fails (a cache
+    root that is a file, a full disk), the trained model is still
+    returned, with a ``RuntimeWarning`` that says why it was not cached.
+
+    Args:
+        key: everything that determines the checkpoint (``checkpoint_key``
+            makes one): a dict of JSON values (str, int, float, bool, None,
+            lists, dicts with str keys).
+        fit: trains the model when the cache cannot give it.
+        use_cache: read and write the cache (``cache_root()``).
+
     Returns:
         ``(model, tokenizer, info)`` as ``fine_tune_mrpc`` describes; a
         model from the cache has the attention transformers loads
-        (``fit`` may have attached another).
+        (``fit`` may have attached another). ``info["path"]`` is the
+        checkpoint's folder (where it would be, if saving failed).
+
+    Raises:
+        ValueError: a ``key`` that is not a dict of JSON values.
     """
-    digest = hashlib.sha256(
-        json.dumps(key, sort_keys=True).encode()
-    ).hexdigest()[:20]
-    folder = cache_root() / f"mrpc-{digest}"
-    if use_cache and (folder / "info.json").is_file():
-        info = json.loads((folder / "info.json").read_text())
-        model, tokenizer = models.load_encoder(folder, verbose=False)
-        print(
-            f"Loaded the fine-tuned model from the cache ({folder.name} in "
-            "ea.training.cache_root())."
-        )
-        return (
-            model,
-            tokenizer,
-            {**info, "path": str(folder), "from_cache": True},
-        )
+    folder = cache_root() / f"mrpc-{_key_digest(key)}"
+    if use_cache:
+        cached = _load_checkpoint(folder)
+        if cached is not None:
+            return cached
     start = time.perf_counter()
     model, tokenizer, losses = fit()
     info = {
@@ -695,8 +717,22 @@ def cached_checkpoint(
         "threads": torch.get_num_threads(),
     }
     if use_cache:
-        _save_atomically(model, tokenizer, info, folder)
+        _save_checkpoint(
+            folder,
+            lambda partial: _save_pretrained(model, tokenizer, partial),
+            info,
+        )
     return model, tokenizer, {**info, "path": str(folder), "from_cache": False}
+
+
+def _save_pretrained(
+    model: transformers.PreTrainedModel,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    folder: pathlib.Path,
+) -> None:
+    with models.quiet_transformers():
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
 
 
 def cached_training(
@@ -738,16 +774,17 @@ def cached_training(
         "torch": torch.__version__.split("+")[0],
     }
     folder = cache_root() / f"trained-{_key_digest(full_key)}"
-    weights = folder / "model.safetensors"
-    if use_cache and (folder / "info.json").is_file():
-        info = json.loads((folder / "info.json").read_text())
-        if _file_sha256(weights) == info.get("sha256"):
-            safetensors.torch.load_model(model, weights)
+    if use_cache and folder.exists():
+        problem = _verify_checkpoint(folder)
+        if problem is None:
+            safetensors.torch.load_model(model, folder / WEIGHTS_FILE)
             model.eval()
+            info = json.loads((folder / "info.json").read_text())
+            info.pop("checksums", None)
             return {**info, "path": str(folder), "from_cache": True}
         warnings.warn(
-            f"the cached weights in {folder} do not match their checksum "
-            "(a corrupted or partial file): training again.",
+            f"the cached weights in {folder}: the folder {problem}; not loaded: "
+            f"the model is trained again and replaces them.",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -761,8 +798,18 @@ def cached_training(
         "threads": torch.get_num_threads(),
     }
     if use_cache:
-        _save_weights(model, info, folder)
+        _save_checkpoint(
+            folder,
+            lambda partial: safetensors.torch.save_model(
+                model, partial / WEIGHTS_FILE
+            ),
+            info,
+        )
     return {**info, "path": str(folder), "from_cache": False}
+
+
+WEIGHTS_FILE = "model.safetensors"
+"""The file ``cached_training`` keeps the weights in (safetensors)."""
 
 
 def train_classifier_cached(
@@ -811,61 +858,151 @@ def train_classifier_cached(
     return cached_training(model, key, fit)
 
 
-def _key_digest(key: dict[str, object]) -> str:
-    """A short hash of a JSON-serializable key (refuses anything else)."""
+def _key_digest(key: object) -> str:
+    """The folder name's part that ``key`` determines: a hash of its
+    JSON (keys sorted), or a ValueError for what JSON cannot hold."""
     if not isinstance(key, dict):
-        raise ValueError(f"key must be a dict; got {type(key).__name__}.")
+        raise ValueError(
+            f"key must be a dict of JSON values (see checkpoint_key); got "
+            f"{type(key).__name__}."
+        )
     try:
         text = json.dumps(key, sort_keys=True)
     except (TypeError, ValueError) as error:
         raise ValueError(
-            f"key must hold only JSON values (str, int, float, bool, None, "
-            f"lists and dicts of them): {error}"
+            f"key must hold JSON values only (str, int, float, bool, None, "
+            f"lists, dicts with str keys), so that it names one folder; "
+            f"{error}. Turn sets into sorted lists and functions into "
+            f"their names."
         ) from None
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _file_sha256(path: pathlib.Path) -> str | None:
-    """The file's SHA-256, or None when it cannot be read."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                digest.update(block)
-    except OSError:
+def _load_checkpoint(
+    folder: pathlib.Path,
+) -> (
+    tuple[
+        transformers.PreTrainedModel,
+        transformers.PreTrainedTokenizerBase,
+        dict,
+    ]
+    | None
+):
+    """The checkpoint in ``folder`` if it is there and verifies, else None
+    (with a warning when a folder is there but cannot be trusted)."""
+    if not folder.exists():
         return None
+    problem = _verify_checkpoint(folder)
+    if problem is None:
+        try:
+            model, tokenizer = models.load_encoder(folder, verbose=False)
+        except Exception as error:  # verified files that still do not load
+            problem = f"could not be loaded ({type(error).__name__}: {error})"
+    if problem is not None:
+        warnings.warn(
+            f"the cached checkpoint {folder} {problem}; it is not loaded: "
+            f"the model is trained again and replaces it.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    info = json.loads((folder / "info.json").read_text())
+    info.pop("checksums", None)
+    print(
+        f"Loaded the fine-tuned model from the cache ({folder.name} in "
+        "ea.training.cache_root())."
+    )
+    return model, tokenizer, {**info, "path": str(folder), "from_cache": True}
+
+
+def _verify_checkpoint(folder: pathlib.Path) -> str | None:
+    """None if every file ``info.json`` lists in ``folder`` has its
+    SHA-256, else what is wrong (for a warning that names the folder)."""
+    try:
+        info = json.loads((folder / "info.json").read_text())
+    except FileNotFoundError:
+        return "has no info.json (an unfinished save?)"
+    except (OSError, ValueError) as error:
+        return f"has a corrupt info.json ({error})"
+    checksums = info.get("checksums") if isinstance(info, dict) else None
+    if not isinstance(checksums, dict) or not checksums:
+        return "has no checksums (saved by an older version of the package)"
+    for name, expected in checksums.items():
+        path = folder / name
+        if not path.is_file():
+            return f"lacks its file {name}"
+        if _sha256(path) != expected:
+            return f"has a file {name} that does not match its checksum"
+    return None
+
+
+def _sha256(path: pathlib.Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(2**20), b""):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
-def _save_weights(
-    model: torch.nn.Module, info: dict, folder: pathlib.Path
-) -> None:
-    """Write the weights and ``info.json`` (with the weights' checksum) to a
-    temporary folder, then rename it; if saving fails, warn and go on (the
-    trained model is still returned)."""
+def _save_checkpoint(
+    folder: pathlib.Path,
+    write: Callable[[pathlib.Path], None],
+    info: dict,
+) -> bool:
+    """Save a checkpoint (``write(partial)`` writes its files into the
+    temporary folder ``partial``) with its checksums, then rename it to
+    ``folder`` (replacing one that did not verify). Returns whether it is
+    saved; a failure is a warning, never an error, so that a finished
+    training is never lost."""
+    partial = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         partial = pathlib.Path(
             tempfile.mkdtemp(dir=folder.parent, prefix=".partial-")
         )
-        try:
-            safetensors.torch.save_model(model, partial / "model.safetensors")
-            info = {
-                **info,
-                "sha256": _file_sha256(partial / "model.safetensors"),
-            }
-            (partial / "info.json").write_text(json.dumps(info, indent=2))
-            shutil.rmtree(folder, ignore_errors=True)  # a stale or bad copy
-            os.replace(partial, folder)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)
-    except Exception as error:  # disk full, read-only, a file in the way...
+        write(partial)
+        checksums = {
+            path.relative_to(partial).as_posix(): _sha256(path)
+            for path in sorted(partial.rglob("*"))
+            if path.is_file()
+        }
+        text = json.dumps({**info, "checksums": checksums}, indent=2)
+        (partial / "info.json").write_text(text)
+        _move_into_place(partial, folder)
+        return True
+    except Exception as error:
         warnings.warn(
-            f"could not cache the trained weights in {folder} ({error}); "
-            "the model is trained, but the next run trains it again.",
+            f"could not save the trained model to the cache ({folder}: "
+            f"{type(error).__name__}: {error}); it is returned but not "
+            f"cached, so the next call trains it again.",
             RuntimeWarning,
             stacklevel=3,
         )
+        return False
+    finally:
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _move_into_place(partial: pathlib.Path, folder: pathlib.Path) -> None:
+    """Rename ``partial`` to ``folder``; a ``folder`` already there (one
+    that did not verify) is moved aside first and then deleted. If another
+    process saved a good checkpoint there meanwhile, it is kept."""
+    stale = None
+    if folder.exists():
+        stale = pathlib.Path(
+            tempfile.mkdtemp(dir=folder.parent, prefix=".stale-")
+        )
+        os.replace(folder, stale / folder.name)
+    try:
+        os.replace(partial, folder)
+    except OSError:
+        if _verify_checkpoint(folder) is not None:
+            raise
+    finally:
+        if stale is not None:
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def set_dropout(model: torch.nn.Module, p: float) -> int:
@@ -885,28 +1022,3 @@ def _attach(
         fn, options = attention
         models.disable_attention_dropout(model)
         models.use_attention(model, fn, **options)
-
-
-def _save_atomically(
-    model: transformers.PreTrainedModel,
-    tokenizer: transformers.PreTrainedTokenizerBase,
-    info: dict,
-    folder: pathlib.Path,
-) -> None:
-    """Write into a temporary folder, then rename: a reader never sees half
-    a checkpoint, even if two processes train at once."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = pathlib.Path(
-        tempfile.mkdtemp(dir=folder.parent, prefix=".partial-")
-    )
-    try:
-        with models.quiet_transformers():
-            model.save_pretrained(partial)
-            tokenizer.save_pretrained(partial)
-        (partial / "info.json").write_text(json.dumps(info, indent=2))
-        os.replace(partial, folder)
-    except OSError:
-        if not (folder / "info.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)

@@ -220,7 +220,7 @@ def test_sweep_stops_timing_a_variant_once_it_runs_out_of_memory():
     assert records[1]["peak_bytes"] is None and records[1]["min_s"] is None
 
 
-def test_sweep_records_out_of_memory_and_reraises_other_errors():
+def test_sweep_records_out_of_memory_and_other_errors():
     def out_of_memory(*args):
         raise RuntimeError(
             "DefaultCPUAllocator: can't allocate memory: you tried 1 TB"
@@ -240,13 +240,17 @@ def test_sweep_records_out_of_memory_and_reraises_other_errors():
     def broken(*args):
         raise RuntimeError("shape mismatch")
 
-    with pytest.raises(RuntimeError, match="shape mismatch"):
-        benchmark.sweep(
-            {"broken": broken},
-            [8],
-            lambda L: (torch.ones(L),),
-            min_run_time=0.01,
-        )
+    # issue 22: an error other than out-of-memory is recorded, and the
+    # sweep goes on (it ended the sweep and lost every record before)
+    records = benchmark.sweep(
+        {"broken": broken, "fine": lambda x: x + 1},
+        [8, 16],
+        lambda L: (torch.ones(L),),
+        min_run_time=0.01,
+    )
+    assert [r["status"] for r in records] == [
+        "failed: RuntimeError: shape mismatch", "ok",
+    ] * 2  # fmt: skip
 
 
 def test_attention_inputs_take_numpy_numbers_and_dtype_names():
@@ -629,7 +633,8 @@ def test_list_names_every_variant_and_times_nothing(capsys, monkeypatch):
 
 def test_all_means_every_variant_that_can_run():
     parser = benchmark_cli.build_parser()
-    args = parser.parse_args(["--variants", "all", "--quick"])
+    # --top-k 1: one key block of 64 at L = 64 (4 is a usage error)
+    args = parser.parse_args(["--variants", "all", "--quick", "--top-k", "1"])
     devices = benchmark_cli._check_arguments(parser, args)
     assert args.variants == benchmark_cli.all_variant_names()
     assert args.window == benchmark_cli.ALL_WINDOW
@@ -726,3 +731,103 @@ def test_plot_records_draws_one_line_a_variant(tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 0
     with pytest.raises(ValueError, match="at least one record"):
         benchmark_results.plot_records([])
+
+
+# -- issue 22: the command line checks before it times, and loses nothing --
+
+
+def must_not_time(*args, **kwargs):
+    raise AssertionError("nothing is timed after a usage error")
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        # crashed after timing every variant before coarse-to-fine
+        ("--variants all --quick", ["coarse-to-fine", "length 64", "top_k"]),
+        ("--variants nystrom --lengths 64 32", ["nystrom", "length 32",
+                                                "--landmarks"]),
+        ("--variants routing --clusters 40 --lengths 32",
+         ["routing", "length 32", "--clusters"]),
+        ("--variants pyramid --levels 4 --lengths 256",
+         ["pyramid", "length 256", "levels=4"]),
+        ("--variants recursive --levels 2 --block-size 3 --lengths 64",
+         ["recursive", "length 64", "block_size must be even"]),
+        # a traceback from the allocator before
+        ("--lengths 17179869184", ["--lengths 17179869184", "GiB"]),
+    ],
+)  # fmt: skip
+def test_settings_that_do_not_fit_a_length_are_usage_errors(
+    argv, words, capsys, monkeypatch
+):
+    monkeypatch.setattr(benchmark, "sweep", must_not_time)
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(argv.split())
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "usage:" in error
+    for word in words:
+        assert word in error
+
+
+def test_output_paths_are_checked_before_timing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(benchmark, "sweep", must_not_time)
+    existing = tmp_path / "keep.csv"
+    existing.write_text("kept")
+    for argv, message in [
+        (f"--json {tmp_path}/no/such/folder/r.json", "argument --json"),
+        (f"--csv {tmp_path}", "argument --csv: cannot write"),
+        (f"--json {existing} --csv {existing}", "output paths must differ"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            benchmark.main(argv.split())
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert existing.read_text() == "kept"  # checked, not truncated
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.csv"]
+
+
+def test_a_variant_that_fails_mid_sweep_is_recorded_and_the_sweep_goes_on(
+    tmp_path, capsys, monkeypatch
+):
+    def fails_at_32(query, key, value):
+        if query.shape[-2] == 32:
+            raise ValueError("no 32 here")
+        return ea.dense_attention(query, key, value)
+
+    from efficient_attention import benchmark_cli
+
+    monkeypatch.setitem(benchmark_cli.VARIANTS, "dense", fails_at_32)
+    path = tmp_path / "r.json"
+    benchmark.main(
+        f"--lengths 16 32 48 --head-dim 8 --min-run-time 0.001 --no-memory "
+        f"--no-progress --json {path}".split()
+    )
+    status = {
+        (r["variant"], r["L"]): r["status"]
+        for r in benchmark.load_results(path)
+    }
+    assert status.pop(("dense", 32)) == "failed: ValueError: no 32 here"
+    assert set(status.values()) == {"ok"} and len(status) == 5
+    assert "failed: ValueError: no 32 here" in capsys.readouterr().out
+
+
+def test_an_output_that_cannot_be_written_does_not_stop_the_others(
+    tmp_path, capsys, monkeypatch
+):
+    from efficient_attention import benchmark_results
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(benchmark_results, "write_json", full_disk)
+    paths = {kind: tmp_path / f"r.{kind}" for kind in ("json", "csv")}
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(
+            f"--lengths 16 --head-dim 8 --min-run-time 0.001 --no-memory "
+            f"--no-progress --json {paths['json']} --csv {paths['csv']}"
+            .split()
+        )
+    assert exit_info.value.code == 1
+    assert "No space left" in capsys.readouterr().err
+    assert len(paths["csv"].read_text().splitlines()) == 3  # header, 2 rows

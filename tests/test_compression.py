@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from tiny_models import tiny_bert
@@ -335,3 +336,145 @@ def test_pruning_explorer_redraws_with_the_slider(monkeypatch):
     amount.value = 0.9
     assert drawn[-1] == (0.9, "ffn")
     plt.close("all")
+
+
+# -- issue 22: silent wrong answers, NaN, lost work, opaque errors ---------
+
+
+def weights_of(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model, before):
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for key, value in after.items():
+        assert value.shape == before[key].shape, key
+        assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m: pruning.prune_heads(m, {0: [1.7]}), r"heads\[0\]"),
+        (lambda m: pruning.prune_neurons(m, {0: [2.9]}), r"neurons\[0\]"),
+        (lambda m: pruning.prune_heads(m, {"0": [1]}), "layer '0'"),
+        (lambda m: pruning.prune_heads(m, [1, 2]), "must be a dict"),
+        (lambda m: pruning.prune_heads(m, {0: 1}), r"heads\[0\]"),
+    ],
+)
+def test_pruning_refuses_indices_that_are_not_ints(call, match):
+    # 1.7 removed head 1 and 2.9 neuron 2 (truncated); a layer given as a
+    # string and heads given as a list raised opaque errors
+    model = tiny_bert()
+    before = weights_of(model)
+    with pytest.raises(ValueError, match=match):
+        call(model)
+    assert_unchanged(model, before)
+
+
+def test_pruning_is_all_or_nothing():
+    # a bad later entry raised after the earlier ones had changed the model
+    model = tiny_bert()
+    before = weights_of(model)
+    with pytest.raises(ValueError, match="heads 0 to 3"):
+        pruning.prune_heads(model, {0: [1], 1: [7]})
+    assert_unchanged(model, before)
+    with pytest.raises(ValueError, match="neurons 0 to 23"):
+        pruning.prune_neurons(model, {0: [1], 1: [24]})
+    assert_unchanged(model, before)
+    assert pruning.prune_heads(model, {0: [np.int64(1)], 1: range(2)}) == 3
+
+
+def test_quantize_weights_is_all_or_nothing():
+    model = tiny_bert()
+    before = weights_of(model)
+    names = list(pruning.prunable_linears(model))
+    with pytest.raises(ValueError, match=f"{names[-1]}: bits"):
+        quantization.quantize_weights(
+            model, {names[0]: 4, names[-1]: 1}, per_channel=False
+        )
+    assert_unchanged(model, before)
+    with pytest.raises(ValueError, match="grid"):
+        quantization.quantize_weights(model, 4, grid="fp4")
+    assert_unchanged(model, before)
+
+
+def test_sensitivity_scan_restores_the_weights_when_the_score_raises():
+    model = tiny_bert()
+    before = weights_of(model)
+
+    def score(m):
+        raise RuntimeError("the evaluation broke")
+
+    with pytest.raises(RuntimeError, match="broke"):
+        pruning.sensitivity_scan(model, score, [0.5])
+    assert_unchanged(model, before)
+
+
+def test_least_important_refuses_nan_scores():
+    scores = torch.rand(2, 4)
+    scores[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        pruning.least_important(scores, 0.5)
+
+
+def test_pruning_amounts_and_bit_widths_take_numpy_scalars():
+    assert pruning.check_amount(np.float32(0.5)) == 0.5
+    model = tiny_bert()
+    assert pruning.magnitude_prune(model, np.float32(0.5)) == pytest.approx(
+        0.5, abs=0.01
+    )
+    x = torch.randn(16)
+    torch.testing.assert_close(
+        quantization.fake_quantize(x, np.int64(8)),
+        quantization.fake_quantize(x, 8),
+    )
+
+
+def test_quantize_to_grid_picks_the_nearest_of_unsorted_levels():
+    x = torch.tensor([0.1, 0.9, -0.6, 2.0])
+    levels = torch.tensor([1.0, -1.0, 0.0])  # not sorted
+    expected = torch.tensor([0.0, 1.0, -1.0, 1.0])
+    assert torch.equal(quantization.quantize_to_grid(x, levels), expected)
+    for bad in (torch.tensor([]), torch.ones(2, 2), torch.tensor([0, 1])):
+        with pytest.raises(ValueError, match="levels"):
+            quantization.quantize_to_grid(x, bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_quantizes_without_nan(dtype):
+    # the float32 scale floor underflowed to 0 in float16: 0 / 0 = NaN
+    zeros = torch.zeros(3, dtype=dtype)
+    out = quantization.fake_quantize(zeros, 8)
+    assert out.dtype == dtype and torch.equal(out, zeros)
+    x = torch.randn(4, 6).to(dtype)
+    torch.testing.assert_close(
+        quantization.fake_quantize(x, 8, axis=0),
+        quantization.fake_quantize(x.float(), 8, axis=0).to(dtype),
+    )
+    assert not quantization.quantize_uniform(zeros, 4).scale.isnan().any()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_quantizers_refuse_values_that_are_not_finite(bad):
+    x = torch.randn(8)
+    x[3] = bad
+    for call in (
+        lambda: quantization.fake_quantize(x, 8),
+        lambda: quantization.kmeans_codebook(x, 2),
+        lambda: quantization.log_grid(x, 3),
+        lambda: quantization.quantize_to_grid(x, torch.tensor([0.0, 1.0])),
+    ):
+        with pytest.raises(ValueError, match="NaN or inf"):
+            call()
+
+
+def test_quantizer_settings_are_checked():
+    x = torch.randn(4, 4)
+    with pytest.raises(ValueError, match="iterations"):
+        quantization.kmeans_codebook(x, 2, iterations=-1)
+    with pytest.raises(ValueError, match="axis"):
+        quantization.quantize_uniform(x, 8, axis=1.0)
+    with pytest.raises(ValueError, match="axis"):
+        quantization.quantize_uniform(x, 8, axis=True)

@@ -230,6 +230,24 @@ def test_malformed_test_index(tmp_path):
         data.load_mrpc("test", glue_dir=tmp_path, verbose=False)
 
 
+@pytest.mark.parametrize("index", ["\u00b2", "\u0661\u0662", "3\u00b2"])
+def test_a_test_index_of_other_digits_names_the_file_and_line(tmp_path, index):
+    # issue 22: str.isdigit took "²", then int() raised without a place
+    row = f"{index}\t1\t2\tA.\tB.\n"
+    path = write_mrpc(tmp_path, "test", TEST_HEADER + row)
+    with pytest.raises(
+        data.MRPCFormatError, match="line 2: the index must be a number"
+    ) as raised:
+        data.load_mrpc("test", glue_dir=tmp_path, verbose=False)
+    assert str(path) in str(raised.value)
+
+
+def test_generated_size_takes_numpy_ints():
+    import numpy as np
+
+    assert len(data.generate_paraphrase_pairs("dev", size=np.int64(3))) == 3
+
+
 @pytest.mark.parametrize("size", [0, -3, 2.5, True])
 def test_generated_size_must_be_positive(size):
     with pytest.raises(ValueError, match="size must be a positive int"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import tiny_models
 import torch
@@ -367,3 +368,90 @@ def test_bad_temperatures_name_the_argument(bad):
         D.soft_label_loss(
             torch.zeros(2, 2), torch.zeros(2, 2), temperature=bad
         )
+
+
+# -- issue 22: NaN for valid input, floats taken for indices ---------------
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 1e-3, 1.0, 1e4])
+def test_soft_label_loss_is_finite_at_any_temperature_it_takes(temperature):
+    # NaN at 1e-300 (logits / T overflowed)
+    generator = torch.Generator().manual_seed(0)
+    student = torch.randn(4, 3, generator=generator)  # float32
+    teacher = torch.randn(4, 3, generator=generator)
+    loss = D.soft_label_loss(student, teacher, temperature=temperature)
+    assert loss.dtype == torch.float32 and loss.isfinite() and loss >= 0
+    loss, student, teacher = loss.double(), student.double(), teacher.double()
+    # the definition, in float64 where it does not overflow
+    if temperature >= 1e-3:
+        log_s = torch.log_softmax(student / temperature, -1)
+        log_t = torch.log_softmax(teacher / temperature, -1)
+        kl = (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+        torch.testing.assert_close(
+            loss, temperature**2 * kl, atol=1e-6, rtol=1e-6
+        )
+    else:  # T -> 0: T * (gap of the student at the teacher's argmax)
+        pick = teacher.argmax(-1, keepdim=True)
+        gap = student.amax(-1) - student.gather(-1, pick)[:, 0]
+        torch.testing.assert_close(loss, temperature * gap.mean())
+
+
+@pytest.mark.parametrize("bad", [1e30, 1e200])
+def test_soft_label_loss_refuses_temperatures_lost_to_rounding(bad):
+    # NaN at 1e30, an OverflowError at 1e200
+    with pytest.raises(ValueError, match="temperature must be at most"):
+        D.soft_label_loss(torch.zeros(2, 2), torch.ones(2, 2), temperature=bad)
+
+
+def test_soft_label_loss_with_no_rows_and_ruled_out_classes():
+    empty = torch.zeros(0, 3, requires_grad=True)
+    loss = D.soft_label_loss(empty, torch.zeros(0, 3), temperature=2.0)
+    assert loss == 0 and loss.requires_grad  # NaN before (0 / 0)
+    student = torch.tensor([[0.5, -math.inf, 1.0]], requires_grad=True)
+    teacher = torch.tensor([[1.0, -math.inf, 0.0]])
+    loss = D.soft_label_loss(student, teacher, temperature=2.0)
+    expected = D.soft_label_loss(
+        student[:, [0, 2]], teacher[:, [0, 2]], temperature=2.0
+    )
+    torch.testing.assert_close(loss, expected)  # NaN before
+    (grad,) = torch.autograd.grad(loss, student)
+    assert grad.isfinite().all() and grad[0, 1] == 0
+    for bad in (float("nan"), math.inf):
+        with pytest.raises(ValueError, match="student_logits"):
+            D.soft_label_loss(
+                torch.tensor([[bad, 0.0]]), torch.zeros(1, 2), temperature=1.0
+            )
+    with pytest.raises(ValueError, match="teacher_logits has a row"):
+        D.soft_label_loss(torch.zeros(1, 2), torch.full((1, 2), -math.inf),
+                          temperature=1.0)  # fmt: skip
+
+
+def test_losses_over_padding_only_are_zero():
+    # 0 / 0 = NaN before
+    hidden = torch.randn(2, 3, 4, requires_grad=True)
+    none = torch.zeros(2, 3)
+    loss = D.hidden_state_loss(hidden, hidden + 1, attention_mask=none)
+    assert loss == 0 and loss.requires_grad
+    maps = torch.softmax(torch.randn(2, 1, 3, 3), -1)
+    loss = D.attention_map_loss(maps, maps.flip(-1), attention_mask=none)
+    assert loss == 0
+
+
+@pytest.mark.parametrize("layers", [[0.9], [0, 1.0], "01", [True]])
+def test_make_student_refuses_layers_that_are_not_ints(layers):
+    # [0.9] made a student of layer 0 (truncated)
+    with pytest.raises(ValueError, match="layers"):
+        D.make_student(tiny_bert(), layers)
+
+
+def test_layer_maps_and_signals_refuse_what_is_no_number():
+    with pytest.raises(ValueError, match="student_layers"):
+        D.uniform_layer_map(2.5, 6)  # a TypeError before
+    with pytest.raises(ValueError, match="teacher_layers"):
+        D.uniform_layer_map(2, "6")
+    for bad in ({"soft": "0.5"}, {"hidden": None}, {"attention": True}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            D.Signals(**bad)
+    signals = D.Signals(soft=np.float32(0.5), temperature=np.float64(2))
+    assert type(signals.soft) is float and signals.temperature == 2.0
+    assert D.make_student(tiny_bert(), np.arange(2)) is not None

@@ -62,6 +62,21 @@ def ring_cases(rank: int, world_size: int) -> dict[str, object]:
         results["mismatch"] = None
     except ValueError as error:
         results["mismatch"] = str(error)
+    # issue 22: a NaN in rank 0's keys, an overflow that only the last
+    # rank meets (causal): every rank raises the package's ValueError
+    results["not finite"] = []
+    for big in (False, True):
+        x = torch.ones(1, 2, 4, dtype=torch.float64)
+        k = x.clone()
+        if not big and rank == 0:
+            k[0, 0, 0] = math.nan
+        if big and rank == world_size - 1:
+            x, k = x * 1e200, k * 1e200
+        try:
+            distributed.ring_attention(x, k, x, causal=True)
+            results["not finite"].append(None)
+        except ValueError as error:
+            results["not finite"].append(str(error))
     return results
 
 
@@ -94,6 +109,22 @@ def test_ring_attention_equals_dense_attention(world_size):
 def test_ring_attention_refuses_shards_that_do_not_fit(world_size):
     messages = [r["mismatch"] for r in ring_results(world_size)]
     assert all(m is not None and "feature sizes" in m for m in messages)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 4])
+def test_scores_that_are_not_finite_raise_on_every_rank(world_size):
+    # issue 22: NaN came out where dense_attention raises
+    for result in ring_results(world_size):
+        for message in result["not finite"]:
+            assert message is not None and "inf or NaN" in message
+
+
+def test_run_processes_names_a_function_it_cannot_send():
+    # issue 22: a lambda failed inside multiprocessing's pickler
+    with pytest.raises(ValueError, match="fn must be picklable"):
+        distributed.run_processes(lambda rank, world_size: rank, 1)
+    with pytest.raises(ValueError, match="args must be picklable"):
+        distributed.run_processes(print, 1, lambda: 0)
 
 
 def test_one_process_without_a_group_needs_no_communication():

@@ -256,6 +256,44 @@ def test_bad_top_k(kwargs, match):
         ea.coarse_to_fine_attention(q, k, v, **kwargs)
 
 
+@pytest.mark.parametrize("L,S", [(4, 20), (20, 4), (3, 3)])
+def test_the_coarse_to_fine_picture_is_what_the_attention_computes(L, S):
+    # issue 22: with L < block_size < S the picture capped the block at L
+    q, k, v = random_qkv(L=L, S=S, dtype=torch.float64)
+    where = ea.hierarchical_levels(
+        "coarse_to_fine", L, S, block_size=8, top_k=1, query=q, key=k
+    )
+    weights = ea.effective_attention(
+        ea.coarse_to_fine_attention, q, k, block_size=8, top_k=1
+    )
+    assert torch.equal(weights != 0, where == 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"band": -1}, "band"),
+        ({"top_k": 9}, r"top_k must be at most .* = 5"),
+        ({"top_k": -1}, "top_k"),
+        ({"block_size": 0}, "block_size"),
+        ({"top_k": 1.0}, "top_k"),
+    ],
+)
+def test_the_coarse_to_fine_picture_refuses_what_the_attention_refuses(
+    kwargs, match
+):
+    # issue 22: band=-1 was drawn (every pair skipped), a top_k beyond the
+    # blocks raised from inside torch.topk
+    q, k, v = random_qkv(L=40)
+    kwargs = {"block_size": 8, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        ea.coarse_to_fine_attention(q, k, v, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        ea.hierarchical_levels(
+            "coarse_to_fine", 40, query=q, key=k, **kwargs
+        )
+
+
 def test_bad_scheme_and_missing_inputs():
     with pytest.raises(ValueError, match="scheme"):
         ea.hierarchical_levels("funnel", 8)

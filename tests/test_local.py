@@ -54,6 +54,11 @@ CASES = [
     (30, 12, (2, 2), 2, "clip"),  # L > S: some rows have no key
     (30, 12, (2, 2), 1, "shift"),
     (131, 131, (64, 64), 1, "clip"),  # L not a multiple of any block
+    # issue 22: L > S with shift, past the first block of 64 queries
+    (100, 3, (1, 1), 1, "shift"),
+    (200, 150, (1, 1), 1, "shift"),
+    (400, 20, (2, 1), 3, "shift"),  # dilated: a class per residue
+    (700, 3, (0, 4), 5, "shift"),  # classes with no key at all
 ]
 
 
@@ -406,6 +411,33 @@ def test_kernel_flags_from_the_environment_build_another_library(
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_adaptive_span_runs_half_precision_in_float32(dtype):
+    # issue 22: the float32 soft mask met half-precision weights
+    span = local.AdaptiveSpanAttention(2, 8, ramp=2)
+    q, k, v = random_qkv(2, L=12, S=12, dtype=torch.float32)
+    q, k, v = (t.to(dtype) for t in (q, k, v))
+    out = span(q, k, v)
+    assert out.dtype == dtype
+    torch.testing.assert_close(
+        out.float(), span(q.float(), k.float(), v.float()),
+        atol=1e-2, rtol=1e-2,
+    )
+
+
+def test_adaptive_span_checks_its_scores_and_its_initial_span():
+    # issue 22: NaN or overflowing scores gave NaN; True passed as a span
+    span = local.AdaptiveSpanAttention(2, 8)
+    q, k, v = random_qkv(2, L=6, S=6, dtype=torch.float32)
+    k[0, 3, 0] = float("nan")
+    with pytest.raises(ValueError, match="scores"):
+        span(q, k, v)
+    with pytest.raises(ValueError, match="scores"):
+        span(q * 1e30, k.nan_to_num() * 1e30, v)
+    with pytest.raises(ValueError, match="initial_span"):
+        local.AdaptiveSpanAttention(2, 8, initial_span=True)
+
+
 def test_without_openmp_the_kernel_runs_on_one_thread_and_says_so(
     tmp_path, monkeypatch, fresh_kernels
 ):
@@ -422,3 +454,23 @@ def test_without_openmp_the_kernel_runs_on_one_thread_and_says_so(
         ea.sliding_window_attention(q, k, v, window=4, backend="kernel"),
         ea.dense_attention(q, k, v, attn_mask=window_mask(4, 30, 30)),
     )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_key_outside_every_window_is_never_read(backend, bad):
+    # issue 22: one rule for both backends (the kernel never reads such a
+    # key; the PyTorch version scores it in a band but masks it unchecked)
+    q, k, v = random_qkv(1, 2, L=90, S=90, dtype=torch.float32)
+    k[..., 50:, :] = bad  # outside the windows of queries 0 to 9
+    out = ea.sliding_window_attention(
+        q[..., :10, :], k, v, window=(2, 3), backend=backend
+    )
+    expected = ea.sliding_window_attention(
+        q[..., :10, :], k[..., :13, :], v[..., :13, :], window=(2, 3),
+        backend=backend,
+    )
+    assert out.isfinite().all()
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(ValueError, match="scores"):  # inside a window
+        ea.sliding_window_attention(q, k, v, window=(2, 3), backend=backend)

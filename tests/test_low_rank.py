@@ -290,6 +290,58 @@ def test_bad_input_is_refused_by_name():
             call()
 
 
+def test_the_pseudo_inverse_of_zero_is_zero():
+    # issue 22: it was NaN (0 / 0 in the starting point)
+    zeros = torch.zeros(2, 3, 3)
+    assert torch.equal(iterative_pinv(zeros), zeros)
+    mixed = torch.stack([torch.zeros(3, 3), torch.eye(3)]).double()
+    torch.testing.assert_close(
+        iterative_pinv(mixed, iterations=20), torch.linalg.pinv(mixed)
+    )
+
+
+@pytest.mark.parametrize("bad", [7, 0, 2.0])
+def test_segment_means_refuses_segments_it_cannot_fill(bad):
+    # issue 22: 7 segments of 5 rows gave NaN rows, 0 a ZeroDivisionError
+    with pytest.raises(ValueError, match="segments"):
+        segment_means(torch.randn(5, 4), bad)
+
+
+def test_iterative_pinv_refuses_a_matrix_that_is_not_square():
+    with pytest.raises(ValueError, match="matrix"):
+        iterative_pinv(torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("shape", [(5, 4, 8), (2, 2, 4, 8), (1, 1, 1, 4, 8)])
+def test_linformer_names_projections_of_the_wrong_leading_shape(shape):
+    # issue 22: the matmul or broadcast_shapes raised a RuntimeError
+    q, k, v = qkv(2, 3, L=8, S=8)
+    proj = ea.make_linformer_projections(8, 4, generator=gen(),
+                                         dtype=q.dtype)  # fmt: skip
+    with pytest.raises(ValueError, match="proj_k's leading"):
+        ea.linformer_attention(q, k, v, proj_k=proj.expand(*shape))
+    torch.testing.assert_close(  # one per head broadcasts over the batch
+        ea.linformer_attention(q, k, v, proj_k=proj.expand(3, 4, 8)),
+        ea.linformer_attention(q, k, v, proj_k=proj),
+    )
+
+
+def test_linformer_projections_take_dtype_names():
+    # issue 22: dtype="float16" raised an opaque TypeError
+    half = ea.make_linformer_projections(8, 4, generator=gen(),
+                                         dtype="float16")  # fmt: skip
+    assert half.dtype == torch.float16
+    with pytest.raises(ValueError, match="dtype"):
+        ea.make_linformer_projections(8, 4, generator=gen(), dtype="int8")
+
+
+def test_approximation_error_names_an_fn_that_is_no_function():
+    # issue 22: a TypeError where the docstring promises a ValueError
+    q, k, v = qkv(2, L=8, S=8)
+    with pytest.raises(ValueError, match="fn"):
+        ea.approximation_error(3, q, k, v)
+
+
 def test_overflowing_scores_are_refused():
     q, k, v = qkv(2, L=8, S=8, dtype=torch.float32)
     big = q * 1e20

@@ -301,3 +301,12 @@ def test_key_padding_and_listed_globals_match_flex_attention():
 def test_bad_input_raises_a_clear_error(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")
+def test_create_mask_names_a_device_this_machine_lacks():
+    # issue 22: device="cuda" on a CPU machine raised an AssertionError
+    for device in ("cuda", "cuda:3"):
+        with pytest.raises(ValueError, match="device='cuda"):
+            masks.create_mask(masks.causal, 4, 4, device=device)
+    assert masks.create_mask(masks.causal, 2, 2, device="meta").is_meta

@@ -240,7 +240,7 @@ def test_real_attention_inputs_refuse_bad_arguments(encoder):
         models.real_attention_inputs(
             8, chunk=513, model=model, tokenizer=tokenizer
         )
-    with pytest.raises(ValueError, match="num_tokens must be at least 1"):
+    with pytest.raises(ValueError, match="num_tokens must be a positive int"):
         models.real_text_ids(tokenizer, 0)
     with pytest.raises(ValueError, match="fewer than"):
         models.real_text_ids(tokenizer, 10**8)
@@ -327,3 +327,72 @@ def test_compare_attention_times_each_variant_and_restores_sdpa(encoder):
         models.compare_attention(model, inputs, {"sdpa": None}, rounds=0)
     with pytest.raises(ValueError, match="variants"):
         models.compare_attention(model, inputs, {})
+
+
+# -- issue 22 ---------------------------------------------------------------
+
+
+def test_use_attention_takes_a_partial_and_names_what_is_no_function(
+    padded_batch,
+):
+    # a functools.partial has no __name__: an AttributeError before
+    from tiny_models import tiny_bert
+
+    model = tiny_bert(vocab=31000)
+    model.set_attn_implementation("sdpa")
+    expected = logits(model, padded_batch, "sdpa")
+    partial = functools.partial(ea.sliding_window_attention, window=500)
+    name = models.use_attention(model, partial)
+    assert "sliding_window_attention" in name
+    with torch.no_grad():
+        torch.testing.assert_close(model(**padded_batch).logits, expected)
+    with pytest.raises(ValueError, match="fn must be"):
+        models.use_attention(model, "dense")
+
+
+def test_extend_positions_takes_numpy_ints():
+    import numpy as np
+    from tiny_models import tiny_bert
+
+    model = tiny_bert()
+    assert models.extend_positions(model, np.int64(40)) is model
+    assert model.config.max_position_embeddings == 40
+
+
+def test_extend_positions_refuses_a_table_that_cannot_fit():
+    from tiny_models import tiny_bert
+
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="max_positions=10000000000000"):
+        models.extend_positions(model, 10**13)  # a RuntimeError before
+    assert model.config.max_position_embeddings == 32
+
+
+def test_long_text_inputs_take_numpy_ints(encoder):
+    import numpy as np
+
+    _, tokenizer = encoder
+    inputs = models.long_text_inputs(tokenizer, np.int32(12))
+    assert inputs["input_ids"].shape == (1, 12)
+    assert models.real_text_ids(tokenizer, np.int64(5)).shape == (5,)
+
+
+def test_compare_attention_averages_the_cosine_over_real_tokens(encoder):
+    # padded rows are zeros with a per-sequence attention and not with
+    # SDPA; they pulled a full window's cosine down to 0.99997
+    model, tokenizer = encoder
+    model.set_attn_implementation("sdpa")
+    inputs = tokenizer(
+        ["A short one.", "A much longer sentence " * 6],
+        padding=True,
+        return_tensors="pt",
+    )
+    assert not inputs["attention_mask"].all()
+    rows = models.compare_attention(
+        model,
+        dict(inputs),
+        {"sdpa": None, "full window": (ea.sliding_window_attention,
+                                       {"window": 512})},
+        rounds=1,
+    )  # fmt: skip
+    assert rows["full window"]["token cosine"] > 1 - 1e-6

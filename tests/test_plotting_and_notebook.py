@@ -293,3 +293,31 @@ def test_plot_pareto_colours_the_front_and_labels_every_point():
         plotting.plot_pareto(["a"], [1, 2], [0.1, 0.2], xlabel="x",
                              ylabel="y")
     plt.close("all")
+
+
+# -- issue 22: opaque errors of the plots ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "cost, quality, name",
+    [(None, [1.0], "cost"), ([1.0], None, "quality"), ("12", [1, 2], "cost"),
+     ([1.0, "x"], [1, 2], "cost")],
+)  # fmt: skip
+def test_pareto_front_names_what_is_no_list_of_numbers(cost, quality, name):
+    with pytest.raises(ValueError, match=f"{name} must be a list of numbers"):
+        plotting.pareto_front(cost, quality)
+
+
+def test_plot_pareto_needs_a_point():
+    with pytest.raises(ValueError, match="at least one point"):
+        plotting.plot_pareto([], [], [], xlabel="ms", ylabel="F1")
+
+
+@pytest.mark.parametrize(
+    "record", [{"L": 8, "median_s": 1.0}, {"variant": "a", "median_s": 1.0}]
+)
+def test_plot_scaling_names_a_record_without_its_fields(record):
+    with pytest.raises(ValueError, match="'variant' and 'L'"):
+        plotting.plot_scaling([{"variant": "b", "L": 4, "median_s": 1.0},
+                               record])  # fmt: skip
+    plt.close("all")

@@ -402,12 +402,36 @@ def test_layout_builders_refuse_bad_parameters_by_name():
         ("density", lambda: masks.random_layout(4, density=0)),
         ("density", lambda: masks.random_layout(4, density=1.5)),
         ("square", lambda: masks.checkerboard_layout(4, square=0)),
+        # issue 22: any truthy value passed for causal
+        ("causal", lambda: masks.strided_layout(4, stride=2, causal="no")),
+        ("causal", lambda: masks.fixed_layout(4, stride=2, causal=0)),
         ("block_size", lambda: masks.from_block_layout(
             torch.ones(2, 2, dtype=torch.bool), 0)),
         ("layout", lambda: masks.from_block_layout(torch.ones(2, 2), 4)),
     ]:  # fmt: skip
         with pytest.raises(ValueError, match=name):
             call()
+
+
+def test_from_block_layout_follows_the_rule_of_block_sparse_attention():
+    # issue 22: a 2x2 layout with blocks of 2 was clamped over 8x8, which
+    # block_sparse_attention refuses; a (0, 0) layout raised an IndexError
+    small = torch.ones(2, 2, dtype=torch.bool)
+    q, k, v = random_qkv(L=8, S=8)
+    with pytest.raises(ValueError, match=r"layout of shape \(2, 2\)"):
+        ea.block_sparse_attention(q, k, v, layout=small, block_size=2)
+    with pytest.raises(ValueError, match=r"layout of shape \(2, 2\)"):
+        masks.create_mask(masks.from_block_layout(small, 2), 8, 8)
+    with pytest.raises(ValueError, match=r"layout of shape \(0, 0\)"):
+        masks.create_mask(
+            masks.from_block_layout(torch.ones(0, 0, dtype=torch.bool), 2),
+            1, 1,
+        )
+    layout = random_layout(2, 4, 4, seed=3)
+    mask = masks.create_mask(masks.from_block_layout(layout, 2), 7, 8,
+                             heads=2)  # fmt: skip
+    by_hand = layout.repeat_interleave(2, -2).repeat_interleave(2, -1)
+    assert mask.equal(by_hand[:, :7, :8])
 
 
 def test_from_block_layout_matches_flex_attention_block_mask():
@@ -554,6 +578,37 @@ def test_block_sparse_matmul_equals_the_masked_product():
     )
     with pytest.raises(ValueError, match="layout"):
         sparse.block_sparse_matmul(a, b, layout=layout[:4], block_size=8)
+
+
+def test_block_sparse_matmul_names_a_and_b_and_takes_empty_matrices():
+    # issue 22: M = 0 raised from a reshape, mixed dtypes from the matmul,
+    # and the messages spoke of a query
+    a, b = torch.randn(0, 8), torch.randn(8, 3)
+    empty = torch.zeros(0, 1, dtype=torch.bool)
+    out = sparse.block_sparse_matmul(a, b, layout=empty, block_size=8)
+    assert out.shape == (0, 3)
+    one = torch.ones(1, 1, dtype=torch.bool)
+    for bad_b, match in [(b.double(), "dtype"), (b[:4], "matrices")]:
+        with pytest.raises(ValueError, match=match) as error:
+            sparse.block_sparse_matmul(
+                torch.randn(8, 8), bad_b, layout=one, block_size=8
+            )
+        assert "query" not in str(error.value)
+    with pytest.raises(ValueError, match="layout") as error:
+        sparse.block_sparse_matmul(
+            torch.randn(8, 8), b, layout=one, block_size=2
+        )
+    assert "query" not in str(error.value)
+
+
+def test_csr_attention_and_prune_2_4_take_empty_sizes():
+    # issue 22: S = 0 and a (0, 4) weight raised from a reshape
+    q, k, v = torch.randn(2, 4, 8), torch.randn(2, 0, 8), torch.randn(2, 0, 3)
+    out = sparse.csr_attention(
+        q, k, v, attn_mask=torch.ones(4, 0, dtype=torch.bool)
+    )
+    assert out.shape == (2, 4, 3) and not out.any()
+    assert sparse.prune_2_4(torch.ones(0, 4)).shape == (0, 4)
 
 
 def test_prune_2_4_keeps_two_of_every_four():

@@ -196,3 +196,39 @@ def test_the_hierarchical_page_has_a_frame_per_setting(monkeypatch):
         assert f'type="range" data-name="{name}"' in page
     # every frame's figure is closed
     assert set(plt.get_fignums()) <= open_before
+
+
+# -- issue 22 ---------------------------------------------------------------
+
+
+def test_a_label_cannot_end_the_script():
+    # a label holding </script> ended the page's script early
+    evil = "</script><script>alert(1)</script>"
+    page = explorer_html(["AAAA", "BBBB"], {"label": [evil, "plain & <b>"]})
+    assert page.count("</script>") == 1 and "<script>alert" not in page
+    labels = re.search(r"var labels = (\[.*?\]);\n", page).group(1)
+    assert json.loads(labels) == [[evil, "plain & <b>"]]
+
+
+def test_an_initial_value_for_no_parameter_is_an_error():
+    # it was silently ignored (the docstring promised an error)
+    with pytest.raises(ValueError, match=r"initial names \['widht'\]"):
+        explorer_html(["AAAA"], {"width": [1]}, initial={"widht": 1})
+    with pytest.raises(ValueError, match="initial"):
+        static_explorer(draw, width=[1, 2], initial={"colour": "red"})
+
+
+def test_a_draw_that_returns_no_figure_is_named():
+    def forgets_to_return(width):
+        draw(width)
+
+    with pytest.raises(ValueError, match="draw must return a matplotlib"):
+        static_explorer(forgets_to_return, width=[1, 2])
+    plt.close("all")
+
+
+def test_numpy_numbers_get_a_slider():
+    import numpy as np
+
+    page = static_explorer(draw, width=[np.float32(1), np.int64(2)], dpi=20)
+    assert 'type="range" data-name="width"' in page.data

@@ -346,7 +346,7 @@ def test_cached_training_retrains_a_corrupted_file_and_survives_a_bad_cache(
     raw = bytearray(weights.read_bytes())
     raw[-8:] = b"\x7f" * 8  # same size, other numbers
     weights.write_bytes(bytes(raw))
-    with pytest.warns(RuntimeWarning, match="do not match their checksum"):
+    with pytest.warns(RuntimeWarning, match="does not match its checksum"):
         again = training.cached_training(tiny_bert(), {"k": 1}, _tiny_fit())
     assert not again["from_cache"]
     assert training.cached_training(tiny_bert(), {"k": 1}, _tiny_fit())[
@@ -358,7 +358,7 @@ def test_cached_training_retrains_a_corrupted_file_and_survives_a_bad_cache(
     monkeypatch.setenv("EFFICIENT_ATTENTION_CACHE", str(blocked))
     model = tiny_bert()
     before = model.classifier.weight.clone()
-    with pytest.warns(RuntimeWarning, match="could not cache"):
+    with pytest.warns(RuntimeWarning, match="could not save"):
         info = training.cached_training(model, {"k": 2}, _tiny_fit())
     assert not info["from_cache"]
     assert not torch.equal(model.classifier.weight, before)  # trained
@@ -393,3 +393,153 @@ def test_train_classifier_cached_keys_the_start_recipe_and_data(
         dict(start="other"), dict(steps=1), dict(pairs=flipped)
     ):
         assert not run(**changed)[1]["from_cache"], changed
+# -- issue 22: the checkpoint cache verifies what it loads and loses no fit -
+
+
+class CountingFit:
+    """A fit() that returns a tiny BERT (a different one each call) and
+    counts its calls."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.calls = tokenizer, 0
+
+    def __call__(self):
+        from tiny_models import tiny_bert
+
+        self.calls += 1
+        return tiny_bert(seed=self.calls), self.tokenizer, [0.5, 0.25]
+
+
+KEY = {"config": {"seed": 0}, "train_data": "abc", "note": [1, 2.5, None]}
+
+
+def cached(fit, key=KEY):
+    return training.cached_checkpoint(key, fit)
+
+
+def weights_file(info):
+    return pathlib.Path(info["path"]) / "model.safetensors"
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFICIENT_ATTENTION_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_the_cache_stores_checksums_and_loads_what_it_saved(cache, tokenizer):
+    fit = CountingFit(tokenizer)
+    model, _, info = cached(fit)
+    again, _, info_again = cached(fit)
+    assert fit.calls == 1 and info_again["from_cache"]
+    assert "checksums" not in info_again
+    assert info_again["losses"] == [0.5, 0.25]
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[name], tensor)
+    import json
+
+    saved = json.loads((pathlib.Path(info["path"]) / "info.json").read_text())
+    assert "model.safetensors" in saved["checksums"]
+    assert not list(cache.glob("checkpoints/.partial-*"))
+
+
+def flip_bytes(path):
+    data = bytearray(path.read_bytes())
+    middle = len(data) - 200  # inside the last tensor's values
+    for i in range(middle, middle + 8):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def truncate(path):
+    path.write_bytes(path.read_bytes()[:-100])
+
+
+def drop_info(path):
+    (path.parent / "info.json").unlink()
+
+
+def corrupt_info(path):
+    (path.parent / "info.json").write_text('{"key": ')
+
+
+def drop_checksums(path):
+    import json
+
+    info_path = path.parent / "info.json"
+    info = json.loads(info_path.read_text())
+    del info["checksums"]  # as the package saved them before
+    info_path.write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (flip_bytes, "does not match its checksum"),  # loaded silently
+        (truncate, "does not match its checksum"),  # raised on every call
+        (drop_info, "has no info.json"),  # a stale folder: lost the fit
+        (corrupt_info, "corrupt info.json"),  # a JSONDecodeError
+        (drop_checksums, "no checksums"),
+    ],
+)
+def test_a_damaged_checkpoint_is_never_loaded_but_trained_again(
+    cache, tokenizer, damage, problem
+):
+    fit = CountingFit(tokenizer)
+    _, _, info = cached(fit)
+    damage(weights_file(info))
+    with pytest.warns(RuntimeWarning, match=problem) as caught:
+        model, _, info_again = cached(fit)
+    assert info["path"] in str(caught[0].message)
+    assert fit.calls == 2 and not info_again["from_cache"]
+    repaired, _, info_third = cached(fit)  # the folder was replaced
+    assert fit.calls == 2 and info_third["from_cache"]
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(repaired.state_dict()[name], tensor)
+
+
+def test_a_failed_save_returns_the_trained_model_and_says_why(
+    tmp_path, monkeypatch, tokenizer
+):
+    root = tmp_path / "a file"
+    root.write_text("not a folder")
+    monkeypatch.setenv("EFFICIENT_ATTENTION_CACHE", str(root))
+    fit = CountingFit(tokenizer)
+    with pytest.warns(RuntimeWarning, match="could not save"):
+        model, _, info = cached(fit)
+    assert fit.calls == 1 and not info["from_cache"]
+    assert isinstance(model, torch.nn.Module)
+
+
+@pytest.mark.parametrize(
+    "key", [{"layers": {1, 2}}, {"fn": len}, ["not", "a dict"], {1: 2, "a": 3}]
+)
+def test_cache_keys_hold_json_values_only(cache, tokenizer, key):
+    fit = CountingFit(tokenizer)
+    with pytest.raises(ValueError, match="key must"):
+        cached(fit, key)
+    assert fit.calls == 0
+
+
+def test_config_takes_numpy_numbers_and_checks_every_field():
+    # issue 22 (NumPy scalars accepted everywhere): np.int64 epochs were
+    # refused; a seed, a weight decay or a model of any type passed
+    import numpy as np
+
+    config = training.FineTuneConfig(
+        epochs=np.int64(3), learning_rate=np.float32(0.5)
+    )
+    assert type(config.epochs) is int and config.epochs == 3
+    assert type(config.learning_rate) is float
+    import json
+
+    json.dumps(config.__dict__)  # part of the cache key: plain numbers
+    for bad, name in [
+        ({"seed": "x"}, "seed"),
+        ({"seed": -1}, "seed"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"learning_rate": "0.1"}, "learning_rate"),
+        ({"model": 3}, "model"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            training.FineTuneConfig(**bad)

@@ -98,9 +98,13 @@ def approximation_error(
         (0 = exact); ``attention`` needs ``L * S`` memory per head.
 
     Raises:
-        ValueError: inputs that do not fit (checked by ``fn``), or a
-            ``reference`` that is not callable.
+        ValueError: inputs that do not fit (checked by ``fn``), or an
+            ``fn`` or ``reference`` that is not callable.
     """
+    if not callable(fn):
+        raise ValueError(
+            f"fn must be an attention function; got {type(fn).__name__}."
+        )
     if not callable(reference):
         raise ValueError(
             f"reference must be an attention function; got "

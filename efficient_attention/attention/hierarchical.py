@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import (
-    check_non_negative_int,
+    check_block_choice,
     check_positive_int,
     check_qkv,
     check_scale,
@@ -642,19 +642,11 @@ def coarse_to_fine_attention(
     """
     check_qkv(query, key, value)
     scale = check_scale(scale)
-    block_size = check_positive_int("block_size", block_size)
-    band = check_non_negative_int("band", band)
     L, S = query.shape[-2], key.shape[-2]
-    block_size = min(block_size, max(L, S, 1))
-    nk = -(-S // block_size)
-    top_k = check_non_negative_int("top_k", top_k)
-    if top_k > nk:
-        raise ValueError(
-            f"top_k must be at most the number of key blocks, nk = ceil(S / "
-            f"block_size) = ceil({S} / {block_size}) = {nk}; got top_k="
-            f"{top_k}. Use top_k <= {nk} (top_k={nk} is dense attention), "
-            f"or a smaller block_size."
-        )
+    block_size, top_k, band = check_block_choice(
+        block_size, top_k, band, L, S
+    )
+    sparse._check_backend(backend)
     empty = _empty(query, key, value)
     if empty is not None:
         return empty
@@ -730,7 +722,9 @@ def hierarchical_levels(
                 f"query and key must hold L={L} and S={S} rows; got shapes "
                 f"{tuple(query.shape)} and {tuple(key.shape)}."
             )
-        block_size = min(check_positive_int("block_size", block_size), L)
+        block_size, top_k, band = check_block_choice(
+            block_size, top_k, band, L, S
+        )
         chosen = block_choice(
             query, key, block_size=block_size, top_k=top_k, band=band
         )

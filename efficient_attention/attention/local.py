@@ -88,13 +88,18 @@ def sliding_window_attention(
 
     Returns:
         ``(..., L, Ev)`` in the query's dtype. A query with no key in its
-        window (only possible when ``L > S``) gets zeros.
+        window (only possible when ``L > S``) gets zeros. Only the scores
+        inside the windows count, on both backends: a key (or query) that
+        no window reaches may hold inf or NaN and changes nothing (the
+        kernel never reads it; ``dense_attention`` with the window's mask
+        would raise).
 
     Raises:
         ValueError: shapes, dtypes or devices that do not fit; a window side
             or dilation that is not an int (>= 0, >= 1); per-head values
             whose count is not the number of heads; an unknown border or
-            backend.
+            backend; scores inside a window that are not finite (inf or
+            NaN in the query or key, or an overflow).
         NotImplementedError: ``backend="kernel"`` for a tensor that needs a
             gradient, is not on the CPU or is float64.
         cpu_kernels.KernelUnavailable: ``backend="kernel"`` where the kernel
@@ -365,9 +370,21 @@ def _band(
     ``L x S`` is built. ``left``, ``right`` and ``n_keys`` (keys past it
     are padding) broadcast against the leading dimensions of ``q``.
     """
-    *lead, L, E = q.shape
-    S = k.shape[-2]
+    L, S = q.shape[-2], k.shape[-2]
     left, right, n_keys = (t.to(q.device) for t in (left, right, n_keys))
+    if shift and L > S:
+        # From row S - 1 on, every query's slid window is the last one of
+        # its class, far behind the band of its block: attend it directly.
+        first = max(S - 1, 0)
+        last = _last_window(
+            q[..., first:, :], k, v, left, right, n_keys, first, scale
+        )
+        if first == 0:
+            return last
+        rows = _band(
+            q[..., :first, :], k, v, left, right, n_keys, shift, scale, block
+        )
+        return torch.cat([rows, last], dim=-2)  # (..., L, Ev)
     lmax, rmax = int(left.max()), int(right.max())
     if shift:  # a slid window lies within [i - l - r, i + l + r]
         lmax = rmax = lmax + rmax
@@ -386,7 +403,6 @@ def _band(
     )  # (..., nb, width, Ev)
     q_blocks = q.unflatten(-2, (nb, block))  # (..., nb, block, E)
     scores = (q_blocks * scale) @ k_band  # (..., nb, block, width)
-    check_finite_scores(scores, scale)
 
     arange = lambda n: torch.arange(n, device=q.device)  # noqa: E731
     starts = arange(nb).view(nb, 1, 1) * block
@@ -402,11 +418,57 @@ def _band(
         shift,
     )
     allowed = (key_pos >= lo) & (key_pos < hi)  # (..., nb, block, width)
+    allowed = allowed & (query_pos < L)  # padding rows attend nothing
+    out = _window_softmax(scores, allowed, v_band, scale)
+    return out.flatten(-3, -2)[..., :L, :]  # (..., L, Ev)
+
+
+def _last_window(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    left: Tensor,
+    right: Tensor,
+    n_keys: Tensor,
+    first: int,
+    scale: float,
+) -> Tensor:
+    """Rows ``first, first + 1, ...`` (``first >= S - 1``) with windows
+    slid inside the keys: each attends the last ``left + right + 1`` keys
+    of its class. A class holds ``S - 1`` keys or more (``n_keys``, after
+    ``_split_residues``), so they lie among the last ``span + 1``."""
+    S = k.shape[-2]
+    span = int((left + right).max()) + 1  # the widest window
+    start = max(S - 1 - span, 0)  # the first key any of these rows attends
+    arange = lambda n: torch.arange(n, device=q.device)  # noqa: E731
+    query_pos = first + arange(q.shape[-2]).view(-1, 1)  # (rows, 1)
+    key_pos = start + arange(S - start)  # (W,)
+    extra = (1, 1)  # align (H,)-shaped sides with (..., rows, 1)
+    lo, hi = _key_range(
+        query_pos,
+        left.view(*left.shape, *extra),
+        right.view(*right.shape, *extra),
+        n_keys.view(*n_keys.shape, *extra),
+        True,
+    )
+    allowed = (key_pos >= lo) & (key_pos < hi)  # (..., rows, W)
+    k, v = k[..., start:, :], v[..., start:, :]  # (..., W, E|Ev)
+    scores = (q * scale) @ k.transpose(-2, -1)  # (..., rows, W)
+    return _window_softmax(scores, allowed, v, scale)
+
+
+def _window_softmax(
+    scores: Tensor, allowed: Tensor, v: Tensor, scale: float
+) -> Tensor:
+    """``softmax(scores) @ v`` over the ``allowed`` keys; a row with none
+    gets zeros. Only allowed scores are checked (and count): a key outside
+    every window may hold anything, as in the C++ kernel, which never
+    reads it."""
+    check_finite_scores(scores.masked_fill(~allowed, 0.0), scale)
     scores = scores.masked_fill(~allowed, float("-inf"))
     no_key = ~allowed.any(-1, keepdim=True)
     weights = torch.softmax(scores.masked_fill(no_key, 0.0), dim=-1)
-    out = (weights @ v_band).masked_fill(no_key, 0.0)  # (..., nb, block, Ev)
-    return out.flatten(-3, -2)[..., :L, :]  # (..., L, Ev)
+    return (weights @ v).masked_fill(no_key, 0.0)  # (..., rows, Ev)
 
 
 def _sliding_window_kernel(
@@ -509,7 +571,11 @@ class AdaptiveSpanAttention(nn.Module):
             raise ValueError(f"causal must be True or False; got {causal!r}.")
         self.causal = causal
         start = max_span / 2 if initial_span is None else initial_span
-        if not isinstance(start, numbers.Real) or not 0 <= start <= max_span:
+        if (
+            isinstance(start, bool)
+            or not isinstance(start, numbers.Real)
+            or not 0 <= start <= max_span
+        ):
             raise ValueError(
                 f"initial_span must be a number in [0, max_span={max_span}]; "
                 f"got {initial_span!r}."
@@ -546,14 +612,27 @@ class AdaptiveSpanAttention(nn.Module):
         return [(r, 0) if self.causal else (r, r) for r in reach]
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        """Soft-masked attention (differentiable in the spans)."""
+        """Soft-masked attention (differentiable in the spans).
+
+        Half-precision inputs are computed in float32 and cast back.
+
+        Raises:
+            ValueError: shapes, dtypes or devices that do not fit, a head
+                count other than ``heads``, or scores that are not finite
+                (as ``dense_attention``).
+        """
         check_qkv(query, key, value)
         _heads(query, "span", self.heads)
         L, S = query.shape[-2], key.shape[-2]
-        scores = query @ key.transpose(-2, -1) / math.sqrt(query.shape[-1])
-        weights = torch.softmax(scores, dim=-1) * self.soft_mask(L, S)
+        half = query.dtype in (torch.float16, torch.bfloat16)
+        q, k, v = (t.float() if half else t for t in (query, key, value))
+        scale = 1 / math.sqrt(q.shape[-1])
+        scores = (q * scale) @ k.transpose(-2, -1)  # (..., H, L, S)
+        check_finite_scores(scores, scale)
+        mask = self.soft_mask(L, S).to(scores)  # (H, L, S)
+        weights = torch.softmax(scores, dim=-1) * mask
         weights = weights / (weights.sum(-1, keepdim=True) + 1e-8)
-        return weights @ value  # (..., H, L, Ev)
+        return (weights @ v).to(query.dtype)  # (..., H, L, Ev)
 
     def fast_forward(
         self, query: Tensor, key: Tensor, value: Tensor

@@ -21,12 +21,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import (
+    check_device_here,
+    check_dtype,
     check_finite_scores,
     check_generator,
     check_int,
     check_positive_int,
     check_qkv,
     check_scale,
+    check_sequence,
     check_tensor,
 )
 
@@ -58,17 +61,23 @@ def make_linformer_projections(
         rank: ``r``, the number of projected keys (>= 1).
         generator: a ``torch.Generator`` on the CPU (for ``"gaussian"``).
         kind: ``"gaussian"`` or ``"mean"``.
-        dtype, device: of the result.
+        dtype: of the result, a floating-point ``torch.dtype`` or its name
+            (``"float16"``). device: of the result.
 
     Returns:
         ``(r, S)``; pass it as ``proj_k`` (and ``proj_v``).
 
     Raises:
         ValueError: a size that is not a positive int, ``rank > seq_len``
-            for ``"mean"``, an unknown kind, a missing generator.
+            for ``"mean"``, an unknown kind, a missing generator, a dtype
+            that is not floating point or a device name torch does not
+            know.
     """
     seq_len = check_positive_int("seq_len", seq_len)
     rank = check_positive_int("rank", rank)
+    dtype = check_dtype("dtype", dtype, floating=True)
+    if device is not None:
+        device = check_device_here("device", device)
     if kind == "mean":
         if rank > seq_len:
             raise ValueError(
@@ -135,15 +144,10 @@ def linformer_attention(
             f"proj_k and proj_v must project to one rank r (dimension -2); "
             f"got {tuple(proj_k.shape)} and {tuple(proj_v.shape)}."
         )
+    lead = query.shape[:-2]
     q, k, v, pk, pv = _compute_dtype(query, key, value, proj_k, proj_v)
     k_small = pk @ k  # (..., r, S) @ (..., S, E) -> (..., r, E)
     v_small = pv @ v  # (..., r, S) @ (..., S, Ev) -> (..., r, Ev)
-    lead = torch.broadcast_shapes(query.shape[:-2], k_small.shape[:-2])
-    if lead != query.shape[:-2]:
-        raise ValueError(
-            f"proj_k's leading dimensions {tuple(proj_k.shape[:-2])} must "
-            f"broadcast to the query's {tuple(query.shape[:-2])}."
-        )
     if k_small.shape[-2] == 0 or query.shape[-2] == 0:
         return query.new_zeros(*query.shape[:-1], value.shape[-1])
     k_small = k_small.expand(*lead, *k_small.shape[-2:])
@@ -164,6 +168,15 @@ def _check_projection(name: str, proj: object, key: Tensor) -> Tensor:
             f"{name} must be shaped (r, S) = (r, {S}) to project the {S} "
             f"keys; got {tuple(proj.shape)}. Make one with "
             f"make_linformer_projections({S}, r, generator=...)."
+        )
+    lead, own = key.shape[:-2], proj.shape[:-2]
+    if len(own) > len(lead) or any(
+        p not in (1, n) for p, n in zip(reversed(own), reversed(lead))
+    ):
+        raise ValueError(
+            f"{name}'s leading dimensions {tuple(proj.shape[:-2])} must "
+            f"broadcast to the key's {tuple(lead)} (each 1 or equal); give "
+            f"one (r, S) projection, or one per leading index."
         )
     if proj.dtype != key.dtype or proj.device != key.device:
         raise ValueError(
@@ -192,8 +205,19 @@ def segment_means(x: Tensor, segments: int) -> Tensor:
 
     Returns:
         ``(..., m, E)``.
+
+    Raises:
+        ValueError: ``x`` not a tensor of rank >= 2, or ``segments`` not
+            an int in ``[1, n]`` (a segment without positions has no mean).
     """
+    check_sequence("x", x)
     n = x.shape[-2]
+    segments = check_positive_int("segments", segments)
+    if segments > n:
+        raise ValueError(
+            f"segments must be at most the {n} positions of x (dimension "
+            f"-2 of shape {tuple(x.shape)}); got {segments}."
+        )
     if n % segments == 0:  # (..., m, n/m, E) -> (..., m, E)
         return x.unflatten(-2, (segments, n // segments)).mean(-2)
     which = torch.arange(n, device=x.device) * segments // n  # (n,)
@@ -216,13 +240,27 @@ def iterative_pinv(matrix: Tensor, *, iterations: int = 6) -> Tensor:
         iterations: a non-negative int; 6 is Nyströmformer's choice.
 
     Returns:
-        ``(..., m, m)``.
+        ``(..., m, m)``; zeros for a zero matrix (its pseudo-inverse).
+
+    Raises:
+        ValueError: ``matrix`` not a square floating-point tensor of rank
+            >= 2, or a negative ``iterations``.
     """
     iterations = check_int("iterations", iterations, 0)
+    check_sequence("matrix", matrix)
+    if matrix.shape[-1] != matrix.shape[-2] or not (
+        matrix.is_floating_point()
+    ):
+        raise ValueError(
+            f"matrix must be a square (..., m, m) floating-point tensor; "
+            f"got shape {tuple(matrix.shape)} of dtype {matrix.dtype}."
+        )
     a = matrix
     norm_1 = a.abs().sum(-2).amax(-1)  # (...,) largest column sum
     norm_inf = a.abs().sum(-1).amax(-1)  # (...,) largest row sum
-    z = a.transpose(-2, -1) / (norm_1 * norm_inf)[..., None, None]
+    norms = norm_1 * norm_inf  # (...,); 0 only for a zero matrix
+    # a zero matrix starts (and stays) at its pseudo-inverse, zero
+    z = a.transpose(-2, -1) / norms.masked_fill(norms == 0, 1)[..., None, None]
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
     for _ in range(iterations):
         az = a @ z  # (..., m, m)

@@ -37,7 +37,9 @@ from torch import Tensor
 
 from .. import cpu_kernels, masks
 from .._validation import (
+    check_block_layout,
     check_finite_scores,
+    check_layout_fits,
     check_non_negative_int,
     check_positive_int,
     check_qkv,
@@ -416,43 +418,13 @@ def _check_layout(
     layout: object, query: Tensor, key: Tensor, block_size: int
 ) -> Tensor:
     """``layout`` as a bool tensor of the right shape, or a ValueError."""
-    check_tensor("layout", layout)
-    L, S = query.shape[-2], key.shape[-2]
-    nq, nk = -(-L // block_size), -(-S // block_size)
-    if layout.dtype != torch.bool:
-        raise ValueError(
-            f"layout must be a bool tensor (True = compute the block); got "
-            f"dtype {layout.dtype}. Convert it with layout.bool()."
-        )
+    check_block_layout(layout)
     if layout.device != query.device:
         raise ValueError(
             f"layout is on {layout.device} but query is on {query.device}; "
             f"move it with layout.to(query.device)."
         )
-    if layout.dim() not in (2, 3):
-        raise ValueError(
-            f"layout must be (nq, nk) or (H, nq, nk); got shape "
-            f"{tuple(layout.shape)}."
-        )
-    if tuple(layout.shape[-2:]) != (nq, nk):
-        fits = [
-            size
-            for size in range(1, max(L, S) + 1)
-            if (-(-L // size), -(-S // size)) == tuple(layout.shape[-2:])
-        ]
-        fix = (
-            f"block_size={fits[0]}"
-            + (f" to {fits[-1]}" if len(fits) > 1 else "")
-            + " fits this layout"
-            if fits
-            else "no block size fits this layout"
-        )
-        raise ValueError(
-            f"layout of shape {tuple(layout.shape)} does not fit L={L}, "
-            f"S={S} with block_size={block_size}: that needs (nq, nk) = "
-            f"(ceil(L / block_size), ceil(S / block_size)) = ({nq}, {nk}); "
-            f"{fix}, or build the layout for ({nq}, {nk}) blocks."
-        )
+    check_layout_fits(layout.shape, block_size, query.shape[-2], key.shape[-2])
     if layout.dim() == 3:
         _check_heads(query, layout.shape[0], "layout")
     return layout
@@ -1001,8 +973,10 @@ def csr_attention(
             f".float()."
         )
     scale = 1.0 / math.sqrt(E) if scale is None else scale
-    q, k, v = (t.reshape(-1, *t.shape[-2:]) for t in (query, key, value))
-    out = query.new_zeros(q.shape[0], L, Ev)
+    N = math.prod(lead)
+    # (..., n, F) -> (N, n, F), also when n = 0
+    q, k, v = (t.reshape(N, *t.shape[-2:]) for t in (query, key, value))
+    out = query.new_zeros(N, L, Ev)
     if attn_mask.sum() == 0 or out.numel() == 0:
         return out.reshape(*lead, L, Ev)
     with warnings.catch_warnings():
@@ -1050,21 +1024,21 @@ def block_sparse_matmul(
     Equivalent to: ``(a * masks.create_mask(masks.from_block_layout(
     layout, bs), M, K)) @ b``.
     """
-    check_tensor("a", a)
-    check_tensor("b", b)
-    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
-        raise ValueError(
-            f"a and b must be matrices (M, K) and (K, N); got "
-            f"{tuple(a.shape)} and {tuple(b.shape)}."
-        )
+    _check_matrices(a, b)
     bs = check_positive_int("block_size", block_size)
     M, K = a.shape
-    layout = _check_layout(layout, a, b, bs)
+    check_block_layout(layout)
     if layout.dim() != 2:
         raise ValueError(
             f"layout must be 2-D for a matrix product; got shape "
             f"{tuple(layout.shape)}."
         )
+    if layout.device != a.device:
+        raise ValueError(
+            f"layout is on {layout.device} but a is on {a.device}; move it "
+            f"with layout.to(a.device)."
+        )
+    check_layout_fits(layout.shape, bs, M, K)
     bs = _cap(bs, M, K)
     nm, nk = layout.shape
     if (M, K) != (nm * bs, nk * bs):  # pad (a copy) only when needed
@@ -1076,7 +1050,29 @@ def block_sparse_matmul(
     r, c = layout.nonzero().unbind(-1)  # (nnz,) each
     products = a_tiles[r, c] @ b_rows[c]  # (nnz, bs, N)
     out = a.new_zeros(nm, bs, b.shape[1]).index_add(0, r, products)
-    return out.reshape(nm * bs, -1)[:M]  # (M, N)
+    return out.reshape(nm * bs, b.shape[1])[:M]  # (M, N)
+
+
+def _check_matrices(a: object, b: object) -> None:
+    """``a (M, K)`` and ``b (K, N)``: floating-point matrices of one dtype
+    and device whose inner sizes agree."""
+    check_tensor("a", a)
+    check_tensor("b", b)
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(
+            f"a and b must be matrices (M, K) and (K, N); got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}."
+        )
+    if not a.is_floating_point() or a.dtype != b.dtype:
+        raise ValueError(
+            f"a and b must share one floating-point dtype; got {a.dtype} "
+            f"and {b.dtype}. Convert them with .to(a.dtype)."
+        )
+    if a.device != b.device:
+        raise ValueError(
+            f"a and b must be on one device; got {a.device} and "
+            f"{b.device}. Move b with b.to(a.device)."
+        )
 
 
 def prune_2_4(weight: Tensor) -> Tensor:
@@ -1094,7 +1090,8 @@ def prune_2_4(weight: Tensor) -> Tensor:
             f"weight must be a matrix whose column count is a multiple of "
             f"4; got shape {tuple(weight.shape)}."
         )
-    groups = weight.reshape(weight.shape[0], -1, 4)  # (M, K / 4, 4)
+    M, K = weight.shape
+    groups = weight.reshape(M, K // 4, 4)  # (M, K / 4, 4)
     keep = groups.abs().topk(2, dim=-1).indices
     mask = torch.zeros_like(groups, dtype=torch.bool).scatter(-1, keep, True)
     return (groups * mask).reshape(weight.shape)

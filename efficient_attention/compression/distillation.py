@@ -29,10 +29,22 @@ from torch import Tensor, nn
 
 from .. import data as mrpc_data
 from .. import training
-from .._validation import check_positive_real
+from .._validation import (
+    check_int,
+    check_int_list,
+    check_positive_int,
+    check_positive_real,
+    check_real,
+)
 from .pruning import encoder_layers
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+MAX_TEMPERATURE = 1e4
+"""The largest temperature ``soft_label_loss`` takes: its loss, ``T**2``
+times a KL divergence of order ``1 / T**2``, loses about ``1e-16 * T**2``
+to rounding even in float64, which is 1e-8 at ``T = 1e4``."""
 
 
 def soft_label_loss(
@@ -42,26 +54,80 @@ def soft_label_loss(
 
     Both distributions are softmaxes of the logits divided by ``T``; the
     ``T^2`` keeps the gradient's size independent of ``T`` (the gradient of
-    the KL term shrinks as ``1 / T^2``).
+    the KL term shrinks as ``1 / T^2``). Computed in float64, on logits
+    ``a``, ``b`` shifted to a row maximum of 0, as ``T * (sum p_t (a - b)
+    - T (lse(a / T) - lse(b / T)))``: every term stays finite for any
+    ``T`` down to the smallest float (``lse`` of shifted logits lies in
+    ``[0, log C]``), and nothing squares ``T``. A row's loss is never
+    below 0 (rounding is clamped).
 
     Args:
-        student_logits, teacher_logits: ``(N, C)``.
-        temperature: ``T > 0``; 1 gives the plain KL divergence.
+        student_logits, teacher_logits: ``(N, C)``; a logit may be
+            ``-inf`` (a class ruled out), every row needs a finite one.
+        temperature: ``T`` in ``(0, MAX_TEMPERATURE]``; 1 gives the plain
+            KL divergence.
 
     Returns:
-        A scalar: the mean over the ``N`` rows.
+        A scalar in the logits' dtype (float32 for half precision): the
+        mean over the ``N`` rows, 0 when ``N = 0``; ``inf`` where the
+        student rules out a class the teacher gives weight.
 
     Raises:
-        ValueError: shapes that differ or are not ``(N, C)``, or ``T <= 0``.
+        ValueError: shapes that differ or are not ``(N, C)``, a temperature
+            that is not a real number in ``(0, 1e4]``, or logits that hold
+            NaN or ``+inf``, or a row of ``-inf`` only.
     """
     _check_same_shape("student_logits", student_logits, teacher_logits, 2)
     temperature = check_positive_real("temperature", temperature)
-    log_p_student = F.log_softmax(_wide(student_logits) / temperature, -1)
-    log_p_teacher = F.log_softmax(_wide(teacher_logits) / temperature, -1)
-    kl = F.kl_div(
-        log_p_student, log_p_teacher, log_target=True, reduction="batchmean"
-    )
-    return temperature**2 * kl
+    if temperature > MAX_TEMPERATURE:
+        raise ValueError(
+            f"temperature must be at most {MAX_TEMPERATURE:g}; got "
+            f"{temperature:g}. The loss T**2 * KL is lost to rounding "
+            f"beyond it (the softmaxes are uniform to 1 part in T)."
+        )
+    for name, logits in (
+        ("student_logits", student_logits),
+        ("teacher_logits", teacher_logits),
+    ):
+        _check_logits(name, logits)
+    dtype = _wide(student_logits).dtype
+    if student_logits.shape[0] == 0:  # no row: the mean of nothing is 0
+        return (student_logits.sum() + teacher_logits.sum()).to(dtype) * 0
+    # logits shifted by their row maximum (<= 0), so that no two large
+    # offsets cancel; a softmax and the KL ignore the shift
+    a, b = _shifted(teacher_logits.double()), _shifted(student_logits.double())
+    p_t = F.softmax(a / temperature, -1)  # (N, C)
+    # sum p_t (a - b) over the classes the teacher gives weight
+    gap = (a - b).masked_fill(p_t == 0, 0.0)  # (N, C)
+    bracket = (p_t * gap).sum(-1) - temperature * (
+        _log_sum_exp(a, temperature) - _log_sum_exp(b, temperature)
+    )  # (N,): T * KL, never below 0 but by rounding
+    return (temperature * bracket.clamp_min(0).mean()).to(dtype)
+
+
+def _check_logits(name: str, logits: Tensor) -> None:
+    """Logits may hold ``-inf`` (a class ruled out), never NaN or ``+inf``,
+    and every row needs a finite logit."""
+    if logits.isnan().any() or logits.isposinf().any():
+        raise ValueError(f"{name} hold NaN or +inf; logits must be finite "
+                         f"(or -inf for a class ruled out).")  # fmt: skip
+    if logits.shape[0] and not bool(logits.isfinite().any(-1).all()):
+        raise ValueError(
+            f"{name} has a row of -inf only: a softmax needs one finite "
+            f"logit per row."
+        )
+
+
+def _shifted(z: Tensor) -> Tensor:
+    """``z`` minus its row maximum (a softmax ignores the shift)."""
+    return z - z.amax(-1, keepdim=True).detach()
+
+
+def _log_sum_exp(shifted: Tensor, temperature: float) -> Tensor:
+    """``logsumexp(shifted / T)`` of each row, ``(N,)``, for logits
+    shifted to a maximum of 0: it lies in ``[0, log C]`` whatever ``T``
+    (a term may underflow to 0, none overflows)."""
+    return torch.logsumexp(shifted / temperature, -1)
 
 
 def hidden_state_loss(
@@ -80,13 +146,14 @@ def hidden_state_loss(
             None counts every token.
 
     Returns:
-        A scalar: the mean over real tokens and features.
+        A scalar: the mean over real tokens and features; 0 when there is
+        no real token (all padding, or ``B * L = 0``).
     """
     _check_same_shape("student_hidden", student_hidden, teacher_hidden, 3)
     weights = _token_weights(attention_mask, student_hidden.shape[:2])
     squared = (_wide(student_hidden) - _wide(teacher_hidden)).pow(2)
     per_token = squared.mean(-1)  # (B, L)
-    return (per_token * weights.to(per_token)).sum() / weights.sum()
+    return _weighted_mean(per_token, weights)
 
 
 def attention_map_loss(
@@ -108,7 +175,8 @@ def attention_map_loss(
         attention_mask: ``(B, L)``, 1 for real tokens; None counts all.
 
     Returns:
-        A scalar: the mean KL over real query rows and heads.
+        A scalar: the mean KL over real query rows and heads; 0 when there
+        is no real token.
     """
     _check_same_shape(
         "student_attention", student_attention, teacher_attention, 4
@@ -120,7 +188,7 @@ def attention_map_loss(
     )
     per_row = (p_teacher * log_ratio).sum(-1).mean(1)  # (B, L)
     weights = _token_weights(attention_mask, per_row.shape)
-    return (per_row * weights.to(per_row)).sum() / weights.sum()
+    return _weighted_mean(per_row, weights)
 
 
 def make_student(teacher: nn.Module, layers: Sequence[int]) -> nn.Module:
@@ -137,10 +205,11 @@ def make_student(teacher: nn.Module, layers: Sequence[int]) -> nn.Module:
         The student, in eval mode, its ``config.num_hidden_layers`` set.
 
     Raises:
-        ValueError: no layer, an index out of range, or one repeated.
+        ValueError: no layer, an index that is not an int (``0.9`` is
+            refused, not truncated), out of range, or repeated.
     """
     count = len(encoder_layers(teacher))
-    layers = [int(i) for i in layers]
+    layers = check_int_list("layers", layers)
     if not layers or len(set(layers)) != len(layers):
         raise ValueError(
             f"layers must name at least one teacher layer, each once; got "
@@ -168,7 +237,9 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     ``(i + 1) * teacher_layers // student_layers - 1``; e.g. 3 of 6 -> 1,
     3, 5 (the last student layer always learns from the last teacher one).
     """
-    if not 1 <= student_layers <= teacher_layers:
+    teacher_layers = check_positive_int("teacher_layers", teacher_layers)
+    student_layers = check_positive_int("student_layers", student_layers)
+    if not student_layers <= teacher_layers:
         raise ValueError(
             f"student_layers must be in [1, teacher_layers={teacher_layers}];"
             f" got {student_layers}."
@@ -195,15 +266,27 @@ class Signals:
     attention: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.soft <= 1:
-            raise ValueError(f"soft must be in [0, 1]; got {self.soft!r}.")
-        check_positive_real("temperature", self.temperature)
-        for name in ("hidden", "attention"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
+        for name in ("soft", "hidden", "attention"):
+            try:
+                value = check_real(name, getattr(self, name))
+            except ValueError:
+                value = math.nan
+            soft = name == "soft"
+            if not 0 <= value <= (1 if soft else math.inf):
+                what = "in [0, 1]" if soft else "a finite weight >= 0"
                 raise ValueError(
-                    f"{name} must be a finite weight >= 0; got {value!r}."
+                    f"{name} must be {what}; got {getattr(self, name)!r}."
                 )
+            self._plain(name, value)
+        self._plain(
+            "temperature", check_positive_real("temperature", self.temperature)
+        )
+
+    def _plain(self, name: str, value: float) -> None:
+        """Keep a Python int or float as given (it is part of cache keys);
+        turn any other real number (``np.float32``) into a float."""
+        if type(getattr(self, name)) not in (int, float):
+            object.__setattr__(self, name, value)
 
 
 @dataclasses.dataclass
@@ -249,7 +332,9 @@ def teacher_targets(
         ``TeacherTargets``, rows in the dataset's order.
     """
     count = len(encoder_layers(teacher))
-    hidden_layers = tuple(int(i) for i in hidden_layers)
+    hidden_layers = tuple(check_int_list("hidden_layers", hidden_layers))
+    if attention_layer is not None:
+        attention_layer = check_int("attention_layer", attention_layer, 0)
     for name, chosen in (
         ("hidden_layers", hidden_layers),
         (
@@ -563,6 +648,16 @@ def _token_weights(mask: Tensor | None, shape: torch.Size) -> Tensor:
             f"{tuple(mask.shape)}."
         )
     return mask.float()
+
+
+def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
+    """``sum(values * weights) / sum(weights)``; 0 (in the graph of
+    ``values``) when the weights sum to 0: a batch of padding only."""
+    total = weights.sum()
+    weighted = (values * weights.to(values)).sum()
+    if total == 0:
+        return weighted * 0
+    return weighted / total
 
 
 def _check_same_shape(name: str, a: Tensor, b: Tensor, dims: int) -> None:

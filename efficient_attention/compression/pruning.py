@@ -14,12 +14,15 @@ in the chapter "Pruning".
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 from transformers.pytorch_utils import prune_linear_layer
+
+from .._validation import check_int_list
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -70,8 +73,9 @@ def layer_groups(model: nn.Module) -> dict[str, list[nn.Linear]]:
 
 
 def check_amount(amount: object) -> float:
-    """A pruning amount must be a fraction in [0, 1)."""
-    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+    """A pruning amount must be a fraction in [0, 1) (any real number
+    type: ``0.5``, ``np.float32(0.5)``)."""
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
         raise ValueError(f"amount must be a number in [0, 1); got {amount!r}.")
     if not 0 <= amount < 1:
         raise ValueError(
@@ -165,12 +169,15 @@ def sensitivity_scan(
     for name, linears in groups.items():
         saved = [linear.weight.clone() for linear in linears]
         scores[name] = []
-        for amount in amounts:
+        try:
+            for amount in amounts:
+                for linear, weight in zip(linears, saved):
+                    kept = magnitude_mask(weight, amount)
+                    linear.weight.copy_(weight * kept)
+                scores[name].append(score(model))
+        finally:  # the weights come back even when score() raises
             for linear, weight in zip(linears, saved):
-                linear.weight.copy_(weight * magnitude_mask(weight, amount))
-            scores[name].append(score(model))
-        for linear, weight in zip(linears, saved):
-            linear.weight.copy_(weight)
+                linear.weight.copy_(weight)
     return scores
 
 
@@ -274,9 +281,18 @@ def least_important(
 
     Returns:
         ``{layer: [unit indices]}`` for ``prune_heads``/``prune_neurons``.
+
+    Raises:
+        ValueError: a fraction outside [0, 1), or scores that are not
+            finite.
     """
     fraction = check_amount(fraction)
     rows = [torch.as_tensor(s, dtype=torch.float64) for s in scores]
+    if not all(bool(row.isfinite().all()) for row in rows):
+        raise ValueError(
+            "scores hold NaN or inf, which rank nowhere; compute them again "
+            "(head_importance, neuron_importance) on finite losses."
+        )
     rows = [r / r.norm().clamp_min(1e-30) for r in rows]
     chosen: dict[int, list[int]] = {i: [] for i in range(len(rows))}
     if per_layer:
@@ -314,39 +330,25 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]]) -> int:
         The number of heads removed.
 
     Raises:
-        ValueError: a layer or head that does not exist, or a layer that
-            would lose all its heads.
+        ValueError: ``heads`` not a dict, a layer or head that does not
+            exist (or is not an int: ``1.7`` is refused, not truncated),
+            or a layer that would lose all its heads; the model is left
+            unchanged.
     """
     layers = encoder_layers(model)
-    removed = 0
-    for index, chosen in heads.items():
-        chosen = sorted(set(int(h) for h in chosen))
-        if not chosen:
-            continue
-        if not 0 <= index < len(layers):
-            raise ValueError(
-                f"heads names layer {index}; the model has layers 0 to "
-                f"{len(layers) - 1}."
-            )
+    counts = [layer.attention.self.num_attention_heads for layer in layers]
+    chosen = _check_units("heads", heads, counts, "head")
+    for index, units in chosen.items():  # every entry checked: now change
         attention = layers[index].attention.self
         count, size = (
             attention.num_attention_heads,
             attention.attention_head_size,
         )
-        if chosen[0] < 0 or chosen[-1] >= count:
-            raise ValueError(
-                f"layer {index} has heads 0 to {count - 1}; got {chosen}."
-            )
-        if len(chosen) == count:
-            raise ValueError(
-                f"removing every head of layer {index} would leave it without "
-                "attention; keep at least one."
-            )
         keep = torch.tensor(
             [
                 h * size + e
                 for h in range(count)
-                if h not in chosen
+                if h not in units
                 for e in range(size)
             ]
         )
@@ -355,10 +357,55 @@ def prune_heads(model: nn.Module, heads: Mapping[int, Iterable[int]]) -> int:
         attention.value = prune_linear_layer(attention.value, keep)
         output = layers[index].attention.output
         output.dense = prune_linear_layer(output.dense, keep, dim=1)
-        attention.num_attention_heads = count - len(chosen)
+        attention.num_attention_heads = count - len(units)
         attention.all_head_size = attention.num_attention_heads * size
-        removed += len(chosen)
-    return removed
+    return sum(len(units) for units in chosen.values())
+
+
+def _check_units(
+    name: str, mapping: object, counts: list[int], unit: str
+) -> dict[int, list[int]]:
+    """``{layer: sorted unit indices}`` from ``mapping``, every entry
+    checked against ``counts`` (units per layer) before anything changes,
+    so that a bad entry leaves the model as it was.
+
+    Raises:
+        ValueError: not a mapping, a layer that is not an int naming one of
+            the model's layers, indices that are not ints or not among the
+            layer's units, or a layer that would lose every unit.
+    """
+    if not isinstance(mapping, Mapping):
+        raise ValueError(
+            f"{name} must be a dict {{layer: [{unit} indices]}}, e.g. "
+            f"{{0: [1, 2]}}; got {type(mapping).__name__}."
+        )
+    chosen: dict[int, list[int]] = {}
+    for layer, indices in mapping.items():
+        if (
+            isinstance(layer, bool)
+            or not isinstance(layer, numbers.Integral)
+            or not 0 <= layer < len(counts)
+        ):
+            raise ValueError(
+                f"{name} names layer {layer!r}; the model has layers 0 to "
+                f"{len(counts) - 1} (ints)."
+            )
+        layer = int(layer)
+        units = check_int_list(f"{name}[{layer}]", indices)
+        units = sorted(set(units) | set(chosen.get(layer, [])))
+        count = counts[layer]
+        if units and (units[0] < 0 or units[-1] >= count):
+            raise ValueError(
+                f"layer {layer} has {unit}s 0 to {count - 1}; got {units}."
+            )
+        if len(units) == count:
+            raise ValueError(
+                f"removing every {unit} of layer {layer} is not supported "
+                f"(it would leave the layer without one); keep at least one."
+            )
+        if units:
+            chosen[layer] = units
+    return chosen
 
 
 def prune_neurons(
@@ -377,38 +424,21 @@ def prune_neurons(
         The number of neurons removed.
 
     Raises:
-        ValueError: a layer or neuron that does not exist, or a layer that
-            would lose every neuron.
+        ValueError: ``neurons`` not a dict, a layer or neuron that does not
+            exist (or is not an int), or a layer that would lose every
+            neuron; the model is left unchanged.
     """
     layers = encoder_layers(model)
-    removed = 0
-    for index, chosen in neurons.items():
-        chosen = sorted(set(int(n) for n in chosen))
-        if not chosen:
-            continue
-        if not 0 <= index < len(layers):
-            raise ValueError(
-                f"neurons names layer {index}; the model has layers 0 to "
-                f"{len(layers) - 1}."
-            )
+    counts = [layer.intermediate.dense.out_features for layer in layers]
+    chosen = _check_units("neurons", neurons, counts, "neuron")
+    for index, units in chosen.items():  # every entry checked: now change
         inner = layers[index].intermediate.dense
-        width = inner.out_features
-        if chosen[0] < 0 or chosen[-1] >= width:
-            raise ValueError(
-                f"layer {index} has neurons 0 to {width - 1}; got indices up "
-                f"to {chosen[-1]}."
-            )
-        if len(chosen) == width:
-            raise ValueError(
-                f"removing every neuron of layer {index}'s feed-forward "
-                "block is not supported; keep at least one."
-            )
-        keep = torch.tensor(sorted(set(range(width)) - set(chosen)))
+        kept = set(range(inner.out_features)) - set(units)
+        keep = torch.tensor(sorted(kept))
         layers[index].intermediate.dense = prune_linear_layer(inner, keep)
         outer = layers[index].output.dense
         layers[index].output.dense = prune_linear_layer(outer, keep, dim=1)
-        removed += len(chosen)
-    return removed
+    return sum(len(units) for units in chosen.values())
 
 
 def count_parameters(model: nn.Module, *, embeddings: bool = True) -> int:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import numbers
 import warnings
 
 import torch
 from torch import Tensor, nn
 
+from .._validation import check_bool, check_non_negative_int, check_tensor
 from ..training import serialized_megabytes
 from .pruning import prunable_linears
 
@@ -28,15 +30,32 @@ GRIDS = ("uniform", "kmeans", "log")
 
 
 def check_bits(bits: object, *, low: int = 2, high: int = 16) -> int:
-    """A bit width must be an int in [low, high]."""
-    if isinstance(bits, bool) or not isinstance(bits, int):
+    """A bit width must be an int in [low, high] (any integral type:
+    ``8``, ``np.int64(8)``); returned as a Python int."""
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
         raise ValueError(f"bits must be an int; got {bits!r}.")
     if not low <= bits <= high:
         raise ValueError(
             f"bits must be in [{low}, {high}]; got {bits}. 8 is int8, 4 is "
             "a nibble."
         )
-    return bits
+    return int(bits)
+
+
+def _check_values(x: object) -> Tensor:
+    """``x`` must be a non-empty floating-point tensor of finite values:
+    NaN or inf has no place on a grid (they made the scale NaN)."""
+    check_tensor("x", x)
+    if not torch.is_floating_point(x):
+        raise ValueError(f"x must be a float tensor; got dtype {x.dtype}.")
+    if x.numel() == 0:
+        raise ValueError("x is empty; there is nothing to fit a grid to.")
+    if not bool(x.detach().isfinite().all()):
+        raise ValueError(
+            "x holds NaN or inf; quantize finite values only (find them "
+            "with x.isfinite().logical_not().nonzero())."
+        )
+    return x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +98,14 @@ def quantize_uniform(
             for a weight's output rows), or one for the whole tensor.
 
     Returns:
-        ``Quantized`` with int64 codes shaped like ``x``.
+        ``Quantized`` with int64 codes shaped like ``x``; its scale and
+        zero point are float32 for half-precision ``x`` (float16's
+        smallest normal number, 6e-5, is too coarse a scale floor).
+
+    Raises:
+        ValueError: ``x`` not a non-empty float tensor of finite values, a
+            bad bit width, ``axis`` not an int naming a dimension of ``x``,
+            or ``symmetric`` not a bool.
 
     Complexity:
         O(numel) time and memory.
@@ -88,14 +114,23 @@ def quantize_uniform(
         ``torch.fake_quantize_per_tensor_affine`` (per channel:
         ``torch.fake_quantize_per_channel_affine``) after ``dequantize()``.
     """
-    if not torch.is_floating_point(x):
-        raise ValueError(f"x must be a float tensor; got dtype {x.dtype}.")
-    if axis is not None and not -x.dim() <= axis < x.dim():
-        raise ValueError(
-            f"axis must name a dimension of x (shape {tuple(x.shape)}); "
-            f"got {axis}."
-        )
+    _check_values(x)
+    check_bool("symmetric", symmetric)
+    if axis is not None:
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise ValueError(
+                f"axis must be an int naming a dimension of x (shape "
+                f"{tuple(x.shape)}) or None; got {axis!r}."
+            )
+        if not -x.dim() <= axis < x.dim():
+            raise ValueError(
+                f"axis must name a dimension of x (shape {tuple(x.shape)}); "
+                f"got {axis}."
+            )
+        axis = int(axis)
     qmin, qmax = integer_range(bits, symmetric=symmetric)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()  # the scale floor below underflows in half precision
     reduce = (
         tuple(range(x.dim()))
         if axis is None
@@ -117,10 +152,10 @@ def quantize_uniform(
 def fake_quantize(
     x: Tensor, bits: int, *, symmetric: bool = True, axis: int | None = None
 ) -> Tensor:
-    """``quantize_uniform(x, ...).dequantize()``: ``x`` on its grid."""
-    return quantize_uniform(
-        x, bits, symmetric=symmetric, axis=axis
-    ).dequantize()
+    """``quantize_uniform(x, ...).dequantize()``: ``x`` on its grid, in
+    ``x``'s dtype (half precision is computed in float32)."""
+    quantized = quantize_uniform(x, bits, symmetric=symmetric, axis=axis)
+    return quantized.dequantize().to(x.dtype)
 
 
 def kmeans_codebook(
@@ -134,28 +169,42 @@ def kmeans_codebook(
     Returns:
         ``(codebook (2**bits,), codes)``: ``codebook[codes]`` approximates
         ``x``; codes are int64 shaped like ``x``.
+
+    Raises:
+        ValueError: ``x`` not a non-empty float tensor of finite values, a
+            bad bit width, or ``iterations`` not an int >= 0.
     """
+    _check_values(x)
     bits = check_bits(bits, high=12)
-    values = x.detach().flatten().float()
+    iterations = check_non_negative_int("iterations", iterations)
+    # float64 sums: the mean of equal float32 values is then exact
+    values = x.detach().flatten().double()
     levels = 2**bits
-    quantiles = (torch.arange(levels, dtype=torch.float32) + 0.5) / levels
+    quantiles = (torch.arange(levels, dtype=torch.float64) + 0.5) / levels
     step = values.numel() // 2**24 + 1  # torch.quantile takes <= 2**24 values
-    codebook = torch.quantile(values[::step], quantiles)
+    codebook = torch.quantile(values[::step], quantiles).float().double()
     for _ in range(iterations):
         codes = _nearest(values, codebook)
-        sums = torch.zeros(levels).index_add_(0, codes, values)
-        counts = torch.bincount(codes, minlength=levels).float()
+        sums = values.new_zeros(levels).index_add_(0, codes, values)
+        counts = torch.bincount(codes, minlength=levels).double()
         codebook = torch.where(
             counts > 0, sums / counts.clamp_min(1), codebook
         )
-        codebook = codebook.sort().values
+        codebook = codebook.float().sort().values.double()  # float32 levels
+    codebook = codebook.float()
     return codebook, _nearest(values, codebook).view(x.shape)
 
 
 def _nearest(values: Tensor, sorted_levels: Tensor) -> Tensor:
-    """Index of the nearest of ``sorted_levels`` for each value."""
-    midpoints = (sorted_levels[1:] + sorted_levels[:-1]) / 2
-    return torch.bucketize(values, midpoints)
+    """Index of the nearest of ``sorted_levels`` for each value.
+
+    Compared in float64, where the midpoint of two float32 levels is
+    exact: in float32 it can round onto a level, and a value equal to that
+    level then went to its neighbour.
+    """
+    levels = sorted_levels.double()
+    midpoints = (levels[1:] + levels[:-1]) / 2
+    return torch.bucketize(values.double(), midpoints)
 
 
 def log_grid(x: Tensor, bits: int) -> Tensor:
@@ -167,7 +216,12 @@ def log_grid(x: Tensor, bits: int) -> Tensor:
 
     Returns:
         The sorted levels, ``(2^bits - 1,)``.
+
+    Raises:
+        ValueError: ``x`` not a non-empty float tensor of finite values, or
+            a bad bit width.
     """
+    _check_values(x)
     bits = check_bits(bits, high=12)
     top = (
         x.detach()
@@ -183,8 +237,33 @@ def log_grid(x: Tensor, bits: int) -> Tensor:
 
 
 def quantize_to_grid(x: Tensor, levels: Tensor) -> Tensor:
-    """Round every value of ``x`` to its nearest level (``levels`` sorted)."""
-    return levels[_nearest(x.detach().float(), levels)].to(x.dtype)
+    """Round every value of ``x`` to its nearest level.
+
+    Args:
+        x: a float tensor of finite values.
+        levels: a non-empty 1-D float tensor of finite values, in any
+            order (sorted here).
+
+    Returns:
+        ``x``'s shape and dtype, every value one of ``levels``.
+
+    Raises:
+        ValueError: ``x`` or ``levels`` not as above.
+    """
+    _check_values(x)
+    check_tensor("levels", levels)
+    if (
+        levels.dim() != 1
+        or levels.numel() == 0
+        or not levels.is_floating_point()
+        or not bool(levels.isfinite().all())
+    ):
+        raise ValueError(
+            f"levels must be a non-empty 1-D float tensor of finite values; "
+            f"got {levels.dtype} of shape {tuple(levels.shape)}."
+        )
+    ordered = levels.detach().float().sort().values
+    return ordered[_nearest(x.detach().float(), ordered)].to(x.dtype)
 
 
 def quantize_values(x: Tensor, bits: int, *, grid: str = "uniform") -> Tensor:
@@ -226,21 +305,38 @@ def quantize_weights(
 
     Returns:
         The number of matrices rounded.
+
+    Raises:
+        ValueError: a name that is not a matrix of ``prunable_linears``, a
+            bad bit width (the message names the matrix), grid or
+            ``per_channel``; the model is then left unchanged.
     """
     linears = prunable_linears(model)
     widths = bits if isinstance(bits, dict) else dict.fromkeys(linears, bits)
     unknown = set(widths) - set(linears)
     if unknown:
         raise ValueError(
-            f"bits names matrices the model does not have: {sorted(unknown)}; "
-            "use names from prunable_linears(model)."
+            f"bits names matrices the model does not have: "
+            f"{sorted(map(str, unknown))}; use names from "
+            f"prunable_linears(model)."
         )
+    if grid not in GRIDS:
+        raise ValueError(f"grid must be one of {GRIDS}; got {grid!r}.")
+    check_bool("per_channel", per_channel)
+    # every matrix rounded first, then all copied: a bad width or weight
+    # leaves the model as it was
+    rounded = {}
     for name, width in widths.items():
         weight = linears[name].weight
-        if grid == "uniform" and per_channel:
-            weight.copy_(fake_quantize(weight, width, axis=0))
-        else:
-            weight.copy_(quantize_values(weight, width, grid=grid))
+        try:
+            if grid == "uniform" and per_channel:
+                rounded[name] = fake_quantize(weight, width, axis=0)
+            else:
+                rounded[name] = quantize_values(weight, width, grid=grid)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+    for name, weight in rounded.items():
+        linears[name].weight.copy_(weight)
     return len(widths)
 
 
