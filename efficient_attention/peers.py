@@ -71,6 +71,23 @@ def sdpa_masked_attention(w: int, L: int, device: torch.device | str = "cpu"):
 _COMPILED_FLEX = None
 
 
+def _check_compiled_flex_runs_here(device: torch.device | str) -> None:
+    """Compiled FlexAttention on a CPU needs AVX2 (and Linux or Windows):
+    say so up front rather than fail inside the compiler."""
+    if torch.device(device).type != "cpu":
+        return
+    try:
+        from torch._inductor.kernel.flex.flex_cpu import check_cpu_supported
+    except ImportError:  # another torch version: let the compiler decide
+        return
+    if not check_cpu_supported():
+        raise PeerUnavailable(
+            "compiled FlexAttention runs on a CPU only with AVX2, not on "
+            "macOS and not under ATEN_CPU_CAPABILITY=default; this machine "
+            "does not qualify"
+        )
+
+
 def flex_attention(w: int, L: int, device: torch.device | str = "cpu"):
     """Compiled FlexAttention with the window as a block mask.
 
@@ -81,6 +98,7 @@ def flex_attention(w: int, L: int, device: torch.device | str = "cpu"):
         from torch.nn.attention import flex_attention as flex
     except ImportError as error:
         raise PeerUnavailable(f"FlexAttention needs torch >= 2.5: {error}")
+    _check_compiled_flex_runs_here(device)
     if _COMPILED_FLEX is None:
         _COMPILED_FLEX = torch.compile(flex.flex_attention, dynamic=False)
     compiled = _COMPILED_FLEX
@@ -130,6 +148,7 @@ def flex_layout_attention(
         from torch.nn.attention import flex_attention as flex
     except ImportError as error:
         raise PeerUnavailable(f"FlexAttention needs torch >= 2.5: {error}")
+    _check_compiled_flex_runs_here(device)
     if _COMPILED_FLEX is None:
         _COMPILED_FLEX = torch.compile(flex.flex_attention, dynamic=False)
     compiled = _COMPILED_FLEX

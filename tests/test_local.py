@@ -394,6 +394,7 @@ def test_kernel_flags_from_the_environment_build_another_library(
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("-march=x86-64 is for x86-64 CPUs")
     monkeypatch.setenv("EFFICIENT_ATTENTION_CACHE", str(tmp_path))
+    monkeypatch.delenv("EFFICIENT_ATTENTION_KERNEL_FLAGS", raising=False)
     cpu_kernels.load("sliding_window")
     native = {p.name for p in (tmp_path / "kernels").glob("sliding*.so")}
     monkeypatch.setattr(cpu_kernels, "_LOADED", {})
