@@ -163,6 +163,22 @@ def _build(
     return target
 
 
+PARALLEL_MIN_FLOPS = 2**21
+"""Below about this many FLOPs a kernel call runs on one thread: waking a
+second thread costs more than it saves (tens of microseconds), and on a
+busy machine the call would wait for a free core at the end."""
+
+
+def threads_for(flops: float) -> int:
+    """Threads for a kernel call of about ``flops`` FLOPs: all of
+    PyTorch's (``torch.get_num_threads()``), or 1 for a small call."""
+    import torch
+
+    if flops < PARALLEL_MIN_FLOPS:
+        return 1
+    return torch.get_num_threads()
+
+
 def status(name: str) -> str:
     """``"ready"`` when kernel ``name`` loads here (with a note if it could
     only be built for one thread, and the target flags when they are not

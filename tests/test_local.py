@@ -475,3 +475,12 @@ def test_a_key_outside_every_window_is_never_read(backend, bad):
     torch.testing.assert_close(out, expected)
     with pytest.raises(ValueError, match="scores"):  # inside a window
         ea.sliding_window_attention(q, k, v, window=(2, 3), backend=backend)
+
+
+def test_small_kernel_calls_run_on_one_thread():
+    # waking a second thread costs more than a tiny call saves
+    assert cpu_kernels.threads_for(cpu_kernels.PARALLEL_MIN_FLOPS - 1) == 1
+    assert (
+        cpu_kernels.threads_for(cpu_kernels.PARALLEL_MIN_FLOPS)
+        == torch.get_num_threads()
+    )

@@ -526,7 +526,9 @@ def _sliding_window_kernel(
         int(shift),
         scale,
         64,
-        torch.get_num_threads(),
+        cpu_kernels.threads_for(  # 2 FLOPs per multiply-add, QK and PV
+            2 * BH * L * min(S, int((left + right).max()) + 1) * (E + Ev)
+        ),
     )
     if not_finite:  # the kernel counts rows whose scores were not finite
         raise scores_not_finite(scale, torch.float32)

@@ -630,7 +630,13 @@ def block_sparse_kernel_lse(
         pattern.mask_index.data_ptr(),
         element.data_ptr(),
         scale,
-        torch.get_num_threads(),
+        cpu_kernels.threads_for(  # kept tiles of every head, QK and PV
+            2
+            * (BH // pattern.heads)
+            * int(pattern.row_ptr[-1])
+            * pattern.block_size**2
+            * (E + Ev)
+        ),
     )
     if not_finite:  # the kernel counts rows whose kept scores overflowed
         raise scores_not_finite(scale, torch.float32)
