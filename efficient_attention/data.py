@@ -2,7 +2,8 @@
 
 ``load_mrpc(split)`` returns a ``datasets.Dataset`` with GLUE's columns
 (``sentence1``, ``sentence2``, ``label``, ``idx``) from one of three sources,
-tried in this order (DESIGN.md section 5):
+tried in this order (the README's section "Data, the pretrained model and
+the checkpoint cache"):
 
 1. ``$GLUE_DIR/MRPC/{train,dev,test}.tsv``, the layout of the original BERT
    examples: a header line, tab-separated, UTF-8 with a byte-order mark,

@@ -6,8 +6,9 @@ Each ``*_attention`` builder returns a function ``fn(query, key, value)`` on
 window the way that library does, or raises ``PeerUnavailable`` saying why
 it cannot run here (not installed, a length it does not support). The
 chapter "Local attention" checks each against the package and times them;
-``python -m efficient_attention.benchmark --variants local-peers`` does the
-same over longer sweeps.
+``python -m efficient_attention.benchmark --variants sliding-window sdpa-mask
+flex local-attention longformer natten --window W`` does the same over longer
+sweeps.
 
 - PyTorch's SDPA with the window as a dense boolean mask (no work skipped).
 - FlexAttention (arXiv 2412.05496), compiled, with the window as a block

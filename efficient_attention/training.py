@@ -783,8 +783,8 @@ def cached_training(
             info.pop("checksums", None)
             return {**info, "path": str(folder), "from_cache": True}
         warnings.warn(
-            f"the cached weights in {folder}: the folder {problem}; not loaded: "
-            f"the model is trained again and replaces them.",
+            f"the cached weights in {folder}: the folder {problem}; not "
+            f"loaded: the model is trained again and replaces them.",
             RuntimeWarning,
             stacklevel=2,
         )

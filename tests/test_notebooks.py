@@ -1,4 +1,4 @@
-"""Notebook hygiene (DESIGN.md section 4): chapters listed, executed, clean."""
+"""Notebook hygiene (README, "How the tests work"): listed, executed, clean."""
 
 from __future__ import annotations
 
