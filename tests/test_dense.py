@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from inputs import random_qkv as shared_random_qkv
 from reference import reference_attention
 
 import efficient_attention as ea
 from efficient_attention import masks
 
-
-def random_qkv(*lead, L=7, S=9, E=8, Ev=5, dtype=torch.float32, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return tuple(
-        torch.randn(*lead, n, e, generator=generator, dtype=dtype)
-        for n, e in ((L, E), (S, E), (S, Ev))
-    )
+random_qkv = functools.partial(
+    shared_random_qkv, L=7, S=9, dtype=torch.float32
+)
 
 
 @pytest.mark.parametrize("lead", [(), (3,), (2, 3), (2, 2, 3)])

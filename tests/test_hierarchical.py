@@ -4,10 +4,12 @@ of their own pattern otherwise, gradients, and bad input."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
+from inputs import random_qkv as shared_random_qkv
 
 import efficient_attention as ea
 from efficient_attention.attention import hierarchical
@@ -16,13 +18,7 @@ from tests.reference import reference_attention
 POOLED = [ea.pyramid_attention, ea.recursive_attention]
 
 
-def random_qkv(*lead, L=37, S=None, E=8, Ev=5, dtype=torch.float64, seed=0):
-    S = L if S is None else S
-    generator = torch.Generator().manual_seed(seed)
-    return tuple(
-        torch.randn(*lead, n, e, generator=generator, dtype=dtype)
-        for n, e in ((L, E), (S, E), (S, Ev))
-    )
+random_qkv = functools.partial(shared_random_qkv, L=37)
 
 
 def pooled(x, factor):

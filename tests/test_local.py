@@ -7,6 +7,7 @@ import platform
 
 import pytest
 import torch
+from inputs import random_qkv as shared_random_qkv
 
 import efficient_attention as ea
 from efficient_attention import cpu_kernels, masks
@@ -15,12 +16,7 @@ from efficient_attention.attention import local
 BACKENDS = ["torch", "kernel"]
 
 
-def random_qkv(*lead, L=9, S=9, E=8, Ev=5, dtype=torch.float64, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return tuple(
-        torch.randn(*lead, n, e, generator=generator, dtype=dtype)
-        for n, e in ((L, E), (S, E), (S, Ev))
-    )
+random_qkv = functools.partial(shared_random_qkv, S=9)
 
 
 def window_mask(window, L, S, *, dilation=1, border="clip", heads=None):

@@ -3,10 +3,12 @@ that falls with the rank, reproducibility, gradients and clear errors."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
+from inputs import random_qkv as shared_random_qkv
 from torch import nn
 
 import efficient_attention as ea
@@ -16,13 +18,7 @@ from efficient_attention.attention.low_rank import (
     segment_means,
 )
 
-
-def qkv(*lead, L=12, S=12, E=8, Ev=5, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return tuple(
-        torch.randn(*lead, n, e, generator=g, dtype=dtype)
-        for n, e in ((L, E), (S, E), (S, Ev))
-    )
+qkv = functools.partial(shared_random_qkv, L=12, S=12)
 
 
 def gen(seed=0):

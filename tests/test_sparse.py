@@ -3,10 +3,12 @@ sparse, routing and top-k attention, sparse products, bad input."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
+from inputs import random_qkv as shared_random_qkv
 
 import efficient_attention as ea
 from efficient_attention import cpu_kernels, masks
@@ -15,12 +17,7 @@ from efficient_attention.attention import sparse
 BACKENDS = ["torch", "kernel"]
 
 
-def random_qkv(*lead, L=9, S=9, E=8, Ev=5, dtype=torch.float64, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return tuple(
-        torch.randn(*lead, n, e, generator=generator, dtype=dtype)
-        for n, e in ((L, E), (S, E), (S, Ev))
-    )
+random_qkv = functools.partial(shared_random_qkv, S=9)
 
 
 def dtype_of(backend):
