@@ -820,7 +820,10 @@ def from_block_layout(layout: Tensor, block_size: int) -> MaskMod:
 
 def _largest(index: Tensor) -> int | None:
     """The largest of ``index``, or None where it cannot be read (no
-    element, or inside ``vmap``, as FlexAttention evaluates masks)."""
+    element, inside ``vmap``, as FlexAttention evaluates masks, or while
+    ``torch.compile`` traces, where reading it would break the graph)."""
+    if torch.compiler.is_compiling():
+        return None
     if not isinstance(index, Tensor):
         index = torch.as_tensor(index)
     if index.numel() == 0:

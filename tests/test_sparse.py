@@ -665,3 +665,14 @@ def test_rows_masked_inside_a_kept_block_get_zeros(backend):
     torch.testing.assert_close(
         out, ea.dense_attention(q, k, v, attn_mask=mask)
     )
+
+
+def test_from_block_layout_compiles_without_a_graph_break():
+    # Its size check read a tensor's value, which broke torch.compile's
+    # graph: compiled FlexAttention then ran the layout ~20x slower.
+    layout = random_layout(2, 4, 4, seed=5)
+    mod = masks.from_block_layout(layout, 2)
+    q_idx, kv_idx = torch.arange(8)[:, None], torch.arange(8)[None, :]
+    h = torch.arange(2)[:, None, None]
+    traced = torch.compile(mod, fullgraph=True, backend="eager")
+    assert traced(0, h, q_idx, kv_idx).equal(mod(0, h, q_idx, kv_idx))
