@@ -38,7 +38,7 @@ from .attention import (
     top_k_attention,
 )
 from .encoder import EncoderLayer
-from .notebook import pick_device, setup_notebook, show_source
+from .notebook import glue, pick_device, setup_notebook, show_source
 
 __version__ = "0.1.0"
 
@@ -84,6 +84,7 @@ __all__ = [
     "dense_attention",
     "distributed",
     "effective_attention",
+    "glue",
     "masks",
     "models",
     "pick_device",

@@ -1,9 +1,12 @@
 """Helpers every chapter's first cell calls.
 
-Seeding, figure format, device choice and source display: ``setup_notebook``
-makes a chapter reproducible (seeds) and its figures PNG in one house style;
-``show_source`` prints a package function so the reader sees exactly the code
-they just checked against the chapter's naive version.
+Seeding, figure format, device choice, source display and glued numbers:
+``setup_notebook`` makes a chapter reproducible (seeds) and its figures PNG in
+one house style; ``show_source`` prints a package function so the reader sees
+exactly the code they just checked against the chapter's naive version;
+``glue`` hands a measured number to the chapter's prose (myst-nb's
+``{glue:text}`` role), so the text shows the value of the very run whose
+outputs are on the page.
 """
 
 from __future__ import annotations
@@ -86,6 +89,45 @@ def setup_notebook(seed: int = 0) -> None:
     except ImportError:  # not in a notebook kernel
         return
     set_matplotlib_formats("png")
+
+
+def glue(name: str, value: object) -> None:
+    """Record ``value`` for the prose's ``{glue:text}`name``` role.
+
+    Under Jupyter Book (myst-nb installed, code run by an IPython kernel) the
+    value is stored, without being shown, in the cell's outputs, where the
+    book's Markdown finds it (NumPy and one-element tensor values as Python
+    numbers, so that a format such as ``{glue:text}`name:.2f``` applies).
+    Elsewhere (Colab or Jupyter without myst-nb, a plain script) nothing is
+    recorded or printed. A cell that glues a
+    measured value should carry the ``nbval-ignore-output`` tag: the stored
+    value changes from run to run.
+
+    Raises:
+        ValueError: ``name`` is not a non-empty identifier-like string
+            (letters, digits, ``_`` and ``-``).
+    """
+    if (
+        not isinstance(name, str)
+        or not name
+        or not name.replace("_", "").replace("-", "").isalnum()
+    ):
+        raise ValueError(
+            f"glue name must be a non-empty string of letters, digits, "
+            f"'_' and '-' (the Markdown refers to it); got {name!r}."
+        )
+    try:
+        from IPython import get_ipython
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        return
+    if get_ipython() is None:
+        return
+    is_scalar = isinstance(value, np.generic) or (
+        isinstance(value, torch.Tensor) and value.numel() == 1
+    )
+    # a Python number, so that a format such as {glue:text}`name:.2f` reads it
+    myst_glue(name, value.item() if is_scalar else value, display=False)
 
 
 def source_markdown(obj: object) -> str:

@@ -195,6 +195,37 @@ def test_source_markdown_shows_the_package_function():
         notebook.source_markdown(len)
 
 
+def test_glue_outside_a_kernel_does_nothing_and_prints_nothing(capsys):
+    assert notebook.glue("speedup", 2.5) is None
+    assert capsys.readouterr() == ("", "")
+
+
+def test_glue_in_a_kernel_records_the_value_without_showing_it(monkeypatch):
+    import IPython
+    import myst_nb
+
+    calls = []
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())
+    monkeypatch.setattr(
+        myst_nb, "glue", lambda *args, **kwargs: calls.append((args, kwargs))
+    )
+    assert notebook.glue("sdpa-ms", 12.5) is None  # nothing to display
+    notebook.glue("ratio", np.float64(3.25))
+    notebook.glue("error", torch.tensor([0.5]))
+    assert calls == [
+        (("sdpa-ms", 12.5), {"display": False}),
+        (("ratio", 3.25), {"display": False}),
+        (("error", 0.5), {"display": False}),
+    ]
+    assert all(type(args[1]) is float for args, _ in calls)
+
+
+@pytest.mark.parametrize("name", ["", "two words", "a.b", 3, None])
+def test_glue_names_a_name_the_markdown_cannot_use(name):
+    with pytest.raises(ValueError, match="glue name must be"):
+        notebook.glue(name, 1.0)
+
+
 def test_setup_notebook_seeds_everything():
     ea.setup_notebook(seed=3)
     first = torch.rand(3), np.random.rand(3)

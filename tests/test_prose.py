@@ -1,0 +1,154 @@
+"""A chapter's prose shows the numbers of its own run, in the reader's terms.
+
+A measured number typed into Markdown drifts from the outputs under it at the
+next run. In the chapters of ``BOUND``, a number that looks measured (a ratio
+such as 3.4x, a time, a size in bytes, a percentage, a decimal such as 0.853)
+must come through a myst-nb glue role (``notebook.glue`` in the code), or sit
+in maths, code, a citation or the exercises, or be a constant of the setup
+listed in ``SETUP_CONSTANTS`` with the reason it is not measured. Every glue
+role names a value that the committed notebook glued, and a cell that glues
+ignores its output under nbval (the value changes from run to run).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+
+import pytest
+from test_chapter_structure import CHAPTERS
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+BOUND = [
+    "low_rank_attention",
+]
+"""Chapters whose prose is bound to their outputs; the others are next."""
+
+SETUP_CONSTANTS = {
+    "low_rank_attention": {
+        "90%": "the energy fraction the rank is counted at, chosen",
+        "99%": "the energy fractions of the weights' ranks, chosen",
+        "95%": "the energy fractions of the weights' ranks, chosen",
+    },
+    "hierarchical_attention": {
+        "0.003": "the learning rate of the far_marker runs, chosen",
+    },
+}
+"""chapter -> {typed number: why it is a constant, not a measurement}."""
+
+MEASURED_LOOKING = re.compile(
+    r"(?<![\w.])(?:"
+    r"\d[\d,]*(?:\.\d+)?\s?(?:x\b|×|%|ms\b|µs\b|s\b|GFLOP/s|GB/s"
+    r"|MB\b|MiB\b|GiB\b|GB\b)"
+    r"|0\.\d{2,})"
+)
+NOT_PROSE = [
+    re.compile(r"```.*?```", re.S),  # code blocks
+    re.compile(r"\$\$.*?\$\$", re.S),  # display maths
+    re.compile(r"\$[^$\n]*\$"),  # inline maths
+    re.compile(r"\{[\w:]+\}`[^`]*`"),  # roles: glue, cite, term, ...
+    re.compile(r"`[^`]*`"),  # inline code
+]
+GLUE_ROLE = re.compile(r"\{glue:\w+\}`([^`:]+)[^`]*`")
+MAKING_OF = re.compile(
+    r"\b(?:the issue|issue's|issue \d+|DESIGN(?:\.md)?|the outline's?)\b",
+    re.I,
+)
+
+
+def cells(path: pathlib.Path) -> list[dict]:
+    return json.loads(path.read_text())["cells"]
+
+
+def markdown_cells(path: pathlib.Path) -> list[str]:
+    markdown = [c for c in cells(path) if c["cell_type"] == "markdown"]
+    return ["".join(c["source"]) for c in markdown]
+
+
+def prose(text: str) -> str:
+    """The Markdown a reader reads as sentences, exercises left out."""
+    text = re.split(r"^## Exercises", text, flags=re.M)[0]
+    for pattern in NOT_PROSE:
+        text = pattern.sub(" ", text)
+    return text
+
+
+def glued_names(path: pathlib.Path) -> set[str]:
+    names = set()
+    for cell in cells(path):
+        for output in cell.get("outputs", []):
+            scrapbook = output.get("metadata", {}).get("scrapbook", {})
+            if "name" in scrapbook:
+                names.add(scrapbook["name"])
+    return names
+
+
+def chapter(stem: str) -> pathlib.Path:
+    return ROOT / "book" / f"{stem}.ipynb"
+
+
+@pytest.mark.parametrize("stem", BOUND)
+def test_no_measured_number_is_typed_into_the_prose(stem):
+    allowed = SETUP_CONSTANTS.get(stem, {})
+    typed = [
+        (index, match.group(0))
+        for index, text in enumerate(markdown_cells(chapter(stem)))
+        for match in MEASURED_LOOKING.finditer(prose(text))
+        if match.group(0) not in allowed
+    ]
+    assert not typed, (
+        f"{stem}: numbers typed into Markdown (Markdown cell, text): {typed}; "
+        f"glue them from the cell that measures them (ea.glue and "
+        f"{{glue:text}}), or list a setup constant in SETUP_CONSTANTS."
+    )
+
+
+def test_the_prose_checker_finds_typed_measurements():
+    text = (
+        "SDPA takes 12 ms, the kernel is 3.4x faster, uses 42% of the peak "
+        "and scores 0.853; $0.5$, `0.25` and {glue:text}`f1:.2f` are fine."
+    )
+    found = MEASURED_LOOKING.findall(prose(text))
+    assert found == ["12 ms", "3.4x", "42%", "0.853"]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_every_glue_role_names_a_glued_value(path):
+    wanted = {
+        name
+        for text in markdown_cells(path)
+        for name in GLUE_ROLE.findall(text)
+    }
+    missing = wanted - glued_names(path)
+    assert not missing, (
+        f"{path.name}: glue roles without a glued value in the committed "
+        f"outputs: {sorted(missing)}; call ea.glue(name, value) in a code "
+        f"cell and re-execute the chapter."
+    )
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_cells_that_glue_ignore_their_output(path):
+    loud = [
+        index
+        for index, cell in enumerate(cells(path))
+        if cell["cell_type"] == "code"
+        and "glue(" in "".join(cell["source"])
+        and "nbval-ignore-output" not in cell["metadata"].get("tags", [])
+    ]
+    assert not loud, (
+        f"{path.name}: cells {loud} glue a value but nbval compares their "
+        f"output; tag them nbval-ignore-output."
+    )
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_the_prose_speaks_of_the_subject_not_of_the_making(path):
+    found = [
+        match.group(0)
+        for text in markdown_cells(path)
+        for match in MAKING_OF.finditer(text)
+    ]
+    assert not found, f"{path.name} speaks of how the book was made: {found}"
