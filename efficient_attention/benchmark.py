@@ -2,10 +2,10 @@
 
 This module holds the measurements: ``time_callable`` and ``Timing``,
 ``peak_memory_bytes``, the hardware line (``describe_hardware``,
-``hardware_summary``), seeded ``attention_inputs``, ``sweep`` over lengths
-and ``loglog_slope``. Times come from ``torch.utils.benchmark.Timer`` (it
-synchronizes CUDA, warms up and reports the median and the interquartile
-range); peak memory from ``torch.cuda.max_memory_allocated`` on a GPU and
+``hardware_summary``), the CPU's fp32 peak (``cpu_peak``), seeded
+``attention_inputs``, ``sweep`` over lengths and ``loglog_slope``. Times
+come from ``torch.utils.benchmark.Timer`` (it synchronizes CUDA, warms up
+and reports the median and the interquartile range); peak memory from ``torch.cuda.max_memory_allocated`` on a GPU and
 from the PyTorch profiler's record of every CPU allocation on a CPU. Every
 chapter times its variant against ``F.scaled_dot_product_attention``, the
 fused baseline, in the same run; chapter 1 introduces the tools. What
@@ -19,6 +19,7 @@ stay reachable from here. It implements no paper.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import platform
 import sys
@@ -264,6 +265,104 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+@dataclass(frozen=True)
+class CpuPeak:
+    """A CPU's fp32 peak: cores x clock x FLOPs per cycle of one core."""
+
+    cores: int  # physical cores the timed threads run on
+    ghz: float
+    clock: str  # where ``ghz`` comes from
+    fp32_lanes: int  # of one vector register: 8 (AVX2) or 16 (AVX-512)
+    fma_units: int  # per core, assumed: no file lists them
+    amx: bool  # Intel's tile units for bf16 and int8
+    avx512_bf16: bool
+
+    @property
+    def flops_per_cycle(self) -> int:
+        """One core's FLOPs per cycle: units x lanes x 2 (mul and add)."""
+        return self.fma_units * self.fp32_lanes * 2
+
+    @property
+    def gflops(self) -> float:
+        return self.cores * self.ghz * self.flops_per_cycle
+
+
+def cpu_peak(
+    threads: int | None = None,
+    *,
+    fma_units: int = 2,
+    cpuinfo: str = "/proc/cpuinfo",
+    sysfs: str = "/sys/devices/system/cpu",
+) -> CpuPeak | None:
+    """The fp32 peak of the cores ``threads`` threads run on, or None.
+
+    None where ``cpuinfo`` is missing (not Linux) or names no FMA unit or
+    clock. Cores are distinct ``(physical id, core id)`` pairs, since
+    hyperthreads share their core's FMA units, and at most ``threads``
+    (default: ``torch.get_num_threads()``). The clock is the highest
+    ``cpuinfo_max_freq`` under ``sysfs``; where that is hidden (as in most
+    virtual machines) it is the highest ``cpu MHz`` of ``cpuinfo``, often
+    the base clock: a turbo clock above it lets a measured rate pass the
+    "peak", and ``clock`` says which was used. ``fma_units`` per core is an
+    assumption (2 on recent x86 server and desktop cores; some AVX-512
+    Xeons have 1, and AMD Zen 4 splits each 512-bit FMA in two halves).
+
+    Raises:
+        ValueError: ``threads`` or ``fma_units`` is not a positive int.
+    """
+    threads = check_positive_int(
+        "threads", torch.get_num_threads() if threads is None else threads
+    )
+    fma_units = check_positive_int("fma_units", fma_units)
+    try:
+        with open(cpuinfo) as file:
+            text = file.read()
+    except OSError:
+        return None
+    flags: set[str] = set()
+    cores, mhz = set(), []
+    for block in text.split("\n\n"):
+        fields = {
+            key.strip(): value.strip()
+            for key, _, value in (line.partition(":") for line in
+                                  block.splitlines())
+        }
+        if "processor" not in fields:
+            continue
+        flags |= set(fields.get("flags", "").split())
+        cores.add((fields.get("physical id"), fields.get("core id")))
+        if "cpu MHz" in fields:
+            mhz.append(float(fields["cpu MHz"]))
+    if "fma" not in flags or not mhz:
+        return None
+    ghz, clock = max(mhz) / 1000, "cpu MHz of /proc/cpuinfo (may be base)"
+    most = _max_frequency_khz(sysfs)
+    if most:
+        ghz, clock = most / 1e6, "cpuinfo_max_freq (sysfs)"
+    return CpuPeak(
+        cores=min(len(cores), threads),
+        ghz=ghz,
+        clock=clock,
+        fp32_lanes=16 if "avx512f" in flags else 8,
+        fma_units=fma_units,
+        amx="amx_tile" in flags,
+        avx512_bf16="avx512_bf16" in flags,
+    )
+
+
+def _max_frequency_khz(sysfs: str) -> int | None:
+    """The highest ``cpufreq/cpuinfo_max_freq`` of any CPU, in kHz."""
+    found = []
+    pattern = os.path.join(sysfs, "cpu*", "cpufreq", "cpuinfo_max_freq")
+    for path in glob.glob(pattern):
+        try:
+            with open(path) as file:
+                found.append(int(file.read().strip()))
+        except (OSError, ValueError):
+            continue
+    return max(found) if found else None
 
 
 def attention_inputs(

@@ -363,17 +363,20 @@ def _merge_block(
     if causal and k_offset > int(q_pos[-1]):
         return True  # every key of the block lies after every query
     k_pos = torch.arange(S_max, device=q.device)  # (S_max,)
-    allowed = (k_pos < k_length).expand(q.shape[-2], S_max)  # (L_r, S_max)
-    if causal:
-        allowed = allowed & (k_pos[None, :] + k_offset <= q_pos[:, None])
-    scores = q @ k.transpose(-2, -1)  # (..., L_r, S_max)
-    finite = bool(scores[..., :k_length].isfinite().all())
-    scores = scores.masked_fill(~allowed, -math.inf)
+    hidden = k_pos >= k_length  # (S_max,): the padding rows of the block
+    if causal:  # (L_r, S_max): and the keys after each query
+        hidden = hidden | (k_pos[None, :] + k_offset > q_pos[:, None])
+    scores = q @ k.transpose(-2, -1)  # (..., L_r, S_max): the one big buffer
+    real = scores[..., :k_length]  # NaN and inf reach the row extremes
+    finite = bool(real.amax(-1).isfinite().all()) and bool(
+        real.amin(-1).isfinite().all()
+    )  # isfinite on the whole block would take three blocks of memory
+    scores.masked_fill_(hidden, -math.inf)
     new_max = torch.maximum(row_max, scores.amax(-1, keepdim=True))
     # a row with no allowed key yet keeps max -inf: shift it by 0 instead
     shift = torch.where(torch.isinf(new_max), 0.0, new_max)  # (..., L_r, 1)
     rescale = torch.exp(row_max - shift)  # (..., L_r, 1); exp(-inf) = 0
-    weights = torch.exp(scores - shift)  # (..., L_r, S_max); masked -> 0
+    weights = scores.sub_(shift).exp_()  # in place; masked -> 0
     row_sum.mul_(rescale).add_(weights.sum(-1, keepdim=True))
     acc.mul_(rescale).add_(weights @ v)  # (..., L_r, Ev)
     row_max.copy_(new_max)
@@ -419,9 +422,10 @@ def ring_attention_cost(
     - peak memory per process counts ``q, k, v`` (``3 n L_r E``), the block
       in hand and the one arriving (``2 * 2 n L_r E``, only when ``W > 1``),
       the output accumulator (``n L_r E``), the running maximum and sum
-      (``2 n L_r``) and one block's scores and weights (``2 n L_r^2``):
-      ``peak_bytes = b n L_r (8E + 2 + 2 L_r)`` for ``W > 1`` and
-      ``b n L (4E + 2 + 2 L)`` for one process.
+      (``2 n L_r``) and one block's scores, which become its weights in
+      place (``n L_r^2``): ``peak_bytes = b n L_r (8E + 2 + L_r)`` for
+      ``W > 1`` and ``b n L (4E + 2 + L)`` for one process. A causal call
+      also holds a boolean mask of the block (``n L_r^2`` bytes more).
 
     Half-precision inputs keep these buffers in float32: pass
     ``bytes_per_element=4`` for them. Values are taken with ``Ev = E``.
@@ -454,9 +458,9 @@ def ring_attention_cost(
     L_r = -(-L // world_size)
     block = 2 * n * L_r * E * b
     if world_size == 1:
-        peak = b * n * L_r * (4 * E + 2 + 2 * L_r)
+        peak = b * n * L_r * (4 * E + 2 + L_r)
     else:
-        peak = b * n * L_r * (8 * E + 2 + 2 * L_r)
+        peak = b * n * L_r * (8 * E + 2 + L_r)
     return RingAttentionCost(
         shard_length=L_r,
         steps=world_size,

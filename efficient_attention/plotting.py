@@ -7,6 +7,8 @@ timing sweep looks the same in every chapter. Figures are PNG (see
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Iterable, Mapping, Sequence
 
 import matplotlib.pyplot as plt
@@ -184,18 +186,32 @@ def plot_heatmap(
     ax: Axes | None = None,
     title: str | None = None,
     colorbar: bool = True,
+    vmax: float | None = None,
 ) -> Axes:
     """Draw an ``(L, S)`` matrix of attention weights.
 
     Row ``i`` is query ``i``; column ``j`` is key ``j``. Any real dtype
-    works, bfloat16 included (drawn as float32).
+    works, bfloat16 included (drawn as float32). ``vmax`` fixes the colour
+    scale to ``[0, vmax]``, so that heatmaps side by side share one scale;
+    None scales each to its own range.
 
     Raises:
-        ValueError: ``weights`` is not 2-D, is empty, or is not real.
+        ValueError: ``weights`` is not 2-D, is empty, or is not real, or
+            ``vmax`` is not a positive finite number.
     """
     array = _as_2d_array("weights", weights)
+    if vmax is not None and not (
+        isinstance(vmax, (int, float))
+        and not isinstance(vmax, bool)
+        and 0 < vmax < math.inf
+    ):
+        raise ValueError(
+            f"vmax must be a positive finite number (the top of the colour "
+            f"scale) or None; got {vmax!r}."
+        )
     ax = ax or plt.figure(figsize=(4.0, 3.4)).gca()
-    image = ax.imshow(array, cmap="viridis", interpolation="nearest")
+    scale = {} if vmax is None else {"vmin": 0.0, "vmax": float(vmax)}
+    image = ax.imshow(array, cmap="viridis", interpolation="nearest", **scale)
     ax.grid(False)
     ax.set_xlabel("key position j")
     ax.set_ylabel("query position i")

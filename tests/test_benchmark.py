@@ -831,3 +831,46 @@ def test_an_output_that_cannot_be_written_does_not_stop_the_others(
     assert exit_info.value.code == 1
     assert "No space left" in capsys.readouterr().err
     assert len(paths["csv"].read_text().splitlines()) == 3  # header, 2 rows
+
+
+def _cpuinfo(tmp_path, cores, threads_per_core, mhz, flags):
+    blocks = [
+        f"processor\t: {c * threads_per_core + t}\nphysical id\t: 0\n"
+        f"core id\t\t: {c}\ncpu MHz\t\t: {mhz + c}\nflags\t\t: {flags}\n"
+        for c in range(cores)
+        for t in range(threads_per_core)
+    ]
+    path = tmp_path / "cpuinfo"
+    path.write_text("\n".join(blocks))
+    return str(path)
+
+
+def test_cpu_peak_counts_cores_not_hyperthreads(tmp_path):
+    info = _cpuinfo(tmp_path, 2, 2, 2400.0, "fpu avx2 fma")
+    peak = benchmark.cpu_peak(8, cpuinfo=info, sysfs=str(tmp_path / "none"))
+    assert peak.cores == 2  # 4 logical CPUs, 2 cores
+    assert peak.fp32_lanes == 8 and peak.flops_per_cycle == 32
+    assert peak.ghz == pytest.approx(2.401)  # the highest clock listed
+    assert "may be base" in peak.clock
+    assert peak.gflops == pytest.approx(2 * 2.401 * 32)
+    one = benchmark.cpu_peak(1, cpuinfo=info, sysfs=str(tmp_path / "none"))
+    assert one.cores == 1  # one thread uses one core's units
+
+
+def test_cpu_peak_takes_the_maximum_clock_where_sysfs_lists_it(tmp_path):
+    info = _cpuinfo(tmp_path, 1, 1, 2000.0, "avx512f fma amx_tile")
+    for cpu, khz in (("cpu0", "3500000"), ("cpu1", "3700000")):
+        folder = tmp_path / "sys" / cpu / "cpufreq"
+        folder.mkdir(parents=True)
+        (folder / "cpuinfo_max_freq").write_text(khz + "\n")
+    peak = benchmark.cpu_peak(1, cpuinfo=info, sysfs=str(tmp_path / "sys"))
+    assert peak.ghz == pytest.approx(3.7) and "sysfs" in peak.clock
+    assert peak.fp32_lanes == 16 and peak.amx and not peak.avx512_bf16
+
+
+def test_cpu_peak_is_none_where_the_cpu_is_not_described(tmp_path):
+    assert benchmark.cpu_peak(cpuinfo=str(tmp_path / "missing")) is None
+    no_fma = _cpuinfo(tmp_path, 1, 1, 2000.0, "sse2 avx")
+    assert benchmark.cpu_peak(cpuinfo=no_fma) is None
+    with pytest.raises(ValueError, match="threads"):
+        benchmark.cpu_peak(0, cpuinfo=no_fma)

@@ -137,6 +137,45 @@ def test_levels_map_is_exact_near_and_coarser_far():
     assert (where >= 0).all()  # nothing skipped
 
 
+def test_levels_map_matches_a_pair_by_pair_rule():
+    """Each pair's level, from the definition: the finest level whose
+    region (the neighbour blocks of b * 2**l tokens) holds the key."""
+    L, b, levels = 45, 4, 3
+    where = ea.hierarchical_levels("pyramid", L, block_size=b, levels=levels)
+    for i in range(L):
+        for j in range(L):
+            near = [
+                abs(i // (b * 2**lv) - j // (b * 2**lv)) <= 1
+                for lv in range(levels - 1)
+            ]
+            expected = near.index(True) if any(near) else levels - 1
+            assert where[i, j] == expected, (i, j)
+
+
+@pytest.mark.parametrize(
+    "L, block_size, levels",
+    [(64, 4, 3), (45, 4, 3), (100, 8, None), (37, 2, 4)],
+)
+@pytest.mark.parametrize("scheme", ["pyramid", "recursive"])
+def test_keys_per_query_counts_the_levels_map(scheme, L, block_size, levels):
+    where = ea.hierarchical_levels(
+        scheme, L, block_size=block_size, levels=levels
+    )
+    share = 0.25 if scheme == "recursive" else 0.5
+    expected = (share ** where.double()).sum() / L  # a pair of level l
+    cost = hierarchical.keys_per_query(
+        scheme, L, block_size=block_size, levels=levels
+    )
+    assert math.isclose(cost, float(expected), rel_tol=1e-12)
+    assert cost < L  # cheaper than dense attention over L keys
+
+
+def test_keys_per_query_one_level_is_dense_and_coarse_to_fine_is_refused():
+    assert hierarchical.keys_per_query("pyramid", 30, levels=1) == 30
+    with pytest.raises(ValueError, match="count hierarchical_levels"):
+        hierarchical.keys_per_query("coarse_to_fine", 64)
+
+
 def test_coarse_to_fine_equals_block_sparse_with_its_choice():
     q, k, v = random_qkv(2, 3, L=50, S=50, dtype=torch.float64)
     chosen = hierarchical.block_choice(q, k, block_size=8, top_k=2)
@@ -285,9 +324,7 @@ def test_the_coarse_to_fine_picture_refuses_what_the_attention_refuses(
     with pytest.raises(ValueError, match=match):
         ea.coarse_to_fine_attention(q, k, v, **kwargs)
     with pytest.raises(ValueError, match=match):
-        ea.hierarchical_levels(
-            "coarse_to_fine", 40, query=q, key=k, **kwargs
-        )
+        ea.hierarchical_levels("coarse_to_fine", 40, query=q, key=k, **kwargs)
 
 
 def test_bad_scheme_and_missing_inputs():

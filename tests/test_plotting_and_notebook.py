@@ -95,6 +95,21 @@ def test_heatmap_shows_the_weights():
     assert np.allclose(ax.images[0].get_array(), weights.numpy())
 
 
+def test_heatmaps_side_by_side_can_share_one_colour_scale():
+    _, (left, right) = plt.subplots(1, 2)
+    plotting.plot_heatmap(torch.full((3, 3), 0.2), ax=left, vmax=0.8)
+    plotting.plot_heatmap(torch.eye(3) * 0.8, ax=right, vmax=0.8)
+    assert left.images[0].get_clim() == right.images[0].get_clim() == (0, 0.8)
+    own = plotting.plot_heatmap(torch.eye(3) * 0.5).images[0].get_clim()
+    assert own == (0, 0.5)  # without vmax: its own range
+
+
+@pytest.mark.parametrize("vmax", [0, -1.0, float("inf"), True, "1"])
+def test_heatmap_names_a_bad_vmax(vmax):
+    with pytest.raises(ValueError, match="vmax must be"):
+        plotting.plot_heatmap(torch.eye(3), vmax=vmax)
+
+
 def test_heatmap_draws_bfloat16_the_package_returns():
     q = torch.randn(6, 8).bfloat16()
     weights = ea.effective_attention(ea.dense_attention, q, q)

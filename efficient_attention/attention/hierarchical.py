@@ -22,7 +22,8 @@ level pooled, and so on; the coarsest level covers everything that is left.
   ``block_sparse_attention``); blocks not picked are skipped.
 
 ``hierarchical_levels`` returns which (query, key) pairs each scheme
-computes exactly, through which pooled level, or skips; chapter
+computes exactly, through which pooled level, or skips, and
+``keys_per_query`` what that costs a query on average; chapter
 "Hierarchical attention" draws it and teaches all three.
 """
 
@@ -48,6 +49,7 @@ __all__ = [
     "SCHEMES",
     "coarse_to_fine_attention",
     "hierarchical_levels",
+    "keys_per_query",
     "pyramid_attention",
     "recursive_attention",
 ]
@@ -733,12 +735,57 @@ def hierarchical_levels(
         exact = chosen.reshape(-1, *chosen.shape[-2:])[0][i][:, j]
         return torch.where(exact, 0, SKIPPED)
     levels, block_size = _check_levels(levels, block_size, L, S)
-    i = torch.arange(L)[:, None]  # (L, 1)
-    j = torch.arange(S)[None, :]  # (1, S)
-    result = torch.full((L, S), levels - 1)
+    blocks = _block_levels(-(-L // block_size), -(-S // block_size), levels)
+    i = torch.arange(L) // block_size
+    j = torch.arange(S) // block_size
+    return blocks[i][:, j]
+
+
+def _block_levels(n_query_blocks: int, n_key_blocks: int, levels: int):
+    """int64 ``(n_query_blocks, n_key_blocks)``: the level through which
+    each key block reaches each query block in the pyramid."""
+    i = torch.arange(n_query_blocks)[:, None]
+    j = torch.arange(n_key_blocks)[None, :]
+    result = torch.full((n_query_blocks, n_key_blocks), levels - 1)
     # Finer levels overwrite coarser ones where their region reaches.
     for level in reversed(range(levels - 1)):
-        size = block_size * 2**level
-        near = ((i // size) - (j // size)).abs() <= 1  # (L, S)
+        near = ((i >> level) - (j >> level)).abs() <= 1
         result = torch.where(near, level, result)
     return result
+
+
+def keys_per_query(
+    scheme: str, L: int, *, block_size: int = 64, levels: int | None = None
+) -> float:
+    """The keys (exact or pooled) a query attends on average: the cost.
+
+    A pooled key of level ``l`` counts once, for the ``2**l`` keys it stands
+    for; in ``"recursive"`` a pooled query also shares its keys with the
+    ``2**l`` queries it stands for. ``L / keys_per_query(...)`` is then the
+    scheme's FLOP limit against dense attention over ``L`` keys. Computed on
+    blocks: ``O((L / block_size) ** 2)``, so long ``L`` is cheap.
+
+    Args:
+        scheme: ``"pyramid"`` or ``"recursive"`` (coarse-to-fine's cost
+            depends on its inputs: count ``hierarchical_levels`` instead).
+        L: queries and keys; ``block_size``, ``levels``: as
+            ``pyramid_attention``.
+
+    Raises:
+        ValueError: another scheme, or sizes or settings that do not fit.
+    """
+    if scheme not in ("pyramid", "recursive"):
+        raise ValueError(
+            f"keys_per_query counts 'pyramid' or 'recursive'; got "
+            f"{scheme!r} (coarse-to-fine's blocks depend on the inputs: "
+            f"count hierarchical_levels(...) == 0 per query instead)."
+        )
+    L = check_positive_int("L", L)
+    levels, block_size = _check_levels(levels, block_size, L, L)
+    n = -(-L // block_size)
+    tokens = torch.full((n,), float(block_size), dtype=torch.float64)
+    tokens[-1] = L - block_size * (n - 1)  # the last block may be short
+    share = 0.25 if scheme == "recursive" else 0.5
+    weight = share ** _block_levels(n, n, levels).double()  # (n, n)
+    per_query_block = weight @ tokens  # (n,)
+    return float(per_query_block @ tokens / L)
