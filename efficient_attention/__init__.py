@@ -51,6 +51,7 @@ _LAZY_MODULES = {
     "low_rank_weights",
     "models",
     "plotting",
+    "significance",
     "training",
     "widgets",
 }
@@ -91,6 +92,7 @@ __all__ = [
     "plotting",
     "setup_notebook",
     "show_source",
+    "significance",
     "sliding_window_attention",
     "training",
     "widgets",

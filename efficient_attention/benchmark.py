@@ -5,8 +5,9 @@ This module holds the measurements: ``time_callable`` and ``Timing``,
 ``hardware_summary``), the CPU's fp32 peak (``cpu_peak``), seeded
 ``attention_inputs``, ``sweep`` over lengths and ``loglog_slope``. Times
 come from ``torch.utils.benchmark.Timer`` (it synchronizes CUDA, warms up
-and reports the median and the interquartile range); peak memory from ``torch.cuda.max_memory_allocated`` on a GPU and
-from the PyTorch profiler's record of every CPU allocation on a CPU. Every
+and reports the median and the interquartile range); peak memory from
+``torch.cuda.max_memory_allocated`` on a GPU and from the PyTorch
+profiler's record of every CPU allocation on a CPU. Every
 chapter times its variant against ``F.scaled_dot_product_attention``, the
 fused baseline, in the same run; chapter 1 introduces the tools. What
 happens to the records next (the table, JSON, CSV, plots, loading) lives

@@ -41,6 +41,8 @@ GLUE_SIZES = {"train": 3668, "dev": 408, "test": 1725}
 _LABELLED_HEADER = ("Quality", "#1 ID", "#2 ID", "#1 String", "#2 String")
 _TEST_HEADER = ("index", "#1 ID", "#2 ID", "#1 String", "#2 String")
 _HUB_SPLITS = {"train": "train", "dev": "validation", "test": "test"}
+SPLIT_ALIASES = {"validation": "dev"}
+"""The datasets hub's names for GLUE's splits, accepted as the same split."""
 
 
 PROSE_FILE = (
@@ -66,6 +68,15 @@ class MRPCFormatError(ValueError):
     """An MRPC file that cannot be read as GLUE's layout; says where."""
 
 
+def _split_name(split: object) -> str:
+    """GLUE's name of ``split`` (``"validation"`` is ``"dev"``)."""
+    name = SPLIT_ALIASES.get(split, split) if isinstance(split, str) else split
+    if name not in SPLITS:
+        names = SPLITS + tuple(SPLIT_ALIASES)
+        raise ValueError(f"split must be one of {names}; got {split!r}.")
+    return name
+
+
 def load_mrpc(
     split: str,
     *,
@@ -76,8 +87,9 @@ def load_mrpc(
     """Load one split of MRPC as a ``datasets.Dataset``.
 
     Args:
-        split: ``"train"``, ``"dev"`` or ``"test"`` (GLUE's test set has no
-            labels: every ``label`` is -1).
+        split: ``"train"``, ``"dev"`` (or the hub's name, ``"validation"``)
+            or ``"test"`` (GLUE's test set has no labels: every ``label`` is
+            -1).
         source: ``"auto"`` (GLUE files if ``glue_dir`` or ``$GLUE_DIR`` is
             set, else the hub if reachable, else generated), or one of
             ``"glue"``, ``"hub"``, ``"generated"`` to insist on it.
@@ -96,8 +108,7 @@ def load_mrpc(
             file and the line).
         ConnectionError: ``source="hub"`` and the hub cannot be reached.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}; got {split!r}.")
+    split = _split_name(split)
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}; got {source!r}.")
     folder = glue_dir if glue_dir is not None else os.environ.get("GLUE_DIR")
@@ -485,16 +496,15 @@ def generate_paraphrase_pairs(
     negated.
 
     Args:
-        split: ``"train"``, ``"dev"`` or ``"test"`` (each its own seed; the
-            test split is labelled too).
+        split: ``"train"``, ``"dev"`` (or ``"validation"``) or ``"test"``
+            (each its own seed; the test split is labelled too).
         size: the number of pairs; defaults to GLUE's size of that split.
         seed: a base seed; the same arguments always give the same pairs.
 
     Returns:
         A Dataset with the columns of ``load_mrpc``.
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}; got {split!r}.")
+    split = _split_name(split)
     size = GLUE_SIZES[split] if size is None else size
     size = check_positive_int("size", size)
     rng = random.Random(f"mrpc-{split}-{seed}")

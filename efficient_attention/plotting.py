@@ -8,7 +8,6 @@ timing sweep looks the same in every chapter. Figures are PNG (see
 from __future__ import annotations
 
 import math
-
 from collections.abc import Iterable, Mapping, Sequence
 
 import matplotlib.pyplot as plt

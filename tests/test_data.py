@@ -155,12 +155,22 @@ def test_asking_for_glue_without_a_folder(no_glue_dir):
 
 
 @pytest.mark.parametrize(
-    "kw", [{"split": "validation"}, {"split": "dev", "source": "web"}]
+    "kw", [{"split": "valid"}, {"split": "dev", "source": "web"}]
 )
 def test_unknown_split_or_source(kw):
     split = kw.pop("split")
     with pytest.raises(ValueError, match="must be one of"):
         data.load_mrpc(split, **kw)
+
+
+def test_validation_is_the_dev_split(tmp_path):
+    write_mrpc(tmp_path, "dev", HEADER + GOOD_ROWS)
+    dev = data.load_mrpc("dev", glue_dir=tmp_path, verbose=False)
+    validation = data.load_mrpc("validation", glue_dir=tmp_path, verbose=False)
+    assert validation["sentence1"] == dev["sentence1"]
+    generated = data.generate_paraphrase_pairs("validation", size=5)
+    same = data.generate_paraphrase_pairs("dev", size=5)
+    assert generated["sentence2"] == same["sentence2"]
 
 
 def test_missing_file_names_the_path(tmp_path):

@@ -29,6 +29,15 @@ def test_metrics_by_hand():
     }
 
 
+def test_always_paraphrase_scores_by_hand():
+    pairs = data.generate_paraphrase_pairs("dev", size=4)
+    pairs = pairs.remove_columns("label").add_column("label", [1, 0, 1, 1])
+    # 3 of 4 right; precision 3/4, recall 1: F1 = 2 * 3 / (4 + 3)
+    assert training.always_paraphrase_scores(pairs) == pytest.approx(
+        {"accuracy": 0.75, "f1": 6 / 7}
+    )
+
+
 def test_metrics_refuse_unknown_labels_and_bad_shapes():
     with pytest.raises(ValueError, match="labels hold -1"):
         training.classification_metrics(

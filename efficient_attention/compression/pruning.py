@@ -188,12 +188,16 @@ def _gate_importance(
     width: Callable[[Tensor], int],
     size: int,
 ) -> list[Tensor]:
-    """``E |dLoss/dgate|`` for gates of ones on the units entering ``modules``.
+    """``sum over batches of |dLoss/dgate|`` for gates of ones on the units
+    entering ``modules``.
 
     A pre-hook multiplies each module's input, seen as ``(..., units,
     size)``, by a gate of ones per unit; the gradient of the loss with
     respect to a gate is the first-order change in the loss if that unit
-    were removed (Michel et al. 2019, equation 2).
+    were removed (Michel et al. 2019, equation 2). The absolute value is
+    taken per batch, of the gradient of the batch's mean loss (as Michel
+    et al.'s code does), not per example as the paper's expectation reads:
+    opposite signs within a batch cancel before the absolute value.
     """
     gates = []
     handles = []
