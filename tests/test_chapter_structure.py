@@ -1,6 +1,6 @@
-"""Every chapter has the shape issue 14 asks for: learning goals first, then
-at the end a summary, a "when to use" box, exercises with collapsed hints or
-solutions, and references cited from references.bib."""
+"""Every chapter has the book's shape: learning goals first, then at the end
+a summary, a "when to use" box, exercises each with a collapsed hint and a
+worked solution, and references cited from references.bib."""
 
 from __future__ import annotations
 
@@ -82,3 +82,39 @@ def test_the_bibliography_has_its_papers():
     text = (ROOT / "references.bib").read_text()
     for arxiv in ("2004.05150", "2007.14062", "2205.14135", "1910.01108"):
         assert f"eprint = {{{arxiv}}}" in text, arxiv
+
+
+def exercises(text: str) -> list[str]:
+    """The numbered items of the '## Exercises' section, each with the
+    lines indented under it."""
+    section = re.search(r"^## Exercises\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    if not section:
+        return []
+    return re.split(r"^\d+\. ", section.group(1), flags=re.M)[1:]
+
+
+def dropdowns(item: str) -> set[str]:
+    return set(
+        re.findall(r":::\{admonition\} (\w+)\n\s*:class: dropdown", item)
+    )
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_every_exercise_has_a_hint_and_a_worked_solution(path):
+    items = exercises(markdown(path))
+    assert items, f"{path.name} has no numbered exercises"
+    lacking = {
+        number: sorted({"Hint", "Solution"} - dropdowns(item))
+        for number, item in enumerate(items, start=1)
+        if not {"Hint", "Solution"} <= dropdowns(item)
+    }
+    assert not lacking, f"{path.name}: exercises lacking {lacking}"
+
+
+def test_the_exercise_check_can_fail():
+    text = (
+        "## Exercises\n\n1. Do this.\n\n   :::{admonition} Hint\n"
+        "   :class: dropdown\n   Look.\n   :::\n2. And that.\n"
+    )
+    items = exercises(text)
+    assert [dropdowns(item) for item in items] == [{"Hint"}, set()]
