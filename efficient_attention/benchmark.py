@@ -1,7 +1,8 @@
 """Timing and memory on the reader's hardware, and length sweeps.
 
 This module holds the measurements: ``time_callable`` and ``Timing``,
-``peak_memory_bytes``, the hardware line (``describe_hardware``,
+``compare`` (calls against a baseline in interleaved rounds, with FLOP
+rates), ``peak_memory_bytes``, the hardware line (``describe_hardware``,
 ``hardware_summary``), the CPU's fp32 peak (``cpu_peak``), seeded
 ``attention_inputs``, ``sweep`` over lengths and ``loglog_slope``. Times
 come from ``torch.utils.benchmark.Timer`` (it synchronizes CUDA, warms up
@@ -116,6 +117,103 @@ def time_callable(
         runs=len(measurement.times) * measurement.number_per_run,
         block_times_s=tuple(measurement.times),
     )
+
+
+def compare(
+    calls: Mapping[str, tuple],
+    *,
+    baseline: str,
+    flops: Mapping[str, float] | None = None,
+    rounds: int = 5,
+    min_run_time: float = 0.1,
+    peak_gflops: float | None = None,
+) -> list[dict[str, object]]:
+    """Time several calls against a baseline in interleaved rounds: the one
+    timing helper behind every speed ratio of the book.
+
+    Each round times every call once, in order; a burst of load on a shared
+    machine then spoils one round of every call rather than all of one. A
+    ratio is taken within each round (both sides timed seconds apart), and
+    its median and range over the rounds are reported.
+
+    Args:
+        calls: name -> ``(fn, *args)``; ``baseline`` must be one of them
+            (``F.scaled_dot_product_attention`` or the fp32 model).
+        baseline: the name every speed-up is against.
+        flops: name -> floating-point operations of one call, for the FLOP
+            rate (GFLOP/s); names left out get None.
+        rounds: interleaved rounds (3 or more for a spread worth reading).
+        min_run_time: seconds of timing per call per round.
+        peak_gflops: the device's peak (``cpu_peak().gflops``), for each
+            rate's share of it.
+
+    Returns:
+        one dict per call, in the order given: ``name, median_s, iqr_s``
+        (of all rounds' blocks pooled), ``speedup`` (the median over rounds
+        of baseline time / this time), ``speedup_low, speedup_high`` (their
+        range), ``gflops``, ``peak_share``, ``rounds``, ``threads``.
+
+    Raises:
+        ValueError: no calls, a baseline that is not among them, a call
+            that is not ``(callable, *args)``, a FLOP count that is not a
+            positive number, ``rounds`` below 1 or a bad ``min_run_time``.
+    """
+    if not isinstance(calls, Mapping) or not calls:
+        raise ValueError(
+            "calls must map names to (fn, *args), e.g. "
+            "{'sdpa': (F.scaled_dot_product_attention, q, k, v)}."
+        )
+    if baseline not in calls:
+        raise ValueError(
+            f"baseline must be one of the calls {list(calls)}; "
+            f"got {baseline!r}."
+        )
+    for name, call in calls.items():
+        if not isinstance(call, tuple) or not call or not callable(call[0]):
+            raise ValueError(
+                f"call {name!r} must be a tuple (fn, *args) with a callable "
+                f"fn; got {type(call).__name__}."
+            )
+    flops = dict(flops or {})
+    for name, count in flops.items():
+        if name not in calls:
+            raise ValueError(f"flops names {name!r}, which is not a call.")
+        flops[name] = check_positive_real(f"flops[{name!r}]", count)
+    rounds = check_positive_int("rounds", rounds)
+    min_run_time = _check_min_run_time(min_run_time)
+    if peak_gflops is not None:
+        peak_gflops = check_positive_real("peak_gflops", peak_gflops)
+    timings: dict[str, list[Timing]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, (fn, *args) in calls.items():
+            timings[name].append(
+                time_callable(fn, *args, min_run_time=min_run_time)
+            )
+    base = [t.median_s for t in timings[baseline]]
+    records = []
+    for name, measured in timings.items():
+        pooled = Timing.pooled(measured)
+        ratios = [b / t.median_s for b, t in zip(base, measured)]
+        rate = flops[name] / pooled.median_s / 1e9 if name in flops else None
+        records.append(
+            {
+                "name": name,
+                "median_s": pooled.median_s,
+                "iqr_s": pooled.iqr_s,
+                "speedup": float(np.median(ratios)),
+                "speedup_low": min(ratios),
+                "speedup_high": max(ratios),
+                "gflops": rate,
+                "peak_share": (
+                    rate / peak_gflops
+                    if rate is not None and peak_gflops is not None
+                    else None
+                ),
+                "rounds": rounds,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    return records
 
 
 def _check_min_run_time(min_run_time: object) -> float:
@@ -327,8 +425,9 @@ def cpu_peak(
     for block in text.split("\n\n"):
         fields = {
             key.strip(): value.strip()
-            for key, _, value in (line.partition(":") for line in
-                                  block.splitlines())
+            for key, _, value in (
+                line.partition(":") for line in block.splitlines()
+            )
         }
         if "processor" not in fields:
             continue

@@ -823,11 +823,11 @@ def test_an_output_that_cannot_be_written_does_not_stop_the_others(
     monkeypatch.setattr(benchmark_results, "write_json", full_disk)
     paths = {kind: tmp_path / f"r.{kind}" for kind in ("json", "csv")}
     with pytest.raises(SystemExit) as exit_info:
-        benchmark.main(
+        argv = (
             f"--lengths 16 --head-dim 8 --min-run-time 0.001 --no-memory "
             f"--no-progress --json {paths['json']} --csv {paths['csv']}"
-            .split()
         )
+        benchmark.main(argv.split())
     assert exit_info.value.code == 1
     assert "No space left" in capsys.readouterr().err
     assert len(paths["csv"].read_text().splitlines()) == 3  # header, 2 rows
@@ -874,3 +874,67 @@ def test_cpu_peak_is_none_where_the_cpu_is_not_described(tmp_path):
     assert benchmark.cpu_peak(cpuinfo=no_fma) is None
     with pytest.raises(ValueError, match="threads"):
         benchmark.cpu_peak(0, cpuinfo=no_fma)
+
+
+def test_compare_reports_ratios_rates_and_peak_shares():
+    calls = {"slow": (time.sleep, 0.02), "fast": (time.sleep, 0.01)}
+    records = benchmark.compare(
+        calls,
+        baseline="slow",
+        flops={"fast": 1e9},
+        rounds=3,
+        min_run_time=0.05,
+        peak_gflops=200.0,
+    )
+    slow, fast = records
+    assert [r["name"] for r in records] == ["slow", "fast"]
+    assert slow["speedup"] == 1.0 and slow["gflops"] is None
+    # sleeping only ever overshoots: the ratio sits near 2, never far above
+    assert 1.3 < fast["speedup_low"] <= fast["speedup"] <= fast["speedup_high"]
+    assert fast["speedup_high"] < 2.3
+    assert 35 < fast["gflops"] <= 100.5  # 1e9 FLOPs in about 10 ms
+    assert fast["peak_share"] == pytest.approx(fast["gflops"] / 200.0)
+    assert fast["rounds"] == 3 and fast["threads"] == torch.get_num_threads()
+
+
+def test_compare_interleaves_the_rounds():
+    order = []
+
+    def noting(name):
+        def call():
+            if not order or order[-1] != name:
+                order.append(name)
+
+        return call
+
+    benchmark.compare(
+        {"a": (noting("a"),), "b": (noting("b"),)},
+        baseline="a",
+        rounds=3,
+        min_run_time=0.01,
+    )
+    assert order == ["a", "b"] * 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"baseline": "sdpa"}, "baseline must be one of the calls"),
+        ({"flops": {"other": 1.0}}, "flops names 'other'"),
+        ({"flops": {"a": -1.0}}, "flops"),
+        ({"rounds": 0}, "rounds must be a positive int"),
+        ({"min_run_time": 0}, "min_run_time must be a positive"),
+    ],
+)
+def test_compare_refuses_bad_arguments(kwargs, message):
+    calls = {"a": (time.sleep, 0.0)}
+    kwargs = {"baseline": "a", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        benchmark.compare(calls, **kwargs)
+
+
+def test_compare_refuses_a_call_that_is_not_fn_and_args():
+    with pytest.raises(ValueError, match=r"tuple \(fn, \*args\)"):
+        benchmark.compare({"a": time.sleep}, baseline="a")
+    with pytest.raises(ValueError, match="calls must map names"):
+        benchmark.compare({}, baseline="a")
