@@ -4,7 +4,8 @@ This module holds the measurements: ``time_callable`` and ``Timing``,
 ``compare`` (calls against a baseline in interleaved rounds, with FLOP
 rates), ``peak_memory_bytes``, the hardware line (``describe_hardware``,
 ``hardware_summary``), the CPU's fp32 peak (``cpu_peak``), seeded
-``attention_inputs``, ``sweep`` over lengths and ``loglog_slope``. Times
+``attention_inputs``, ``sweep`` over lengths, ``loglog_slope`` and
+``loglog_fit``. Times
 come from ``torch.utils.benchmark.Timer`` (it synchronizes CUDA, warms up
 and reports the median and the interquartile range); peak memory from
 ``torch.cuda.max_memory_allocated`` on a GPU and from the PyTorch
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import math
 import os
 import platform
 import sys
@@ -779,6 +781,36 @@ def loglog_slope(xs: Iterable[float], ys: Iterable[float]) -> float:
         )
     slope, _ = np.polyfit(np.log(xs), np.log(ys), 1)
     return float(slope)
+
+
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+"""Student's t quantile 0.975 for 1 to 10 degrees of freedom (beyond, 2.0
+is within 2% of it up to 60 and a little wide after)."""
+
+
+def loglog_fit(
+    xs: Iterable[float], ys: Iterable[float]
+) -> tuple[float, float, float]:
+    """The least-squares slope of ``log y`` against ``log x`` with its 95%
+    confidence interval: ``(slope, low, high)``.
+
+    The interval is the slope +- t * its standard error (``n - 2`` degrees
+    of freedom); with two points it is ``(slope, -inf, inf)``: a line
+    through two points says nothing of how well a power law fits.
+
+    Args:
+        xs, ys: as for ``loglog_slope``.
+    """
+    slope = loglog_slope(xs, ys)
+    x, y = np.log(list(xs)), np.log(list(ys))
+    dof = len(x) - 2
+    if dof == 0:
+        return slope, -math.inf, math.inf
+    residuals = y - np.polyval(np.polyfit(x, y, 1), x)
+    spread = float(np.sum((x - x.mean()) ** 2))
+    error = math.sqrt(float(np.sum(residuals**2)) / dof / spread)
+    t = T_975[dof - 1] if dof <= len(T_975) else 2.0
+    return slope, slope - t * error, slope + t * error
 
 
 _CLI_NAMES = {

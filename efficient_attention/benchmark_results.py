@@ -145,10 +145,29 @@ def write_json(
         file.write("\n")
 
 
-def provenance(argv: Sequence[str] | None = None) -> dict[str, str]:
+PEER_PACKAGES = ("transformers", "local-attention", "natten")
+"""The peers' distributions whose versions a run records."""
+
+CPU_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "amx_bf16",
+    "amx_int8",
+)
+"""The CPU features that decide which kernels run fast here."""
+
+
+def provenance(argv: Sequence[str] | None = None) -> dict[str, object]:
     """Where a run's numbers come from: the date and time (UTC, ISO 8601),
-    the versions of efficient_attention, PyTorch and Python, and the
-    command that was run (``argv``: its arguments; None: ``sys.argv[1:]``).
+    the versions of efficient_attention, PyTorch, Python and the peers, the
+    git commit of the package's checkout (``"-dirty"`` when it has
+    uncommitted changes), the CPU's model and features, the package's C++
+    kernels (ready, or why not) with their compiler flags, and the command
+    that was run (``argv``: its arguments; None: ``sys.argv[1:]``).
     """
     import datetime
     import platform
@@ -157,7 +176,7 @@ def provenance(argv: Sequence[str] | None = None) -> dict[str, str]:
 
     import torch
 
-    from . import __version__
+    from . import __version__, cpu_kernels
 
     if argv is None:
         argv = sys.argv[1:]
@@ -169,10 +188,73 @@ def provenance(argv: Sequence[str] | None = None) -> dict[str, str]:
             timespec="seconds"
         ),
         "efficient_attention": __version__,
+        "git": git_revision(),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "peers": {name: _version(name) for name in PEER_PACKAGES},
+        "cpu": _cpu_description(),
+        "kernels": {
+            name: cpu_kernels.status(name)
+            for name in ("sliding_window", "block_sparse")
+        },
+        "kernel_flags": " ".join(
+            (*cpu_kernels.BASE_FLAGS, *cpu_kernels.target_flags())
+        ),
         "command": command,
     }
+
+
+def git_revision(folder: str | os.PathLike[str] | None = None) -> str:
+    """The commit checked out in ``folder`` (default: the package's
+    checkout), with ``-dirty`` when tracked files have changed, or
+    ``"unknown"`` outside a git checkout (an installed wheel)."""
+    import pathlib
+    import subprocess
+
+    folder = pathlib.Path(folder or pathlib.Path(__file__).resolve().parent)
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(folder), *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return commit + ("-dirty" if changed else "")
+
+
+def _version(distribution: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_description() -> dict[str, object]:
+    """The CPU's model name and which of ``CPU_FLAGS`` it has."""
+    import platform
+
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model in ("", "unknown"):
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags]}
 
 
 def write_csv(

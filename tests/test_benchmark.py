@@ -569,6 +569,11 @@ def test_quick_writes_json_csv_and_a_plot_that_load_back(tmp_path, capsys):
     assert origin["efficient_attention"] == ea.__version__
     assert origin["torch"] == torch.__version__
     assert origin["date"][:4].isdigit() and origin["date"].endswith("+00:00")
+    assert origin["git"] == benchmark_results.git_revision()
+    assert set(origin["peers"]) == set(benchmark_results.PEER_PACKAGES)
+    assert set(origin["cpu"]["flags"]) <= set(benchmark_results.CPU_FLAGS)
+    assert set(origin["kernels"]) == {"sliding_window", "block_sparse"}
+    assert "-O3" in origin["kernel_flags"]
     assert document["hardware"][0]["device"] == "cpu"
     assert document["records"] == records
     frame = benchmark.load_results(paths["json"], as_frame=True)
@@ -938,3 +943,43 @@ def test_compare_refuses_a_call_that_is_not_fn_and_args():
         benchmark.compare({"a": time.sleep}, baseline="a")
     with pytest.raises(ValueError, match="calls must map names"):
         benchmark.compare({}, baseline="a")
+
+
+def test_git_revision_names_the_commit_and_flags_changes(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    assert benchmark_results.git_revision(tmp_path) == "unknown"
+
+    def git(*args):
+        subprocess.run(
+            ["git", "-C", str(tmp_path), "-c", "user.name=t",
+             "-c", "user.email=t@t", *args],
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("one")
+    git("add", "a.txt")
+    git("commit", "-q", "-m", "one")
+    clean = benchmark_results.git_revision(tmp_path)
+    assert len(clean) == 40 and int(clean, 16) >= 0
+    (tmp_path / "a.txt").write_text("two")
+    assert benchmark_results.git_revision(tmp_path) == clean + "-dirty"
+
+
+def test_loglog_fit_recovers_an_exponent_and_its_uncertainty():
+    xs = [1024, 2048, 4096, 8192]
+    exact = benchmark.loglog_fit(xs, [x**2 for x in xs])
+    assert exact[0] == pytest.approx(2.0)
+    assert exact[1] == pytest.approx(2.0) and exact[2] == pytest.approx(2.0)
+    noisy = benchmark.loglog_fit(xs, [1.0, 3.0, 20.0, 50.0])
+    low, high = noisy[1], noisy[2]
+    assert low < noisy[0] < high
+    # the points bend (slopes between neighbours 1.58, 2.74, 1.32): with two
+    # degrees of freedom the interval is wide
+    assert high - low > 1.0
+    two = benchmark.loglog_fit([1, 2], [1, 4])
+    assert two == (pytest.approx(2.0), -math.inf, math.inf)
