@@ -46,6 +46,7 @@ SETTINGS = {
     },
     "4 epochs": {"epochs": 4},
     "3 epochs, seed 1": {"epochs": 3, "seed": 1},
+    "3 epochs, seed 2": {"epochs": 3, "seed": 2},
     "3 epochs, dropout 0.1": {"epochs": 3, "dropout": 0.1},
     "3 epochs, learning rate 2e-4": {"epochs": 3, "learning_rate": 2e-4},
 }
