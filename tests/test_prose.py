@@ -28,6 +28,8 @@ BOUND = [
     "low_rank_attention",
     "hierarchical_attention",
     "hardware_acceleration",
+    "leaderboard",
+    "choosing_a_strategy",
 ]
 """Chapters whose prose is bound to their outputs; the others are next."""
 
@@ -58,6 +60,16 @@ SETUP_CONSTANTS = {
     "hardware_acceleration": {
         "1024 x": "the size of the timed matmul, chosen",
         "16x": "tensor cores' bf16 rate over fp32, at most (vendor figure)",
+    },
+    "leaderboard": {
+        "12.5%": "the share of blocks the timed random layouts keep, chosen",
+        "25%": "the spread from which the table marks a median, chosen",
+        "95%": "the confidence of the exponents' intervals, chosen",
+        "256 x": "the size of Nystrom's landmark matrix, chosen",
+    },
+    "choosing_a_strategy": {
+        "0.97": "an example of the crossover rule, not a measurement",
+        "10%": "an example of the crossover rule, not a measurement",
     },
     "hierarchical_attention": {
         "0.003": "the learning rate of the far_marker runs, chosen",
