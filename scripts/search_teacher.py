@@ -45,6 +45,7 @@ SETTINGS = {
         "learning_rate": 1.5e-4,
     },
     "4 epochs": {"epochs": 4},
+    "4 epochs, seed 1": {"epochs": 4, "seed": 1},
     "3 epochs, seed 1": {"epochs": 3, "seed": 1},
     "3 epochs, seed 2": {"epochs": 3, "seed": 2},
     "3 epochs, dropout 0.1": {"epochs": 3, "dropout": 0.1},
