@@ -806,7 +806,7 @@ def loglog_fit(
     dof = len(x) - 2
     if dof == 0:
         return slope, -math.inf, math.inf
-    residuals = y - np.polyval(np.polyfit(x, y, 1), x)
+    residuals = y - (y.mean() + slope * (x - x.mean()))  # the fitted line
     spread = float(np.sum((x - x.mean()) ** 2))
     error = math.sqrt(float(np.sum(residuals**2)) / dof / spread)
     t = T_975[dof - 1] if dof <= len(T_975) else 2.0

@@ -241,20 +241,14 @@ def _version(distribution: str) -> str:
 
 def _cpu_description() -> dict[str, object]:
     """The CPU's model name and which of ``CPU_FLAGS`` it has."""
-    import platform
+    from . import cpu_kernels
+    from .benchmark import _cpu_model
 
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model in ("", "unknown"):
-                    model = value.strip()
-                elif key.strip() in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags]}
+    flags = set(cpu_kernels._cpu_flags().split())
+    return {
+        "model": _cpu_model(),
+        "flags": [f for f in CPU_FLAGS if f in flags],
+    }
 
 
 def write_csv(
