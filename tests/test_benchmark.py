@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import efficient_attention as ea
 from efficient_attention import benchmark, masks
@@ -983,3 +985,17 @@ def test_loglog_fit_recovers_an_exponent_and_its_uncertainty():
     assert high - low > 1.0
     two = benchmark.loglog_fit([1, 2], [1, 4])
     assert two == (pytest.approx(2.0), -math.inf, math.inf)
+
+
+@given(
+    st.floats(-3, 3),
+    st.floats(1e-3, 1e3),
+    st.lists(st.integers(1, 2**16), min_size=3, max_size=8, unique=True),
+)
+@settings(max_examples=50, deadline=None)
+def test_loglog_fit_recovers_any_power_law(exponent, scale, xs):
+    p, low, high = benchmark.loglog_fit(xs, [scale * x**exponent for x in xs])
+    assert p == pytest.approx(exponent, abs=1e-6)
+    assert low == pytest.approx(p, abs=1e-5) and high == pytest.approx(
+        p, abs=1e-5
+    )

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from efficient_attention import significance
 
@@ -96,3 +98,23 @@ def test_mismatched_predictions_are_refused():
     with pytest.raises(ValueError, match="N is 0"):
         empty = torch.tensor([], dtype=torch.long)
         significance.paired_bootstrap(empty, empty, empty)
+
+
+BIT = st.integers(0, 1)
+
+
+@given(
+    st.lists(st.tuples(BIT, BIT, BIT), min_size=1, max_size=60),
+    st.sampled_from(significance.METRICS),
+)  # fmt: skip
+@settings(max_examples=50, deadline=None)
+def test_swapping_the_models_negates_the_difference(rows, metric):
+    a, b, labels = (torch.tensor(column) for column in zip(*rows))
+    ab = significance.paired_bootstrap(a, b, labels, metric=metric, rounds=50)
+    ba = significance.paired_bootstrap(b, a, labels, metric=metric, rounds=50)
+    assert ab.difference == pytest.approx(-ba.difference, abs=1e-6)
+    assert ab.low == pytest.approx(-ba.high, abs=1e-6)
+    assert significance.mcnemar_p_value(a, b, labels) == pytest.approx(
+        significance.mcnemar_p_value(b, a, labels)
+    )
+    assert 0 <= significance.mcnemar_p_value(a, b, labels) <= 1
