@@ -171,6 +171,39 @@ def source_of(dataset: datasets.Dataset) -> str:
     return "unknown"
 
 
+HELD_OUT_PAIRS = 408
+"""Training pairs held out to choose the teacher's recipe on (as many as the
+dev set has), so that the dev set is only ever reported."""
+
+
+def held_out_split(
+    dataset: datasets.Dataset, *, size: int = HELD_OUT_PAIRS, seed: int = 0
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Split ``size`` pairs off ``dataset`` at random (seeded), to choose
+    settings on them while the dev set stays untouched.
+
+    Returns:
+        ``(fit, held_out)``: the pairs to train on and the ``size`` others.
+
+    Raises:
+        ValueError: ``size`` is not a positive int smaller than the dataset.
+    """
+    size = check_positive_int("size", size)
+    if size >= len(dataset):
+        raise ValueError(
+            f"size must leave pairs to train on: got {size} of "
+            f"{len(dataset)} pairs; hold out fewer."
+        )
+    split = dataset.train_test_split(test_size=size, seed=seed)
+    return _kept(split["train"], dataset), _kept(split["test"], dataset)
+
+
+def _kept(part: datasets.Dataset, whole: datasets.Dataset) -> datasets.Dataset:
+    """``part`` tagged with the source of the dataset it came from."""
+    source = source_of(whole)
+    return part if source == "unknown" else _tagged(part, source)
+
+
 def read_glue_tsv(
     path: str | os.PathLike[str], split: str
 ) -> datasets.Dataset:

@@ -578,6 +578,8 @@ def compare_attention(
     model.eval()
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     hidden: dict[str, Tensor] = {}
+    device = next(model.parameters(), torch.empty(0)).device
+    inputs = {k: v.to(device) for k, v in inputs.items()}
     try:
         for _ in range(rounds):
             for name, choice in variants.items():
@@ -585,8 +587,10 @@ def compare_attention(
                     model.set_attn_implementation("sdpa")
                 else:
                     use_attention(model, choice[0], **choice[1])
+                _synchronize(device)
                 start = time.perf_counter()
                 out = base(**inputs).last_hidden_state  # (B, L, D)
+                _synchronize(device)
                 seconds[name].append(time.perf_counter() - start)
                 hidden[name] = out
     finally:
@@ -608,3 +612,10 @@ def compare_attention(
         }
         for name in variants
     }
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; a
+    timer read without this measures only the launch)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    split = data.load_mrpc("train").train_test_split(
-        test_size=HELD_OUT, seed=SPLIT_SEED
+    fit, held_out = data.held_out_split(
+        data.load_mrpc("train"), size=HELD_OUT, seed=SPLIT_SEED
     )
     done = set()
     if args.out.exists():
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         if name in done:
             print(f"{name}: in {args.out.name} already")
             continue
-        row = run_setting(name, SETTINGS[name], split["train"], split["test"])
+        row = run_setting(name, SETTINGS[name], fit, held_out)
         print(row)
         new = not args.out.exists()
         with args.out.open("a", newline="") as file:

@@ -296,3 +296,24 @@ def test_any_valid_file_reads_back_and_any_broken_row_is_named(
     write_mrpc(tmp_path, "train", "\n".join(lines))
     with pytest.raises(data.MRPCFormatError, match=f"line {broken + 2}:"):
         data.load_mrpc("train", glue_dir=tmp_path, verbose=False)
+
+
+def test_held_out_split_is_disjoint_seeded_and_keeps_the_source():
+    whole = data.load_mrpc("train", source="generated", verbose=False)
+    pairs = whole.select(range(50))
+    fit, held_out = data.held_out_split(pairs, size=10, seed=3)
+    assert (len(fit), len(held_out)) == (40, 10)
+    ids = set(fit["idx"]) | set(held_out["idx"])
+    assert ids == set(pairs["idx"])  # every pair once, none twice
+    again = data.held_out_split(pairs, size=10, seed=3)[1]
+    assert list(again["idx"]) == list(held_out["idx"])
+    other = data.held_out_split(pairs, size=10, seed=4)[1]
+    assert list(other["idx"]) != list(held_out["idx"])
+    assert data.source_of(fit) == data.source_of(held_out) == "generated"
+
+
+@pytest.mark.parametrize("size", [0, 50, 51, 2.5, "10"])
+def test_held_out_split_needs_pairs_left_to_train_on(size):
+    pairs = data.generate_paraphrase_pairs("train", size=50)
+    with pytest.raises(ValueError, match="size"):
+        data.held_out_split(pairs, size=size)

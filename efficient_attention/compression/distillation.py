@@ -52,14 +52,15 @@ def soft_label_loss(
 ) -> Tensor:
     """Hinton's soft-label loss: ``T^2 KL(p_teacher || p_student)``.
 
-    Both distributions are softmaxes of the logits divided by ``T``; the
-    ``T^2`` keeps the gradient's size independent of ``T`` (the gradient of
-    the KL term shrinks as ``1 / T^2``). Computed in float64, on logits
-    ``a``, ``b`` shifted to a row maximum of 0, as ``T * (sum p_t (a - b)
-    - T (lse(a / T) - lse(b / T)))``: every term stays finite for any
-    ``T`` down to the smallest float (``lse`` of shifted logits lies in
-    ``[0, log C]``), and nothing squares ``T``. A row's loss is never
-    below 0 (rounding is clamped).
+    Both distributions are softmaxes of the logits divided by ``T``; once
+    ``T`` is large against the spread of the logits, the gradient of the KL
+    term shrinks as ``1 / T^2`` and the ``T^2`` keeps its size independent
+    of ``T`` (at small ``T`` it still grows with ``T``). Computed in
+    float64, on logits ``a``, ``b`` shifted to a row maximum of 0, as
+    ``T * (sum p_t (a - b) - T (lse(a / T) - lse(b / T)))``: every term
+    stays finite for any ``T`` down to the smallest float (``lse`` of
+    shifted logits lies in ``[0, log C]``), and nothing squares ``T``. A
+    row's loss is never below 0 (rounding is clamped).
 
     Args:
         student_logits, teacher_logits: ``(N, C)``; a logit may be
