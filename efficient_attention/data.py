@@ -30,7 +30,7 @@ import random
 
 import datasets
 
-from ._validation import check_positive_int
+from ._validation import check_positive_int, check_seed
 
 SPLITS = ("train", "dev", "test")
 SOURCES = ("auto", "glue", "hub", "generated")
@@ -186,9 +186,11 @@ def held_out_split(
         ``(fit, held_out)``: the pairs to train on and the ``size`` others.
 
     Raises:
-        ValueError: ``size`` is not a positive int smaller than the dataset.
+        ValueError: ``size`` is not a positive int smaller than the dataset,
+            or ``seed`` is not a valid seed.
     """
     size = check_positive_int("size", size)
+    seed = check_seed("seed", seed)
     if size >= len(dataset):
         raise ValueError(
             f"size must leave pairs to train on: got {size} of "

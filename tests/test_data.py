@@ -317,3 +317,21 @@ def test_held_out_split_needs_pairs_left_to_train_on(size):
     pairs = data.generate_paraphrase_pairs("train", size=50)
     with pytest.raises(ValueError, match="size"):
         data.held_out_split(pairs, size=size)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(size=st.integers(1, 29), seed=st.integers(0, 2**31 - 1))
+def test_any_held_out_split_partitions_the_pairs(size, seed):
+    pairs = data.generate_paraphrase_pairs("train", size=30)
+    fit, held_out = data.held_out_split(pairs, size=size, seed=seed)
+    assert len(held_out) == size and len(fit) == 30 - size
+    both = list(fit["idx"]) + list(held_out["idx"])
+    assert sorted(both) == sorted(pairs["idx"])
+
+
+@pytest.mark.parametrize("seed", [-1, 2.5, "0", None])
+def test_held_out_split_names_a_bad_seed(seed):
+    pairs = data.generate_paraphrase_pairs("train", size=30)
+    with pytest.raises(ValueError, match="seed"):
+        data.held_out_split(pairs, size=5, seed=seed)
