@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import masks
+from .attention import flex
 
 AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -69,24 +70,12 @@ def sdpa_masked_attention(w: int, L: int, device: torch.device | str = "cpu"):
     return sdpa_masked
 
 
-_COMPILED_FLEX = None
-
-
-def _check_compiled_flex_runs_here(device: torch.device | str) -> None:
-    """Compiled FlexAttention on a CPU needs AVX2 (and Linux or Windows):
-    say so up front rather than fail inside the compiler."""
-    if torch.device(device).type != "cpu":
-        return
-    try:
-        from torch._inductor.kernel.flex.flex_cpu import check_cpu_supported
-    except ImportError:  # another torch version: let the compiler decide
-        return
-    if not check_cpu_supported():
-        raise PeerUnavailable(
-            "compiled FlexAttention runs on a CPU only with AVX2, not on "
-            "macOS and not under ATEN_CPU_CAPABILITY=default; this machine "
-            "does not qualify"
-        )
+def _compiled_flex(device: torch.device | str):
+    """Compiled FlexAttention, or ``PeerUnavailable`` saying why not."""
+    reason = flex.unavailable_reason(device)
+    if reason is not None:
+        raise PeerUnavailable(reason)
+    return flex.compiled_flex_attention()
 
 
 def flex_attention(w: int, L: int, device: torch.device | str = "cpu"):
@@ -94,20 +83,13 @@ def flex_attention(w: int, L: int, device: torch.device | str = "cpu"):
 
     The first call at each length compiles (tens of seconds on a CPU).
     """
-    global _COMPILED_FLEX
-    try:
-        from torch.nn.attention import flex_attention as flex
-    except ImportError as error:
-        raise PeerUnavailable(f"FlexAttention needs torch >= 2.5: {error}")
-    _check_compiled_flex_runs_here(device)
-    if _COMPILED_FLEX is None:
-        _COMPILED_FLEX = torch.compile(flex.flex_attention, dynamic=False)
-    compiled = _COMPILED_FLEX
+    compiled = _compiled_flex(device)
+    from torch.nn.attention.flex_attention import create_block_mask
 
     def window(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return (kv_idx >= q_idx - w) & (kv_idx <= q_idx + w)
 
-    block_mask = flex.create_block_mask(
+    block_mask = create_block_mask(
         window, None, None, L, L, device=device
     )
 
@@ -144,17 +126,10 @@ def flex_layout_attention(
 
     The first call at each length compiles (tens of seconds on a CPU).
     """
-    global _COMPILED_FLEX
-    try:
-        from torch.nn.attention import flex_attention as flex
-    except ImportError as error:
-        raise PeerUnavailable(f"FlexAttention needs torch >= 2.5: {error}")
-    _check_compiled_flex_runs_here(device)
-    if _COMPILED_FLEX is None:
-        _COMPILED_FLEX = torch.compile(flex.flex_attention, dynamic=False)
-    compiled = _COMPILED_FLEX
+    compiled = _compiled_flex(device)
+    from torch.nn.attention.flex_attention import create_block_mask
     heads = layout.shape[0] if layout.dim() == 3 else None
-    block_mask = flex.create_block_mask(
+    block_mask = create_block_mask(
         masks.from_block_layout(layout, block_size), None, heads, L, L,
         device=device, BLOCK_SIZE=block_size,
     )  # fmt: skip

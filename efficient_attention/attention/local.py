@@ -13,10 +13,12 @@ Window semantics (as flash-attn's ``window_size``): ``window=(left, right)``
 lets query ``i`` attend key ``j`` iff ``i - left <= j <= i + right``; an int
 ``w`` means ``(w, w)``; causal local attention is ``(w, 0)``.
 
-Two implementations compute the same numbers: ``_sliding_window_torch``, a
-readable blocked version in PyTorch (autograd, any device and dtype), and a
+Three implementations compute the same numbers: ``_sliding_window_torch``,
+a readable blocked version in PyTorch (autograd, any device and dtype); a
 C++ kernel for CPUs (``csrc/sliding_window.cpp``, built on first use by
-``cpu_kernels``) that skips everything outside the band.
+``cpu_kernels``) that skips everything outside the band; and compiled
+FlexAttention with the window as its mask function (``flex.py``), PyTorch's
+fused kernel on a GPU.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ from .._validation import (
     check_window,
     scores_not_finite,
 )
+from . import flex
 
 BORDERS = ("clip", "shift")
-BACKENDS = ("auto", "kernel", "torch")
+BACKENDS = ("auto", "kernel", "flex", "torch")
 _TORCH_BLOCK = 64  # queries per block in the PyTorch version
 
 __all__ = [
@@ -81,10 +84,13 @@ def sliding_window_attention(
             that every query sees ``left + right + 1`` of them (NATTEN's
             rule; with ``dilation``, of its own residue class).
         scale: multiplies ``Q K^T``; None means ``1 / sqrt(E)``.
-        backend: ``"kernel"`` the C++ CPU kernel, ``"torch"`` the PyTorch
-            version, ``"auto"`` the kernel where it applies (CPU, float32,
-            bfloat16 or float16, no gradient needed, a compiler here), else
-            PyTorch.
+        backend: ``"kernel"`` the C++ CPU kernel, ``"flex"`` compiled
+            FlexAttention (any device; on a CPU forward only, and the first
+            call at each shape compiles for tens of seconds), ``"torch"``
+            the PyTorch version, ``"auto"`` the kernel where it applies
+            (CPU, float32, bfloat16 or float16, no gradient needed, a
+            compiler here), FlexAttention on CUDA, else PyTorch (with a
+            warning, once, saying why the fast path was not taken).
 
     Returns:
         ``(..., L, Ev)`` in the query's dtype. A query with no key in its
@@ -101,7 +107,8 @@ def sliding_window_attention(
             backend; scores inside a window that are not finite (inf or
             NaN in the query or key, or an overflow).
         NotImplementedError: ``backend="kernel"`` for a tensor that needs a
-            gradient, is not on the CPU or is float64.
+            gradient, is not on the CPU or is float64; ``backend="flex"``
+            where FlexAttention cannot run (a gradient on a CPU, no AVX2).
         cpu_kernels.KernelUnavailable: ``backend="kernel"`` where the kernel
             cannot be built (the message says why).
 
@@ -143,6 +150,16 @@ def sliding_window_attention(
         return _sliding_window_kernel(
             query, key, value, left, right, dilation, shift, scale
         )
+    if flex.use_flex(backend, query, key, value, "sliding_window_attention"):
+        return flex.masked_flex_attention(
+            query, key, value,
+            _window_mask_mod(left, right, dilation, shift, S),
+            cache_key=("sliding window", *(
+                tuple(s.flatten().tolist()) for s in (left, right, dilation)
+            ), shift),
+            per_head=left.dim() + dilation.dim() > 0,
+            scale=scale,
+        )  # fmt: skip
     return _sliding_window_torch(
         query, key, value, left, right, dilation, shift, scale
     )
@@ -222,7 +239,7 @@ def _use_kernel(
         reason = f"it runs on the CPU, not {query.device.type}"
     elif query.dtype == torch.float64:
         reason = "it computes in float32, not float64"
-    if backend == "torch":
+    if backend in ("torch", "flex"):
         return False
     if backend == "kernel":
         if reason is not None:
@@ -240,6 +257,48 @@ def _use_kernel(
         _warn_once(str(error))
         return False
     return True
+
+
+def _window_mask_mod(
+    left: Tensor, right: Tensor, dilation: Tensor, shift: bool, S: int
+):
+    """The window as a mask function; with per-head sides or dilations,
+    head ``h`` gets its own (plain ints in each, which the compiler folds
+    in: torch 2.13's CPU FlexAttention cannot read captured tensors)."""
+    per_head = zip(*(
+        s.flatten().tolist()
+        for s in torch.broadcast_tensors(left, right, dilation)
+    ))  # fmt: skip
+    windows = [_one_window_mask(*sides, shift, S) for sides in per_head]
+    if len(windows) == 1:
+        return windows[0]
+
+    def per_head_window_mask(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
+        result = windows[0](b, h, q_idx, kv_idx)
+        for head, window in enumerate(windows[1:], start=1):
+            here = window(b, h, q_idx, kv_idx)
+            result = torch.where(h == head, here, result)
+        return result
+
+    return per_head_window_mask
+
+
+def _one_window_mask(left: int, right: int, d: int, shift: bool, S: int):
+    """One head's window: positions of one residue class modulo the
+    dilation ``d`` form their own sequence, as in ``_dilated_band``."""
+
+    def window_mask(
+        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
+    ) -> Tensor:
+        residue = q_idx % d
+        n_keys = (S - residue + d - 1) // d  # keys of the residue class
+        lo, hi = _key_range(q_idx // d, left, right, n_keys, shift)
+        u = kv_idx // d
+        return (kv_idx % d == residue) & (u >= lo) & (u < hi)
+
+    return window_mask
 
 
 _WARNED: set[str] = set()

@@ -47,8 +47,11 @@ from .._validation import (
     check_tensor,
     scores_not_finite,
 )
+from . import flex
 
 BACKENDS = ("auto", "kernel", "torch")
+# block_sparse_attention and sparse_attention also run FlexAttention
+FLEX_BACKENDS = ("auto", "kernel", "flex", "torch")
 
 __all__ = [
     "BlockPattern",
@@ -193,12 +196,7 @@ def block_pattern(
     query blocks, memory ``O(block_size * S)`` a chunk), as FlexAttention's
     ``create_block_mask``.
     """
-    if getattr(mask_mod, "batch", None) is not None:
-        raise NotImplementedError(
-            "sparse attention shares one pattern across the batch; a mask "
-            "function built for a batch (key_padding) is not supported. "
-            "Run each batch row on its own, or use dense_attention."
-        )
+    _check_not_batched(mask_mod)
     L, S = check_positive_int("L", L), check_positive_int("S", S)
     block_size = _cap(check_positive_int("block_size", block_size), L, S)
     any_kept, all_kept = masks.block_summary(
@@ -248,9 +246,12 @@ def block_sparse_attention(
             Longformer and BigBird).
         block_size: queries and keys per block, an int >= 1.
         scale: multiplies ``Q K^T``; None means ``1 / sqrt(E)``.
-        backend: ``"kernel"`` the C++ CPU kernel, ``"torch"`` the PyTorch
-            version, ``"auto"`` the kernel where it applies (CPU, not
-            float64, no gradient needed, a compiler here), else PyTorch.
+        backend: ``"kernel"`` the C++ CPU kernel, ``"flex"`` compiled
+            FlexAttention with the layout as its block mask (any device; on
+            a CPU forward only, compiling for seconds at each new shape),
+            ``"torch"`` the PyTorch version, ``"auto"`` the kernel where it
+            applies (CPU, not float64, no gradient needed, a compiler here),
+            FlexAttention on CUDA, else PyTorch.
 
     Returns:
         ``(..., L, Ev)`` in the query's dtype; a query whose block row keeps
@@ -262,7 +263,8 @@ def block_sparse_attention(
             is not a positive int or does not fit the layout; an unknown
             backend; scores that overflow.
         NotImplementedError: ``backend="kernel"`` where it cannot run (a
-            gradient, a GPU tensor or float64).
+            gradient, a GPU tensor or float64); ``backend="flex"`` where
+            FlexAttention cannot (a gradient on a CPU, no AVX2).
 
     Shape:
         ``...`` any leading dimensions (batch ``B``, heads ``H``), ``L``
@@ -281,10 +283,21 @@ def block_sparse_attention(
     check_qkv(query, key, value)
     scale = check_scale(scale)
     block_size = check_positive_int("block_size", block_size)
-    _check_backend(backend)
+    _check_backend(backend, FLEX_BACKENDS)
     L, S = query.shape[-2], key.shape[-2]
     layout = _check_layout(layout, query, key, block_size)
     block_size = _cap(block_size, L, S)
+    if flex.use_flex(backend, query, key, value, "block_sparse_attention"):
+        return flex.masked_flex_attention(
+            query,
+            key,
+            value,
+            masks.from_block_layout(layout, block_size),
+            cache_key=("block layout", layout.shape, _bytes_of(layout)),
+            per_head=layout.dim() == 3,
+            scale=scale,
+            block_size=block_size,
+        )
     pattern = _pattern(
         layout if layout.dim() == 3 else layout[None], block_size, L, S
     )
@@ -314,7 +327,10 @@ def sparse_attention(
         block_size: block side, an int >= 1 (None: 64).
         heads: None: one pattern for every head (evaluated with ``h = 0``);
             an int: one per head, equal to ``query.shape[-3]``.
-        scale, backend: as ``block_sparse_attention``.
+        scale, backend: as ``block_sparse_attention``; ``"flex"`` (and
+            ``"auto"`` on CUDA) hands a mask function to FlexAttention as
+            it is, in blocks of ``block_size``; a ``BlockPattern`` runs on
+            the other backends.
 
     Returns:
         ``(..., L, Ev)``; a query the mask lets attend no key gets zeros.
@@ -334,9 +350,15 @@ def sparse_attention(
     """
     check_qkv(query, key, value)
     scale = check_scale(scale)
-    _check_backend(backend)
+    _check_backend(backend, FLEX_BACKENDS)
     L, S = query.shape[-2], key.shape[-2]
     if isinstance(pattern, BlockPattern):
+        if backend == "flex":
+            raise NotImplementedError(
+                "backend='flex' takes the mask function itself, not a "
+                "BlockPattern: pass pattern=mask_mod (FlexAttention builds "
+                "and keeps its own block mask)."
+            )
         _check_pattern_agrees(pattern, block_size, heads)
     else:
         if not callable(pattern):
@@ -349,6 +371,20 @@ def sparse_attention(
         block_size = _cap(check_positive_int("block_size", block_size), L, S)
         if heads is not None:
             heads = check_positive_int("heads", heads)
+        _check_not_batched(pattern)
+        if flex.use_flex(backend, query, key, value, "sparse_attention"):
+            if heads is not None:
+                _check_heads(query, heads, "pattern")
+            return flex.masked_flex_attention(
+                query,
+                key,
+                value,
+                pattern,
+                cache_key=("mask function", pattern),
+                per_head=heads is not None,
+                scale=scale,
+                block_size=block_size,
+            )
         if L == 0 or S == 0:
             layout = torch.zeros(
                 1, -(-L // block_size), -(-S // block_size), dtype=torch.bool
@@ -397,11 +433,25 @@ def _cap(block_size: int, L: int, S: int) -> int:
     return min(block_size, max(L, S, 1))
 
 
-def _check_backend(backend: object) -> None:
-    if backend not in BACKENDS:
+def _check_backend(backend: object, allowed: tuple = BACKENDS) -> None:
+    if backend not in allowed:
         raise ValueError(
-            f"backend must be one of {BACKENDS}; got {backend!r}."
+            f"backend must be one of {allowed}; got {backend!r}."
         )
+
+
+def _check_not_batched(mask_mod: masks.MaskMod) -> None:
+    if getattr(mask_mod, "batch", None) is not None:
+        raise NotImplementedError(
+            "sparse attention shares one pattern across the batch; a mask "
+            "function built for a batch (key_padding) is not supported. "
+            "Run each batch row on its own, or use dense_attention."
+        )
+
+
+def _bytes_of(layout: Tensor) -> bytes:
+    """A layout's contents, as a key for FlexAttention's block masks."""
+    return layout.to("cpu", torch.uint8).numpy().tobytes()
 
 
 def _check_heads(query: Tensor, heads: int, name: str) -> None:
@@ -532,7 +582,7 @@ def _use_kernel(
         reason = f"it runs on the CPU, not {query.device.type}"
     elif query.dtype == torch.float64:
         reason = "it computes in float32, not float64"
-    if backend == "torch":
+    if backend in ("torch", "flex"):
         return False
     if backend == "kernel":
         if reason is not None:
