@@ -289,15 +289,17 @@ def global_tokens(tokens: int | Sequence[int] | Tensor) -> MaskMod:
 
         return first_tokens_global
 
-    positions = _non_negative_ints("global token positions", tokens)
+    # plain ints, compared one by one: element-wise code that compiled
+    # FlexAttention can fuse on any device
+    positions = _non_negative_ints("global token positions", tokens).tolist()
 
     def listed_tokens_global(
         b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
     ) -> Tensor:
-        where = positions.to(q_idx.device)
-        q_global = (q_idx.unsqueeze(-1) == where).any(-1)
-        kv_global = (kv_idx.unsqueeze(-1) == where).any(-1)
-        return q_global | kv_global
+        found = (q_idx < 0) | (kv_idx < 0)  # all False, broadcast shape
+        for position in positions:
+            found = found | (q_idx == position) | (kv_idx == position)
+        return found
 
     return listed_tokens_global
 

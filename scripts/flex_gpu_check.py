@@ -7,10 +7,13 @@
    12 heads of 64), through ``benchmark.compare`` (interleaved rounds).
 
     python scripts/flex_gpu_check.py            # prints; JSON to $OUT or .
+
+``book/data/flex-gpu-h200.json`` is one such run (an H200, 2026-12-04).
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import pathlib
@@ -161,6 +164,12 @@ def speed() -> None:
 
 if __name__ == "__main__":
     print(benchmark.hardware_summary(DEVICE))
+    report["provenance"] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "hardware": benchmark.describe_hardware(DEVICE),
+        "torch": torch.__version__,
+        "command": "python scripts/flex_gpu_check.py",
+    }
     equality()
     speed()
     out = pathlib.Path(os.environ.get("OUT", "."))

@@ -118,3 +118,24 @@ def test_only_the_exact_patterns_take_backend_flex():
     q = torch.randn(1, 2, 64, 16)
     with pytest.raises(ValueError, match="backend must be one of"):
         ea.pyramid_attention(q, q, q, block_size=16, backend="flex")
+
+
+def test_a_mask_the_compiler_refuses_is_named_and_auto_falls_back(
+    monkeypatch,
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot lower this mask\nmore detail")
+
+    monkeypatch.setattr(flex, "compiled_flex_attention", lambda: broken)
+    monkeypatch.setattr(flex, "unavailable_reason", lambda device: None)
+    q = torch.randn(1, 2, 64, 16)
+    with pytest.raises(flex.FlexUnavailable, match="cannot lower this mask"):
+        ea.sliding_window_attention(q, q, q, window=3, backend="flex")
+
+    def refuse():
+        raise flex.FlexUnavailable("no kernel for this")
+
+    with pytest.warns(RuntimeWarning, match="no kernel for this"):
+        assert flex.attempt("auto", "a test", refuse) is None
+    with pytest.raises(flex.FlexUnavailable):
+        flex.attempt("flex", "a test", refuse)

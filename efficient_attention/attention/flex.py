@@ -29,6 +29,7 @@ MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 _COMPILED = None
 _BLOCK_MASKS: collections.OrderedDict = collections.OrderedDict()
 _BLOCK_MASKS_KEPT = 16
+_RECOMPILE_LIMIT = 256
 _WARNED: set[str] = set()
 
 
@@ -59,6 +60,16 @@ def compiled_flex_attention() -> Callable[..., object]:
     if _COMPILED is None:
         from torch.nn.attention.flex_attention import flex_attention
 
+        # Each mask, shape and grad mode is one more compiled version; past
+        # dynamo's limit (8) flex_attention would run eagerly, scoring the
+        # whole L x S matrix: a silent slow path. Allow many more.
+        config = torch._dynamo.config
+        name = (
+            "recompile_limit"
+            if hasattr(config, "recompile_limit")
+            else "cache_size_limit"
+        )
+        setattr(config, name, max(getattr(config, name), _RECOMPILE_LIMIT))
         _COMPILED = torch.compile(flex_attention, dynamic=False)
     return _COMPILED
 
@@ -131,7 +142,7 @@ def masked_flex_attention(
     if reason is None and needs_grad and query.device.type == "cpu":
         reason = "FlexAttention has no backward pass on a CPU"
     if reason is not None:
-        raise NotImplementedError(
+        raise FlexUnavailable(
             f"backend='flex' cannot run this call: {reason}. Use "
             f"backend='torch' (or 'auto')."
         )
@@ -147,6 +158,14 @@ def masked_flex_attention(
         t.expand(*lead, *t.shape[-2:]).reshape(-1, heads, *t.shape[-2:])
         for t in (query, key, value)
     )
+    options = None
+    if query.device.type == "cuda" and block_size % 128:
+        # the GPU kernel's tiles (128 by default) must divide the blocks;
+        # the mask function keeps the result exact at any block size
+        if block_size in (16, 32, 64):
+            options = {"BLOCK_M": block_size, "BLOCK_N": block_size}
+        else:
+            block_size = 128
     mask = block_mask(
         mask_mod,
         cache_key,
@@ -156,21 +175,60 @@ def masked_flex_attention(
         query.device,
         block_size,
     )
-    if query.device.type == "cpu":  # compiled on a CPU: no lse there
-        out = compiled_flex_attention()(q, k, v, block_mask=mask, scale=scale)
-        # with finite values, a NaN or inf out comes from a score
-        not_finite = not bool(torch.isfinite(out).all()) and bool(
-            torch.isfinite(value).all()
-        )
-    else:
-        out, lse = compiled_flex_attention()(
-            q, k, v, block_mask=mask, scale=scale, return_lse=True
-        )
-        # a row with no allowed key has lse = -inf (and zeros out)
-        not_finite = bool((torch.isnan(lse) | (lse == float("inf"))).any())
+    try:
+        out, not_finite = _run_compiled(q, k, v, mask, scale, options)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as error:  # the compiler's many error types
+        first = str(error).strip().splitlines()[0][:300]
+        raise FlexUnavailable(
+            f"compiled FlexAttention could not run this mask function "
+            f"({type(error).__name__}: {first}); use backend='torch'"
+        ) from error
     if not_finite:
         raise scores_not_finite(scale, query.dtype)
     return out.reshape(*lead, L, Ev)
+
+
+def _run_compiled(q, k, v, mask, scale, options):
+    """``(out, whether a score was not finite)`` from compiled flex."""
+    if q.device.type == "cpu":  # compiled on a CPU: no lse there
+        out = compiled_flex_attention()(
+            q, k, v, block_mask=mask, scale=scale, kernel_options=options
+        )
+        # with finite values, a NaN or inf out comes from a score
+        not_finite = not bool(torch.isfinite(out).all()) and bool(
+            torch.isfinite(v).all()
+        )
+    else:
+        out, lse = compiled_flex_attention()(
+            q,
+            k,
+            v,
+            block_mask=mask,
+            scale=scale,
+            return_lse=True,
+            kernel_options=options,
+        )
+        # a row with no allowed key has lse = -inf (and zeros out)
+        not_finite = bool((torch.isnan(lse) | (lse == float("inf"))).any())
+    return out, not_finite
+
+
+class FlexUnavailable(NotImplementedError):
+    """Compiled FlexAttention cannot run a call; the message says why."""
+
+
+def attempt(backend: str, what: str, run: Callable[[], Tensor]):
+    """``run()``; where FlexAttention fails to compile and ``backend`` is
+    ``"auto"``, None (the caller's PyTorch version runs) and a warning."""
+    try:
+        return run()
+    except FlexUnavailable as error:
+        if backend != "auto":
+            raise
+        warn_fallback_once(what, str(error))
+        return None
 
 
 def use_flex(

@@ -151,15 +151,22 @@ def sliding_window_attention(
             query, key, value, left, right, dilation, shift, scale
         )
     if flex.use_flex(backend, query, key, value, "sliding_window_attention"):
-        return flex.masked_flex_attention(
-            query, key, value,
-            _window_mask_mod(left, right, dilation, shift, S),
-            cache_key=("sliding window", *(
-                tuple(s.flatten().tolist()) for s in (left, right, dilation)
-            ), shift),
-            per_head=left.dim() + dilation.dim() > 0,
-            scale=scale,
-        )  # fmt: skip
+        sides = [tuple(s.flatten().tolist()) for s in (left, right, dilation)]
+        out = flex.attempt(
+            backend,
+            "sliding_window_attention",
+            lambda: flex.masked_flex_attention(
+                query,
+                key,
+                value,
+                _window_mask_mod(left, right, dilation, shift, S),
+                cache_key=("window", *sides, shift),
+                per_head=left.dim() + dilation.dim() > 0,
+                scale=scale,
+            ),
+        )
+        if out is not None:
+            return out
     return _sliding_window_torch(
         query, key, value, left, right, dilation, shift, scale
     )
@@ -360,9 +367,10 @@ def _sliding_window_torch(
     out = q.new_empty(*q.shape[:-1], v.shape[-1])  # (..., H, L, Ev)
     for d in dilation.unique().tolist():
         heads = (dilation == d).nonzero().flatten()  # heads of dilation d
-        pick = lambda t: t.index_select(-3, heads)  # noqa: E731
+        on_device = heads.to(q.device)
+        pick = lambda t: t.index_select(-3, on_device)  # noqa: E731
         side = lambda s: s if s.dim() == 0 else s[heads]  # noqa: E731
-        out[..., heads, :, :] = _dilated_band(
+        out[..., on_device, :, :] = _dilated_band(
             pick(q), pick(k), pick(v), side(left), side(right), d, shift, scale
         )
     return out.to(query.dtype)

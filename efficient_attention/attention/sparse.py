@@ -288,16 +288,22 @@ def block_sparse_attention(
     layout = _check_layout(layout, query, key, block_size)
     block_size = _cap(block_size, L, S)
     if flex.use_flex(backend, query, key, value, "block_sparse_attention"):
-        return flex.masked_flex_attention(
-            query,
-            key,
-            value,
-            masks.from_block_layout(layout, block_size),
-            cache_key=("block layout", layout.shape, _bytes_of(layout)),
-            per_head=layout.dim() == 3,
-            scale=scale,
-            block_size=block_size,
+        out = flex.attempt(
+            backend,
+            "block_sparse_attention",
+            lambda: flex.masked_flex_attention(
+                query,
+                key,
+                value,
+                masks.from_block_layout(layout, block_size),
+                cache_key=("block layout", layout.shape, _bytes_of(layout)),
+                per_head=layout.dim() == 3,
+                scale=scale,
+                block_size=block_size,
+            ),
         )
+        if out is not None:
+            return out
     pattern = _pattern(
         layout if layout.dim() == 3 else layout[None], block_size, L, S
     )
@@ -375,16 +381,22 @@ def sparse_attention(
         if flex.use_flex(backend, query, key, value, "sparse_attention"):
             if heads is not None:
                 _check_heads(query, heads, "pattern")
-            return flex.masked_flex_attention(
-                query,
-                key,
-                value,
-                pattern,
-                cache_key=("mask function", pattern),
-                per_head=heads is not None,
-                scale=scale,
-                block_size=block_size,
+            out = flex.attempt(
+                backend,
+                "sparse_attention",
+                lambda: flex.masked_flex_attention(
+                    query,
+                    key,
+                    value,
+                    pattern,
+                    cache_key=("mask function", pattern),
+                    per_head=heads is not None,
+                    scale=scale,
+                    block_size=block_size,
+                ),
             )
+            if out is not None:
+                return out
         if L == 0 or S == 0:
             layout = torch.zeros(
                 1, -(-L // block_size), -(-S // block_size), dtype=torch.bool
