@@ -139,3 +139,27 @@ def test_a_mask_the_compiler_refuses_is_named_and_auto_falls_back(
         assert flex.attempt("auto", "a test", refuse) is None
     with pytest.raises(flex.FlexUnavailable):
         flex.attempt("flex", "a test", refuse)
+
+
+class _OnDevice:
+    """Stands for a tensor on another device (no GPU here)."""
+
+    requires_grad = False
+    dtype = torch.float32
+
+    def __init__(self, kind):
+        self.device = torch.device(kind)
+
+    def numel(self):
+        return 1
+
+
+def test_auto_says_when_a_gpu_call_takes_the_slow_path():
+    from efficient_attention.attention import sparse
+
+    fake = _OnDevice("cuda")
+    with pytest.warns(RuntimeWarning, match="not cuda"):
+        assert not sparse._use_kernel("auto", fake, fake, fake)
+    mps = _OnDevice("mps")
+    with pytest.warns(RuntimeWarning, match="CUDA only, not on mps"):
+        assert not flex.use_flex("auto", mps, mps, mps, "a test")

@@ -242,7 +242,11 @@ def use_flex(
         return False
     if backend == "flex":
         return True
-    if backend != "auto" or query.device.type != "cuda":
+    if backend != "auto" or query.device.type in ("cpu", "meta"):
+        return False
+    if query.device.type != "cuda":
+        warn_fallback_once(what, f"it is taken on CUDA only, not on "
+                           f"{query.device.type}")
         return False
     reason = unavailable_reason(query.device)
     if reason is not None:

@@ -605,6 +605,12 @@ def _use_kernel(
         cpu_kernels.load("block_sparse")  # raises with the reason
         return True
     if reason is not None:
+        if query.device.type not in ("cpu", "meta"):  # say it, once
+            _warn_once(
+                f"it runs on the CPU, not {query.device.type} (there "
+                f"block_sparse_attention and sparse_attention take "
+                f"FlexAttention; the other families have no fast path yet)"
+            )
         return False
     try:
         cpu_kernels.load("block_sparse")
