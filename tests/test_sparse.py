@@ -561,6 +561,8 @@ def test_csr_attention_equals_dense():
     with pytest.raises(ValueError, match="dtype"):
         sparse.csr_attention(*(t.bfloat16() for t in (q, k, v)),
                              attn_mask=mask)  # fmt: skip
+    with pytest.raises(ValueError, match="attn_mask is on meta"):
+        sparse.csr_attention(q, k, v, attn_mask=mask.to("meta"))
 
 
 def test_block_sparse_matmul_equals_the_masked_product():

@@ -1040,6 +1040,11 @@ def csr_attention(
             f"attn_mask must be a bool (L, S) = ({L}, {S}) tensor; got "
             f"{attn_mask.dtype} of shape {tuple(attn_mask.shape)}."
         )
+    if attn_mask.device != query.device:
+        raise ValueError(
+            f"attn_mask is on {attn_mask.device} but query is on "
+            f"{query.device}; move it with attn_mask.to(query.device)."
+        )
     if query.dtype not in (torch.float32, torch.float64):
         raise ValueError(
             f"csr_attention multiplies float32 or float64 (torch.sparse "
@@ -1057,7 +1062,8 @@ def csr_attention(
         warnings.simplefilter("ignore")  # "CSR support is in beta state"
         pattern = attn_mask.to(query.dtype).to_sparse_csr()  # (L, S) CSR
         crow, col = pattern.crow_indices(), pattern.col_indices()
-        row = torch.repeat_interleave(torch.arange(L), crow.diff())  # (nnz,)
+        rows = torch.arange(L, device=crow.device)
+        row = torch.repeat_interleave(rows, crow.diff())  # (nnz,)
         for n in range(q.shape[0]):  # one SDDMM and one SpMM per head
             scores = torch.sparse.sampled_addmm(
                 pattern, q[n] * scale, k[n].transpose(0, 1), beta=0.0
