@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .. import cpu_kernels
+from .. import cpu_kernels, masks
 from .._validation import (
     check_finite_scores,
     check_positive_int,
@@ -269,14 +269,21 @@ def _use_kernel(
 def _window_mask_mod(
     left: Tensor, right: Tensor, dilation: Tensor, shift: bool, S: int
 ):
-    """The window as a mask function; with per-head sides or dilations,
-    head ``h`` gets its own (plain ints in each, which the compiler folds
-    in: torch 2.13's CPU FlexAttention cannot read captured tensors)."""
+    """The window as a mask function (``masks``'), for ``S`` keys; with
+    per-head sides or dilations, head ``h`` gets its own. Not
+    ``masks.per_head``: its check of ``h`` cannot run inside FlexAttention's
+    tracing, and plain ints per head (no captured tensor) are what torch
+    2.13's CPU FlexAttention can compile."""
     per_head = zip(*(
         s.flatten().tolist()
         for s in torch.broadcast_tensors(left, right, dilation)
     ))  # fmt: skip
-    windows = [_one_window_mask(*sides, shift, S) for sides in per_head]
+    windows = [
+        masks.shifted_window((left, right), S, d)
+        if shift
+        else masks.dilated_sliding_window((left, right), d)
+        for left, right, d in per_head
+    ]
     if len(windows) == 1:
         return windows[0]
 
@@ -290,22 +297,6 @@ def _window_mask_mod(
         return result
 
     return per_head_window_mask
-
-
-def _one_window_mask(left: int, right: int, d: int, shift: bool, S: int):
-    """One head's window: positions of one residue class modulo the
-    dilation ``d`` form their own sequence, as in ``_dilated_band``."""
-
-    def window_mask(
-        b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
-    ) -> Tensor:
-        residue = q_idx % d
-        n_keys = (S - residue + d - 1) // d  # keys of the residue class
-        lo, hi = _key_range(q_idx // d, left, right, n_keys, shift)
-        u = kv_idx // d
-        return (kv_idx % d == residue) & (u >= lo) & (u < hi)
-
-    return window_mask
 
 
 _WARNED: set[str] = set()
