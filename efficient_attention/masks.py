@@ -296,10 +296,11 @@ def global_tokens(tokens: int | Sequence[int] | Tensor) -> MaskMod:
     def listed_tokens_global(
         b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor
     ) -> Tensor:
-        found = (q_idx < 0) | (kv_idx < 0)  # all False, broadcast shape
-        for position in positions:
-            found = found | (q_idx == position) | (kv_idx == position)
-        return found
+        q_global, kv_global = q_idx < 0, kv_idx < 0  # all False
+        for position in positions:  # each on its own index: no L x S work
+            q_global = q_global | (q_idx == position)
+            kv_global = kv_global | (kv_idx == position)
+        return q_global | kv_global
 
     return listed_tokens_global
 
