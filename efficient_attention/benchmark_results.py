@@ -6,7 +6,10 @@ spreads, peak memory and ratios to dense SDPA; ``write_json`` and
 ``write_csv`` save them (the JSON also keeps the hardware and the settings
 of the run); ``plot_records`` draws median time against sequence length
 on log-log axes; ``load_results`` reads a JSON file back, as records or a
-pandas DataFrame, for the book's leaderboard. It implements no paper; the
+pandas DataFrame, for the book's leaderboard; ``book_data_file`` and
+``leaderboard_files`` find the measurements that ship with the package
+(``efficient_attention/book_data/``), so a chapter opened on its own (in
+Colab) finds them too. It implements no paper; the
 command line of ``python -m efficient_attention.benchmark`` (module
 ``benchmark_cli``) writes these files, and chapter 1 introduces the table.
 """
@@ -14,8 +17,10 @@ command line of ``python -m efficient_attention.benchmark`` (module
 from __future__ import annotations
 
 import csv
+import importlib.resources
 import json
 import os
+import pathlib
 from collections.abc import Mapping, Sequence
 
 from ._validation import check_records
@@ -273,6 +278,46 @@ def write_csv(
             writer.writerow(
                 {k: "" if r.get(k) is None else r.get(k) for k in names}
             )
+
+
+def _book_data_folder() -> pathlib.Path:
+    return pathlib.Path(
+        str(importlib.resources.files("efficient_attention") / "book_data")
+    )
+
+
+def book_data_file(name: str) -> pathlib.Path:
+    """The path of one file of the measurements that ship with the package
+    (``efficient_attention/book_data/``: the leaderboard runs, the MRPC
+    teacher's recipe search, the GPU checks).
+
+    Raises:
+        FileNotFoundError: no such file; the message lists the ones there.
+    """
+    path = _book_data_folder() / name
+    if not path.is_file():
+        shipped = sorted(p.name for p in _book_data_folder().glob("*.*"))
+        raise FileNotFoundError(
+            f"the package ships no {name!r} in {_book_data_folder()}; it "
+            f"has {', '.join(shipped) or 'nothing'}. Reinstall "
+            f"efficient_attention if a file is missing."
+        )
+    return path
+
+
+def leaderboard_files(
+    own_runs: str | os.PathLike = "data",
+) -> dict[str, pathlib.Path]:
+    """Every leaderboard run, by name: ``leaderboard-<run>.json`` of the
+    package's ``book_data``, then those in the folder ``own_runs`` (a
+    reader's own runs; it need not exist), where a file replaces the
+    package's run of the same name. Sorted by run name.
+    """
+    runs = {}
+    for folder in (_book_data_folder(), pathlib.Path(own_runs)):
+        for path in sorted(folder.glob("leaderboard-*.json")):
+            runs[path.stem.removeprefix("leaderboard-")] = path
+    return dict(sorted(runs.items()))
 
 
 def load_results(path: str | os.PathLike, *, as_frame: bool = False):

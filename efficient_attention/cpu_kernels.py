@@ -10,7 +10,8 @@ caches the library, and opens it with ``ctypes``. Nothing is downloaded.
 of your choice, e.g. ``-march=x86-64`` for code any x86-64 CPU runs (the
 portability tests build the kernels that way too).
 Where there is no compiler (or the build fails), ``status`` says why, and
-the attention functions run their PyTorch version instead. The chapter
+the attention functions run their PyTorch version instead; ``use_kernel``
+is their one rule for when a kernel runs. The chapter
 "Local attention" explains the sliding-window kernel.
 
 The cache folder is ``$EFFICIENT_ATTENTION_CACHE/kernels`` when that
@@ -29,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 
 SOURCE_DIR = pathlib.Path(__file__).resolve().parent / "csrc"
 BASE_FLAGS = ("-O3", "-std=gnu++17", "-shared", "-fPIC")
@@ -193,3 +195,65 @@ def status(name: str) -> str:
     if os.environ.get("EFFICIENT_ATTENTION_KERNEL_FLAGS", "").split():
         notes.append(f"built with {' '.join(target_flags())}")
     return "ready, but " + "; ".join(notes) if notes else "ready"
+
+
+def use_kernel(
+    name: str, backend: str, query, key, value, *, elsewhere: str = ""
+) -> bool:
+    """Whether an attention call with ``backend`` runs kernel ``name``.
+
+    ``"torch"`` and ``"flex"`` never do. ``"kernel"`` must: it raises
+    ``NotImplementedError`` for a call the kernels cannot run (a gradient,
+    a tensor off the CPU, float64) and ``KernelUnavailable`` when the
+    kernel cannot be built. ``"auto"`` runs it when it can, says once why
+    not when the kernel cannot be built, and, given ``elsewhere`` (what the
+    caller does off the CPU), says once that a tensor on another device
+    takes the PyTorch version.
+    """
+    import torch
+
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (query, key, value)
+    )
+    reason = None
+    if needs_grad:
+        reason = "it computes no gradients"
+    elif query.device.type != "cpu":
+        reason = f"it runs on the CPU, not {query.device.type}"
+    elif query.dtype == torch.float64:
+        reason = "it computes in float32, not float64"
+    if backend in ("torch", "flex"):
+        return False
+    if backend == "kernel":
+        if reason is not None:
+            raise NotImplementedError(
+                f"backend='kernel' cannot run this call: {reason}. Use "
+                f"backend='torch' (or 'auto', which picks it)."
+            )
+        load(name)  # raises with the reason
+        return True
+    if reason is not None:
+        if elsewhere and query.device.type not in ("cpu", "meta"):
+            warn_fallback_once(name, f"{reason} ({elsewhere})")
+        return False
+    try:
+        load(name)
+    except KernelUnavailable as error:
+        warn_fallback_once(name, str(error))
+        return False
+    return True
+
+
+_WARNED: set[str] = set()
+
+
+def warn_fallback_once(name: str, reason: str) -> None:
+    """Say once per reason that kernel ``name`` did not run, and why."""
+    if reason not in _WARNED:
+        _WARNED.add(reason)
+        warnings.warn(
+            f"the {name.replace('_', '-')} C++ kernel is unavailable here, "
+            f"so the PyTorch version runs instead: {reason}",
+            RuntimeWarning,
+            stacklevel=4,
+        )

@@ -493,6 +493,7 @@ def model_report(
     rounds: int = 5,
     min_run_time: float = 0.3,
     autocast: dict[str, torch.dtype] | None = None,
+    predictions: dict[str, Tensor] | None = None,
 ) -> dict[str, dict[str, float]]:
     """The rows of a compression table: quality, latency and size.
 
@@ -503,6 +504,9 @@ def model_report(
     Args:
         models: ``{name: model}``; the first is the reference.
         autocast: ``{name: dtype}`` for models that run under autocast.
+        predictions: ``{name: (N,) predicted labels}`` already made on
+            ``dataset``; those models are scored from them instead of
+            predicting the dataset again.
 
     Returns:
         ``{name: row}``, each row with ``accuracy`` and ``f1`` on
@@ -512,13 +516,23 @@ def model_report(
         first model.
     """
     autocast = autocast or {}
-    rows = {
-        name: {
-            **evaluate(model, tokenizer, dataset, autocast=autocast.get(name)),
-            "MiB": serialized_megabytes(model),
-        }
-        for name, model in models.items()
-    }
+    predictions = predictions or {}
+    labels = torch.tensor(list(dataset["label"]))
+    rows = {}
+    for name, model in models.items():
+        if name in predictions:
+            if predictions[name].shape != labels.shape:
+                raise ValueError(
+                    f"predictions[{name!r}] has shape "
+                    f"{tuple(predictions[name].shape)}, but the dataset has "
+                    f"{len(labels)} pairs: pass one predicted label per pair"
+                )
+            quality = classification_metrics(predictions[name], labels)
+        else:
+            quality = evaluate(
+                model, tokenizer, dataset, autocast=autocast.get(name)
+            )
+        rows[name] = {**quality, "MiB": serialized_megabytes(model)}
     times: dict[tuple[str, int], list[float]] = {}
     for _ in range(rounds):
         for name, model in models.items():

@@ -8,7 +8,8 @@ bf16 against SDPA with ``benchmark.compare`` (interleaved rounds).
 
     python scripts/cuda_parity_check.py          # prints; JSON to $OUT or .
 
-``book/data/cuda-parity-h200.json`` is one such run (an H200, 2026-12-04).
+``efficient_attention/book_data/cuda-parity-h200.json`` is one such run (an
+H200, 2026-12-04).
 """
 
 from __future__ import annotations

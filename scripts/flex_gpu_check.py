@@ -8,7 +8,8 @@
 
     python scripts/flex_gpu_check.py            # prints; JSON to $OUT or .
 
-``book/data/flex-gpu-h200.json`` is one such run (an H200, 2026-12-04).
+``efficient_attention/book_data/flex-gpu-h200.json`` is one such run (an
+H200, 2026-12-04).
 """
 
 from __future__ import annotations

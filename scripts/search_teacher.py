@@ -4,9 +4,9 @@ Each setting fine-tunes all-MiniLM-L6-v2 on MRPC's training pairs less 408
 held out (a seeded split, as many pairs as the dev set), and is scored on the
 held-out pairs; the dev set is never looked at, so it stays a fair report of
 the recipe chosen. One row per setting is appended to the CSV (default
-``book/data/teacher_search.csv``), which the chapter "The MRPC worked
-example" shows. A setting already in the file is skipped, so the search can
-be stopped and resumed.
+``efficient_attention/book_data/teacher_search.csv``), which the chapter
+"The MRPC worked example" shows. A setting already in the file is skipped,
+so the search can be stopped and resumed.
 
 Usage:
     GLUE_DIR=../shared/data/glue python scripts/search_teacher.py \
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         type=pathlib.Path,
-        default=ROOT / "book/data/teacher_search.csv",
+        default=ROOT / "efficient_attention/book_data/teacher_search.csv",
     )
     args = parser.parse_args(argv)
     if data.source_of(data.load_mrpc("train", verbose=False)) != "glue":

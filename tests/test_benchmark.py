@@ -627,6 +627,25 @@ def test_load_results_refuses_what_is_not_a_result_file(
         benchmark.load_results(path)
 
 
+def test_the_package_ships_the_book_data():
+    runs = benchmark_results.leaderboard_files(own_runs="no-such-folder")
+    assert "cpu" in runs
+    assert benchmark.load_results(runs["cpu"])  # records, not a stub
+    search = benchmark_results.book_data_file("teacher_search.csv")
+    assert search.read_text().startswith("setting")
+    with pytest.raises(FileNotFoundError, match="leaderboard-cpu.json"):
+        benchmark_results.book_data_file("leaderboard-gpu.json")
+
+
+def test_a_readers_own_runs_join_and_replace_the_shipped_ones(tmp_path):
+    record = [{"variant": "sdpa", "L": 8, "median_s": 0.5, "status": "ok"}]
+    benchmark_results.write_json(record, tmp_path / "leaderboard-cuda.json")
+    benchmark_results.write_json(record, tmp_path / "leaderboard-cpu.json")
+    runs = benchmark_results.leaderboard_files(own_runs=tmp_path)
+    assert list(runs) == sorted(runs) and {"cpu", "cuda"} <= set(runs)
+    assert runs["cpu"] == tmp_path / "leaderboard-cpu.json"
+
+
 def test_list_names_every_variant_and_times_nothing(capsys, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("--list times nothing")

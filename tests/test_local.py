@@ -228,11 +228,15 @@ def test_auto_picks_the_kernel_only_without_gradients():
     if not cpu_kernels.status("sliding_window").startswith("ready"):
         pytest.skip(cpu_kernels.status("sliding_window"))
     q, k, v = random_qkv(L=20, S=20, dtype=torch.float32)
-    assert local._use_kernel("auto", q, k, v)
-    assert not local._use_kernel("auto", q.requires_grad_(True), k, v)
+    assert cpu_kernels.use_kernel("sliding_window", "auto", q, k, v)
+    assert not cpu_kernels.use_kernel(
+        "sliding_window", "auto", q.requires_grad_(True), k, v
+    )
     with torch.no_grad():
-        assert local._use_kernel("auto", q, k, v)
-    assert not local._use_kernel("auto", q.double(), k.double(), v.double())
+        assert cpu_kernels.use_kernel("sliding_window", "auto", q, k, v)
+    assert not cpu_kernels.use_kernel(
+        "sliding_window", "auto", q.double(), k.double(), v.double()
+    )
 
 
 @pytest.mark.parametrize(
@@ -263,7 +267,7 @@ def test_without_a_compiler_auto_warns_once_and_runs_torch(
     monkeypatch, fresh_kernels
 ):
     monkeypatch.setattr(cpu_kernels, "_compiler", lambda: None)
-    monkeypatch.setattr(local, "_WARNED", set())
+    monkeypatch.setattr(cpu_kernels, "_WARNED", set())
     q, k, v = random_qkv(L=8, S=8, dtype=torch.float32)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         out = ea.sliding_window_attention(q, k, v, window=1)

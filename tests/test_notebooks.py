@@ -6,6 +6,7 @@ import json
 import pathlib
 import re
 import sys
+import tomllib
 
 import nbformat
 import pytest
@@ -52,11 +53,18 @@ def test_every_toc_entry_exists():
         ), entry
 
 
+def configured_repository() -> tuple[str, str]:
+    """The repository's address and branch (or release tag) in
+    ``_config.yml``: the one place they are written down."""
+    repository = yaml.safe_load((ROOT / "_config.yml").read_text())[
+        "repository"
+    ]
+    return repository["url"], repository["branch"]
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=name_of)
 def test_setup_cell_installs_from_the_configured_repository(path):
-    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"][
-        "url"
-    ]
+    url, ref = configured_repository()
     cells = json.loads(path.read_text())["cells"]
     setup = [
         c for c in cells if "ea.setup_notebook(seed=" in "".join(c["source"])
@@ -65,16 +73,46 @@ def test_setup_cell_installs_from_the_configured_repository(path):
         "exactly one setup cell calls ea.setup_notebook(seed=...)"
     )
     source = "".join(setup[0]["source"])
-    assert (
-        f'REPO = "{url}"' in source
-        and '%pip install --quiet "git+{REPO}"' in source
-    ), (
-        f"the setup cell must install the package from {url} (_config.yml) "
-        f"when it is missing"
+    expected = [
+        f'REPO = "{url}"',
+        f'REF = "{ref}"',
+        'PACKAGE = f"efficient_attention[notebook,models] @ git+{REPO}@{REF}"',
+        '    %pip install --quiet "{PACKAGE}"',
+    ]
+    lines = [line.split("  #")[0] for line in source.splitlines()]
+    missing = [line for line in expected if line not in lines]
+    assert not missing, (
+        f"the setup cell must install the package with its notebook extras "
+        f"from {url} at {ref} (_config.yml's repository.url and .branch) "
+        f"when it is missing; it lacks the lines {missing}"
     )
     assert "remove-cell" in setup[0]["metadata"].get("tags", []), (
         "hide the setup cell in the site"
     )
+
+
+def test_every_mention_of_the_repository_uses_the_configured_address():
+    url, ref = configured_repository()
+    urls = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "urls"
+    ]
+    wrong = [name for name, link in urls.items() if not link.startswith(url)]
+    assert not wrong, (
+        f"pyproject.toml's [project.urls] {wrong} must start with {url} "
+        f"(_config.yml's repository.url)"
+    )
+    readme = (ROOT / "README.md").read_text()
+    github = re.findall(r"github\.com/[\w.-]+/[\w.-]+", readme)
+    here = url.removeprefix("https://")
+    assert set(github) <= {here}, (
+        f"README.md names the repositories {sorted(set(github))}; every "
+        f"address there must be {here} (_config.yml's repository.url)"
+    )
+    colab = (
+        f"colab.research.google.com/{here.replace('.com', '', 1)}"
+        f"/blob/{ref}/book/"
+    )
+    assert colab in readme, f"README.md's Colab link must open {colab}"
 
 
 # The widest code line the built site shows without a scroll bar (a

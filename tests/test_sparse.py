@@ -257,7 +257,7 @@ def test_kernel_unavailable_falls_back_with_a_warning(monkeypatch):
         raise cpu_kernels.KernelUnavailable("no compiler (test)")
 
     monkeypatch.setattr(cpu_kernels, "load", no_kernel)
-    monkeypatch.setattr(sparse, "_WARNED", set())
+    monkeypatch.setattr(cpu_kernels, "_WARNED", set())
     q, k, v = random_qkv(L=8, S=8, dtype=torch.float32)
     layout = torch.ones(1, 1, dtype=torch.bool)
     with pytest.warns(RuntimeWarning, match="no compiler"):

@@ -270,6 +270,31 @@ def test_model_report_pads_to_128_and_compares_in_one_run(tokenizer):
         assert 0 <= row["f1"] <= 1 and row["ms (batch 1)"] > 0
 
 
+def test_model_report_scores_given_predictions_without_predicting(
+    tokenizer,
+):
+    model = models.load_encoder(verbose=False)[0]
+    pairs = data.generate_paraphrase_pairs("dev", size=32)
+    labels = torch.tensor(list(pairs["label"]))
+    report = training.model_report(
+        {"given": model},
+        tokenizer,
+        pairs,
+        rounds=1,
+        min_run_time=0.01,
+        predictions={"given": labels},  # a perfect classifier's labels
+    )
+    assert report["given"]["accuracy"] == 1.0
+    with pytest.raises(ValueError, match="one predicted label per pair"):
+        training.model_report(
+            {"given": model},
+            tokenizer,
+            pairs,
+            rounds=1,
+            predictions={"given": labels[:3]},
+        )
+
+
 def test_train_classifier_stops_at_max_steps_under_autocast(tokenizer):
     model = models.load_encoder(verbose=False)[0]
     pairs = data.generate_paraphrase_pairs("train", size=12)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import ctypes
 import math
 import numbers
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -146,7 +145,7 @@ def sliding_window_attention(
     shift = border == "shift"
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] else 1.0
-    if _use_kernel(backend, query, key, value):
+    if cpu_kernels.use_kernel("sliding_window", backend, query, key, value):
         return _sliding_window_kernel(
             query, key, value, left, right, dilation, shift, scale
         )
@@ -232,40 +231,6 @@ def _heads(query: Tensor, name: str, count: int) -> int:
     return heads
 
 
-def _use_kernel(
-    backend: str, query: Tensor, key: Tensor, value: Tensor
-) -> bool:
-    """Whether to run the C++ kernel (see ``backend`` above)."""
-    needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (query, key, value)
-    )
-    reason = None
-    if needs_grad:
-        reason = "it computes no gradients"
-    elif query.device.type != "cpu":
-        reason = f"it runs on the CPU, not {query.device.type}"
-    elif query.dtype == torch.float64:
-        reason = "it computes in float32, not float64"
-    if backend in ("torch", "flex"):
-        return False
-    if backend == "kernel":
-        if reason is not None:
-            raise NotImplementedError(
-                f"backend='kernel' cannot run this call: {reason}. Use "
-                f"backend='torch' (or 'auto', which picks it)."
-            )
-        cpu_kernels.load("sliding_window")  # raises with the reason
-        return True
-    if reason is not None:
-        return False
-    try:
-        cpu_kernels.load("sliding_window")
-    except cpu_kernels.KernelUnavailable as error:
-        _warn_once(str(error))
-        return False
-    return True
-
-
 def _window_mask_mod(
     left: Tensor, right: Tensor, dilation: Tensor, shift: bool, S: int
 ):
@@ -299,18 +264,6 @@ def _window_mask_mod(
     return per_head_window_mask
 
 
-_WARNED: set[str] = set()
-
-
-def _warn_once(reason: str) -> None:
-    if reason not in _WARNED:
-        _WARNED.add(reason)
-        warnings.warn(
-            f"the sliding-window C++ kernel is unavailable here, so the "
-            f"PyTorch version runs instead: {reason}",
-            RuntimeWarning,
-            stacklevel=4,
-        )
 
 
 def _key_range(

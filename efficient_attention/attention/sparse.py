@@ -580,58 +580,14 @@ def _block_sparse_torch(
     return out.reshape(N, Hl, nq * bs, Ev)[:, :, :L]  # (N, Hl, L, Ev)
 
 
-def _use_kernel(
-    backend: str, query: Tensor, key: Tensor, value: Tensor
-) -> bool:
-    """Whether to run the C++ kernel (see ``backend``)."""
-    needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (query, key, value)
-    )
-    reason = None
-    if needs_grad:
-        reason = "it computes no gradients"
-    elif query.device.type != "cpu":
-        reason = f"it runs on the CPU, not {query.device.type}"
-    elif query.dtype == torch.float64:
-        reason = "it computes in float32, not float64"
-    if backend in ("torch", "flex"):
-        return False
-    if backend == "kernel":
-        if reason is not None:
-            raise NotImplementedError(
-                f"backend='kernel' cannot run this call: {reason}. Use "
-                f"backend='torch' (or 'auto', which picks it)."
-            )
-        cpu_kernels.load("block_sparse")  # raises with the reason
-        return True
-    if reason is not None:
-        if query.device.type not in ("cpu", "meta"):  # say it, once
-            _warn_once(
-                f"it runs on the CPU, not {query.device.type} (there "
-                f"block_sparse_attention and sparse_attention take "
-                f"FlexAttention; the other families have no fast path yet)"
-            )
-        return False
-    try:
-        cpu_kernels.load("block_sparse")
-    except cpu_kernels.KernelUnavailable as error:
-        _warn_once(str(error))
-        return False
-    return True
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_once(reason: str) -> None:
-    if reason not in _WARNED:
-        _WARNED.add(reason)
-        warnings.warn(
-            f"the block-sparse C++ kernel is unavailable here, so the "
-            f"PyTorch version runs instead: {reason}",
-            RuntimeWarning,
-            stacklevel=4,
-        )
+def _use_kernel(backend: str, query: Tensor, key: Tensor, value: Tensor):
+    """Whether to run the block-sparse C++ kernel (see ``backend``); the
+    hierarchical families share it."""
+    return cpu_kernels.use_kernel(
+        "block_sparse", backend, query, key, value,
+        elsewhere="there block_sparse_attention and sparse_attention take "
+        "FlexAttention; the other families have no fast path yet",
+    )  # fmt: skip
 
 
 def _block_sparse_kernel(
