@@ -32,6 +32,10 @@ from hypothesis import settings
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# The Triton kernel's tests run it in Triton's interpreter (numpy, on the
+# CPU), which Triton picks when it is first imported; on a machine with a
+# GPU, TRITON_INTERPRET=0 runs them compiled instead.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 settings.register_profile(
     "ci",
