@@ -15,8 +15,8 @@ fused baseline, in the same run; chapter 1 introduces the tools. What
 happens to the records next (the table, JSON, CSV, plots, loading) lives
 in ``benchmark_results``; the command line ``python -m
 efficient_attention.benchmark`` (``--help``, ``--list``, ``--quick``)
-lives in ``benchmark_cli``, and its names (``main``, ``build_parser``...)
-stay reachable from here. It implements no paper.
+lives in ``benchmark_cli`` (which imports this module, never the other way
+round). It implements no paper.
 """
 
 from __future__ import annotations
@@ -811,30 +811,6 @@ def loglog_fit(
     error = math.sqrt(float(np.sum(residuals**2)) / dof / spread)
     t = T_975[dof - 1] if dof <= len(T_975) else 2.0
     return slope, slope - t * error, slope + t * error
-
-
-_CLI_NAMES = {
-    "main",
-    "build_parser",
-    "sparse_layout",
-    "VARIANTS",
-    "LOCAL_VARIANTS",
-    "LOW_RANK_VARIANTS",
-    "SPARSE_VARIANTS",
-    "HIERARCHICAL_VARIANTS",
-    "DTYPES",
-    "_variant",
-}
-
-
-def __getattr__(name: str) -> object:
-    """The command line's names (``benchmark.main``...), from
-    ``benchmark_cli``, imported on first use (it imports this module)."""
-    if name in _CLI_NAMES:
-        from . import benchmark_cli
-
-        return getattr(benchmark_cli, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

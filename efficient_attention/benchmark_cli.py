@@ -1,92 +1,37 @@
 """The command line ``python -m efficient_attention.benchmark``.
 
-This module holds the argument parser (``build_parser``), ``main``, and the
-construction of every attention variant it can time (``VARIANTS`` and the
-tables of local, sparse, low-rank and hierarchical variants; ``--list``
-prints them): it sweeps the chosen variants over lengths, dtypes and
-devices against ``F.scaled_dot_product_attention`` (dense SDPA, the
-baseline), with a progress bar on stderr, prints the hardware line and the
-table of ``benchmark_results.format_records``, and writes JSON, CSV and a
-PNG plot when asked (``--json``, ``--csv``, ``--plot``). The measurements
-themselves live in ``benchmark``; the variants implement the papers their
-modules name. Run it with ``--help``, or ``--quick`` for a sweep of a few
-seconds.
+This module holds the argument parser (``build_parser``) and ``main``: it
+sweeps the chosen variants of the registry (``efficient_attention.
+variants``; ``--list`` prints them) over lengths, dtypes and devices
+against ``F.scaled_dot_product_attention`` (dense SDPA, the baseline), with
+a progress bar on stderr, prints the hardware line and the table of
+``benchmark_results.format_records``, and writes JSON, CSV and a PNG plot
+when asked (``--json``, ``--csv``, ``--plot``). The measurements live in
+``benchmark``, the variants and their settings in ``variants``. Run it
+with ``--help``, or ``--quick`` for a sweep of a few seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import math
 import pathlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 
-from . import benchmark, benchmark_results
+from . import benchmark, benchmark_results, variants
 from ._validation import (
     check_non_negative_int,
     check_positive_int,
     check_positive_real,
 )
-from .attention import dense_attention
 
-VARIANTS: dict[str, Callable[..., Tensor]] = {
-    "sdpa": F.scaled_dot_product_attention,
-    "dense": dense_attention,
-}
-"""The attention functions the command line can time, by name.
-
-``sdpa`` is the baseline.
-"""
-
-LOCAL_VARIANTS = (
-    "sliding-window",
-    "sdpa-mask",
-    "flex",
-    "local-attention",
-    "longformer",
-    "natten",
-)
-"""Variants of the command line that time a ``--window``: the package's
-``sliding_window_attention`` and the peers of ``efficient_attention.peers``
-(with ``--causal`` only ``sliding-window``)."""
-
-LOW_RANK_VARIANTS = ("linformer", "nystrom", "performer")
-"""Approximations the command line times: ``--rank`` projected keys
-(Linformer, random projections seeded with 0), ``--landmarks`` segment
-means (Nyström), ``--features`` orthogonal random features (Performer,
-seeded with 0; with ``--causal`` its prefix-sum form)."""
-
-SPARSE_VARIANTS = (
-    "block-sparse",
-    "bigbird",
-    "routing",
-    "sdpa-layout",
-    "flex-layout",
-)
-"""Variants of the command line that time sparse attention: the package's
-``block_sparse_attention`` on a random layout of ``--density`` per block
-row (``block-sparse``) and on BigBird's layout (``bigbird``: 3 window, 2
-global and 3 random blocks), its ``routing_attention`` with ``--clusters``
-(``routing``), and, on the layout that ``--layout`` names, SDPA with it as
-a boolean mask (``sdpa-layout``) and compiled FlexAttention with it as a
-block mask (``flex-layout``). Layouts are shared by all heads, in blocks
-of ``--block-size``, and seeded."""
-
-HIERARCHICAL_VARIANTS = (
-    "pyramid",
-    "recursive",
-    "coarse-to-fine",
-)
-"""Variants of the command line that time hierarchical attention: the
-package's ``pyramid_attention`` and ``recursive_attention`` with
-``--block-size`` and ``--levels`` (default: enough levels that the coarsest
-holds at most 4 blocks), and ``coarse_to_fine_attention`` with
-``--block-size`` and ``--top-k``."""
+DEFAULTS = variants.Settings()
+"""The settings of an option not given (one set for every consumer)."""
 
 LENGTHS = (256, 512, 1024, 2048, 4096)
 """The lengths swept unless ``--lengths`` names others."""
@@ -166,15 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=list(VARIANTS),
-        choices=[
-            *VARIANTS,
-            *LOCAL_VARIANTS,
-            *SPARSE_VARIANTS,
-            *LOW_RANK_VARIANTS,
-            *HIERARCHICAL_VARIANTS,
-            "all",
-        ],
+        default=variants.names("exact"),
+        choices=[*variants.names(), "all"],
         metavar="VARIANT",
         help="what to time (all: every one; --list names them); the "
         "local ones need --window",
@@ -182,63 +120,74 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--density",
         type=_density_argument,
-        default=0.1,
+        default=DEFAULTS.density,
         help="share of key blocks each query block keeps in the random "
         "layout of block-sparse (and of --layout random)",
     )
     parser.add_argument(
         "--block-size",
         type=_positive_int_argument,
-        default=64,
+        default=DEFAULTS.block_size,
         help="block side of the sparse layouts",
     )
     parser.add_argument(
         "--levels",
         type=_positive_int_argument,
-        default=None,
+        default=DEFAULTS.levels,
         help="levels of pyramid and recursive (default: the coarsest "
         "holds at most 4 blocks of pooled keys)",
     )
     parser.add_argument(
         "--top-k",
         type=_non_negative_int_argument,
-        default=4,
+        default=DEFAULTS.top_k,
         help="key blocks each query block picks in coarse-to-fine",
     )
     parser.add_argument(
         "--clusters",
         type=_positive_int_argument,
-        default=16,
+        default=DEFAULTS.clusters,
         help="k-means clusters per head of routing",
     )
     parser.add_argument(
         "--rank",
         type=_positive_int_argument,
-        default=256,
+        default=DEFAULTS.rank,
         help="projected keys of linformer",
     )
     parser.add_argument(
         "--landmarks",
         type=_positive_int_argument,
-        default=64,
+        default=DEFAULTS.landmarks,
         help="landmarks (segment means) of nystrom",
     )
     parser.add_argument(
         "--features",
         type=_positive_int_argument,
-        default=256,
+        default=DEFAULTS.features,
         help="random features of performer",
     )
+    for option, what in (
+        ("bigbird_window", "window blocks on each side"),
+        ("global_blocks", "global blocks"),
+        ("random_blocks", "random blocks per block row"),
+    ):
+        parser.add_argument(
+            "--" + option.replace("_", "-"),
+            type=_non_negative_int_argument,
+            default=getattr(DEFAULTS, option),
+            help=f"BigBird's layout: {what}",
+        )
     parser.add_argument(
         "--layout",
         choices=["random", "bigbird"],
-        default="random",
+        default=DEFAULTS.layout,
         help="the layout sdpa-layout and flex-layout are given",
     )
     parser.add_argument(
         "--window",
         type=_non_negative_int_argument,
-        default=None,
+        default=DEFAULTS.window,
         help="keys on each side of the query, W: window (W, W), or (W, 0) "
         "with --causal",
     )
@@ -255,9 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"sequence lengths (default: {' '.join(map(str, LENGTHS))}; "
         f"with --quick {' '.join(map(str, QUICK_LENGTHS))})",
     )
-    for option in ("--batch", "--heads"):
-        parser.add_argument(option, type=_positive_int_argument, default=1)
-    parser.add_argument("--head-dim", type=_positive_int_argument, default=64)
+    for option in ("batch", "heads", "head_dim"):
+        parser.add_argument(
+            "--" + option.replace("_", "-"),
+            type=_positive_int_argument,
+            default=getattr(DEFAULTS, option),
+        )
     parser.add_argument(
         "--dtype",
         nargs="+",
@@ -321,38 +273,43 @@ def build_parser() -> argparse.ArgumentParser:
 
 def all_variant_names() -> list[str]:
     """Every variant the command line can time, the baseline first."""
-    return [
-        *VARIANTS,
-        *LOCAL_VARIANTS,
-        *SPARSE_VARIANTS,
-        *LOW_RANK_VARIANTS,
-        *HIERARCHICAL_VARIANTS,
-    ]
+    return variants.names()
 
 
-CAUSAL_VARIANTS = ("sdpa", "dense", "sliding-window", "performer")
-"""The variants that take ``--causal``."""
+def _flag(setting: str) -> str:
+    """The command line option of a ``Settings`` field."""
+    return "--" + setting.replace("_", "-")
 
 
 def list_variants() -> str:
-    """One line a variant: its name and its family (``--list``)."""
-    families = [
-        (VARIANTS, "exact: sdpa is the baseline (fused), dense the reference"),
-        (LOCAL_VARIANTS, "local: needs --window (peers skip when missing)"),
-        (SPARSE_VARIANTS, "sparse: --block-size, --density, --layout"),
-        (LOW_RANK_VARIANTS, "low-rank: --rank, --landmarks, --features"),
-        (HIERARCHICAL_VARIANTS, "hierarchical: --block-size, --levels"),
-    ]
-    width = max(map(len, all_variant_names()))
+    """One line a variant: its name, family, what it is and its options
+    (``--list``)."""
+    names = all_variant_names()
+    width = max(map(len, names))
     lines = []
-    for names, family in families:
-        for name in names:
-            causal = ", takes --causal" if name in CAUSAL_VARIANTS else ""
-            lines.append(f"{name:<{width}}  {family}{causal}")
+    for name in names:
+        variant = variants.get(name)
+        extras = [_flag(option) for option in variant.options]
+        if variant.causal:
+            extras.append("takes --causal")
+        if variant.peer is not None:
+            extras.append(f"peer: {variant.peer}")
+        extra = f" ({', '.join(extras)})" if extras else ""
+        lines.append(
+            f"{name:<{width}}  {variant.family}: {variant.summary}{extra}"
+        )
     lines.append(
         f"{'all':<{width}}  every variant above (window {ALL_WINDOW})"
     )
     return "\n".join(lines)
+
+
+def settings_of(args: argparse.Namespace) -> variants.Settings:
+    """The registry's settings from the parsed options."""
+    fields = {f.name for f in dataclasses.fields(variants.Settings)}
+    return variants.Settings(
+        **{name: getattr(args, name) for name in fields if hasattr(args, name)}
+    )
 
 
 def _check_arguments(
@@ -368,10 +325,7 @@ def _check_arguments(
     if "all" in args.variants:
         if len(args.variants) > 1:
             parser.error("argument --variants: 'all' comes alone")
-        names = all_variant_names()
-        if args.causal:
-            names = [n for n in names if n in CAUSAL_VARIANTS]
-        args.variants = names
+        args.variants = variants.names(causal=True if args.causal else None)
         if args.window is None:
             args.window = ALL_WINDOW
     for option, values in (
@@ -388,37 +342,21 @@ def _check_arguments(
             devices.append(benchmark.timing_device(name))
         except ValueError as error:
             parser.error(f"argument --device: {error}")
-    local = [name for name in args.variants if name in LOCAL_VARIANTS]
-    if local and args.window is None:
-        parser.error(f"the variants {local} need --window")
-    if args.causal and set(local) - {"sliding-window"}:
+    chosen = [variants.get(name) for name in args.variants]
+    windowed = [v.name for v in chosen if "window" in v.options]
+    if windowed and args.window is None:
+        parser.error(f"the variants {windowed} need --window")
+    not_causal = [v.name for v in chosen if not v.causal]
+    if args.causal and not_causal:
         parser.error(
-            "with --causal only sdpa, dense and sliding-window are timed"
+            f"the variants {not_causal} do not take --causal (those that "
+            f"do: {', '.join(variants.names(causal=True))})"
         )
-    sparse = [name for name in args.variants if name in SPARSE_VARIANTS]
-    if sparse and args.causal:
-        parser.error(f"the variants {sparse} do not take --causal")
-    low_rank = [name for name in args.variants if name in LOW_RANK_VARIANTS]
-    if args.causal and set(low_rank) - {"performer"}:
-        parser.error("with --causal only performer of the low-rank ones")
-    hierarchical = [n for n in args.variants if n in HIERARCHICAL_VARIANTS]
-    if hierarchical and args.causal:
-        parser.error(f"the variants {hierarchical} do not take --causal")
     for check in (_check_settings, _check_sizes, _check_output_paths):
         problem = check(args, devices)
         if problem is not None:
             parser.error(problem)
     return devices
-
-
-SETTINGS = {
-    "coarse-to-fine": "--block-size, --top-k",
-    "pyramid": "--block-size, --levels",
-    "recursive": "--block-size, --levels",
-    "nystrom": "--landmarks",
-    "routing": "--clusters",
-}
-"""The variants whose settings must fit each length, and their options."""
 
 
 def _check_settings(
@@ -427,41 +365,16 @@ def _check_settings(
     """Why a variant's settings do not fit a length (naming the variant,
     the setting and the length), or None: checked for every variant and
     length before anything is timed."""
+    settings = settings_of(args)
     for name in args.variants:
         for L in args.lengths:
-            problem = _setting_problem(name, args, L)
+            problem = variants.setting_problem(name, settings, L)
             if problem is not None:
+                options = ", ".join(map(_flag, variants.get(name).options))
                 return (
                     f"the variant {name} cannot run at length {L}: "
-                    f"{problem} (options {SETTINGS[name]})"
+                    f"{problem} (options {options})"
                 )
-    return None
-
-
-def _setting_problem(
-    name: str, args: argparse.Namespace, L: int
-) -> str | None:
-    """What the variant's own check says of its settings at length ``L``."""
-    from ._validation import check_block_choice
-    from .attention import hierarchical
-
-    try:
-        if name == "coarse-to-fine":
-            check_block_choice(args.block_size, args.top_k, 1, L, L)
-        elif name in ("pyramid", "recursive"):
-            hierarchical._check_levels(args.levels, args.block_size, L, L)
-    except ValueError as error:
-        return str(error)
-    if name == "nystrom" and args.landmarks > L:
-        return (
-            f"--landmarks {args.landmarks} is more than the {L} tokens "
-            f"(each landmark is the mean of a segment of them)"
-        )
-    if name == "routing" and args.clusters > L:
-        return (
-            f"--clusters {args.clusters} is more than the {L} keys (each "
-            f"cluster starts at a key of its own)"
-        )
     return None
 
 
@@ -526,33 +439,26 @@ def _unwritable(path: str) -> str | None:
 
 
 def _print_settings(args: argparse.Namespace) -> None:
-    """The lines under the hardware line: shape and variant parameters."""
+    """The lines under the hardware line: the shape, and each setting the
+    chosen variants read, with the variants that read it."""
     print(
         f"shape (batch, heads, L, head_dim) = "
         f"({args.batch}, {args.heads}, L, {args.head_dim})"
     )
-    if args.window is not None:
-        side = (args.window, 0) if args.causal else (args.window, args.window)
-        print(f"window (left, right) = {side}")
-    if any(name in SPARSE_VARIANTS for name in args.variants):
-        print(
-            f"block size {args.block_size}; block-sparse: random layout, "
-            f"{args.density:g} of the blocks per row; routing: "
-            f"{args.clusters} clusters; sdpa-layout, flex-layout: the "
-            f"{args.layout} layout"
-        )
-    if any(name in LOW_RANK_VARIANTS for name in args.variants):
-        print(
-            f"linformer rank {args.rank}, nystrom {args.landmarks} "
-            f"landmarks, performer {args.features} features"
-        )
-    if any(name in HIERARCHICAL_VARIANTS for name in args.variants):
-        levels = "auto" if args.levels is None else args.levels
-        print(
-            f"hierarchical: block size {args.block_size}; pyramid, "
-            f"recursive: levels {levels}; coarse-to-fine: top-k "
-            f"{args.top_k}"
-        )
+    settings = settings_of(args)
+    readers: dict[str, list[str]] = {}
+    for name in args.variants:
+        for option in variants.get(name).options:
+            if option not in ("batch", "heads", "head_dim"):
+                readers.setdefault(option, []).append(name)
+    for option, names in readers.items():
+        value = getattr(settings, option)
+        if option == "window":
+            side = (value, 0) if args.causal else (value, value)
+            value = f"{value}, (left, right) = {side}"
+        elif value is None:
+            value = "auto"
+        print(f"{_flag(option)} {value}: {', '.join(names)}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -591,7 +497,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             _print_settings(args)
             hardware.append(benchmark.describe_hardware(device, dtype))
             found = benchmark.sweep(
-                {name: _variant(name, args) for name in args.variants},
+                {
+                    name: variants.build(name, settings_of(args))
+                    for name in args.variants
+                },
                 args.lengths,
                 functools.partial(
                     benchmark.attention_inputs,
@@ -661,167 +570,6 @@ def _write_outputs(
             print(f"wrote {path}", file=sys.stderr)
     if failed:
         raise SystemExit(1)
-
-
-def _variant(name: str, args: argparse.Namespace) -> Callable[..., Tensor]:
-    """The function the command line times for variant ``name``."""
-    if name in VARIANTS:
-        if args.causal:
-            return functools.partial(VARIANTS[name], is_causal=True)
-        return VARIANTS[name]
-    from . import peers
-    from .attention import sliding_window_attention
-
-    if name in SPARSE_VARIANTS:
-        return _sparse_variant(name, args)
-    if name in LOW_RANK_VARIANTS:
-        return _low_rank_variant(name, args)
-    if name in HIERARCHICAL_VARIANTS:
-        return _hierarchical_variant(name, args)
-    w = args.window
-    if name == "sliding-window":
-        window = (w, 0) if args.causal else (w, w)
-        return functools.partial(sliding_window_attention, window=window)
-    builders = {
-        "sdpa-mask": lambda L, device: peers.sdpa_masked_attention(
-            w, L, device
-        ),
-        "flex": lambda L, device: peers.flex_attention(w, L, device),
-        "local-attention": lambda L, device: peers.local_attention_package(
-            w, L
-        ),
-        "longformer": lambda L, device: peers.longformer_attention(
-            w, L, args.heads, args.head_dim
-        ),
-        "natten": lambda L, device: peers.natten_attention(
-            w, L, args.batch * args.heads
-        ),
-    }
-    return peers.per_length(builders[name])
-
-
-def _low_rank_variant(
-    name: str, args: argparse.Namespace
-) -> Callable[..., Tensor]:
-    """The function the command line times for low-rank variant ``name``;
-    its projections or features are drawn once per length (seed 0)."""
-    from .attention import (
-        linformer_attention,
-        make_linformer_projections,
-        make_performer_features,
-        nystrom_attention,
-        performer_attention,
-    )
-
-    if name == "nystrom":
-        return functools.partial(
-            nystrom_attention, num_landmarks=args.landmarks
-        )
-    drawn: dict[int, Tensor] = {}
-
-    def run(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        L, E = key.shape[-2], key.shape[-1]
-        size = L if name == "linformer" else E
-        if size not in drawn:
-            g = torch.Generator().manual_seed(0)
-            kind = {"dtype": key.dtype, "device": key.device}
-            drawn[size] = (
-                make_linformer_projections(
-                    L, min(args.rank, L), generator=g, **kind
-                )
-                if name == "linformer"
-                else make_performer_features(
-                    args.features, E, generator=g, **kind
-                )
-            )
-        if name == "linformer":
-            return linformer_attention(query, key, value, proj_k=drawn[size])
-        return performer_attention(
-            query, key, value, features=drawn[size], is_causal=args.causal
-        )
-
-    return run
-
-
-def _hierarchical_variant(
-    name: str, args: argparse.Namespace
-) -> Callable[..., Tensor]:
-    """The function the command line times for hierarchical ``name``."""
-    from .attention import hierarchical
-
-    if name == "coarse-to-fine":
-        return functools.partial(
-            hierarchical.coarse_to_fine_attention,
-            block_size=args.block_size,
-            top_k=args.top_k,
-        )
-    function = (
-        hierarchical.pyramid_attention
-        if name == "pyramid"
-        else hierarchical.recursive_attention
-    )
-    return functools.partial(
-        function, block_size=args.block_size, levels=args.levels
-    )
-
-
-def sparse_layout(kind: str, L: int, args: argparse.Namespace) -> Tensor:
-    """The layout the command line times at length ``L``: ``"random"``
-    (``--density`` of the blocks of each row) or ``"bigbird"``; seeded with
-    0 and shared by all heads."""
-    from . import masks
-
-    n = masks.n_blocks(L, args.block_size)
-    generator = torch.Generator().manual_seed(0)
-    if kind == "random":
-        return masks.random_layout(
-            n, density=args.density, generator=generator
-        )
-    return masks.bigbird_layout(
-        n, window=1, global_blocks=2, random_blocks=3, generator=generator
-    )
-
-
-def _sparse_variant(
-    name: str, args: argparse.Namespace
-) -> Callable[..., Tensor]:
-    """The function the command line times for sparse variant ``name``."""
-    from . import peers
-    from .attention import block_sparse_attention, routing_attention
-
-    bs = args.block_size
-    if name == "routing":
-        return functools.partial(
-            routing_attention, clusters=args.clusters, block_size=bs
-        )
-
-    def ours(kind: str) -> Callable[..., Tensor]:
-        layouts: dict[int, Tensor] = {}
-
-        def run(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-            L = query.shape[-2]
-            if L not in layouts:
-                layouts[L] = sparse_layout(kind, L, args).to(query.device)
-            return block_sparse_attention(
-                query, key, value, layout=layouts[L], block_size=bs
-            )
-
-        return run
-
-    if name == "block-sparse":
-        return ours("random")
-    if name == "bigbird":
-        return ours("bigbird")
-    build = (
-        peers.sdpa_layout_attention
-        if name == "sdpa-layout"
-        else peers.flex_layout_attention
-    )
-    return peers.per_length(
-        lambda L, device: build(
-            sparse_layout(args.layout, L, args).to(device), bs, L, device
-        )
-    )
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from torch import Tensor
 from . import masks
 from ._validation import check_positive_int, check_positive_real
 from .plotting import plot_mask
+from .variants import Settings
 
 
 def draw_pattern(
@@ -217,11 +218,11 @@ def sparse_layout(
     name: str,
     n_blocks: int,
     *,
-    window: int = 1,
+    window: int = Settings.bigbird_window,
     stride: int = 4,
-    global_blocks: int = 1,
-    random_blocks: int = 2,
-    seed: int = 0,
+    global_blocks: int = Settings.global_blocks,
+    random_blocks: int = Settings.random_blocks,
+    seed: int = Settings.seed,
 ) -> Tensor:
     """The ``(n_blocks, n_blocks)`` layout of a fixed sparse pattern by name.
 
@@ -229,7 +230,8 @@ def sparse_layout(
     with ``stride``; ``"longformer"``: ``window`` blocks on each side and
     ``global_blocks``; ``"bigbird"``: the same plus ``random_blocks`` per
     row drawn with ``seed``; ``"checkerboard"``: squares of ``stride // 2``
-    blocks (at least 1).
+    blocks (at least 1). The defaults are the registry's
+    (``variants.Settings``), as the command line's.
 
     Raises:
         ValueError: an unknown name or a bad parameter (the builders in
@@ -307,15 +309,15 @@ def sparse_pattern_explorer(length: int = 64):
         "block_size": widgets.IntSlider(
             value=4, min=1, max=32, description="block size"
         ),
-        "window": widgets.IntSlider(value=1, min=0, max=8,
-                                    description="window"),
+        "window": widgets.IntSlider(value=Settings.bigbird_window, min=0,
+                                    max=8, description="window"),
         "stride": widgets.IntSlider(value=4, min=1, max=16,
                                     description="stride"),
         "global_blocks": widgets.IntSlider(
-            value=1, min=0, max=4, description="globals"
+            value=Settings.global_blocks, min=0, max=4, description="globals"
         ),
         "random_blocks": widgets.IntSlider(
-            value=2, min=0, max=8, description="random"
+            value=Settings.random_blocks, min=0, max=8, description="random"
         ),
     }  # fmt: skip
 

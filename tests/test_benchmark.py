@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import efficient_attention as ea
-from efficient_attention import benchmark, masks
+from efficient_attention import benchmark, benchmark_cli, masks, variants
 
 
 def test_time_callable_measures_a_known_duration():
@@ -336,7 +337,7 @@ def test_format_records_gives_ratios_to_the_baseline():
 
 
 def test_command_line(capsys):
-    benchmark.main(
+    benchmark_cli.main(
         "--lengths 16 32 --head-dim 8 --min-run-time 0.01 --rounds 2".split()
     )
     out = capsys.readouterr().out
@@ -351,15 +352,18 @@ def test_command_line(capsys):
 
 
 def test_command_line_times_the_sparse_variants(capsys):
-    benchmark.main(
+    benchmark_cli.main(
         "--variants sdpa block-sparse bigbird routing sdpa-layout "
         "--lengths 40 --heads 2 --head-dim 8 --block-size 8 --density 0.5 "
         "--clusters 3 --layout bigbird --min-run-time 0.01 --no-memory".split()
     )
     out = capsys.readouterr().out
-    assert "block size 8" in out and "0.5 of the blocks" in out
-    assert "3 clusters" in out and "the bigbird layout" in out
-    rows = [line.split() for line in out.splitlines()[4:]]
+    assert "--block-size 8: block-sparse, bigbird, routing, sdpa-" in out
+    assert "--density 0.5: block-sparse, sdpa-layout" in out
+    assert "--clusters 3: routing" in out and "--layout bigbird: sdpa" in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if "variant" in line)
+    rows = [line.split() for line in lines[header + 1 :]]
     assert [row[1] for row in rows] == [
         "sdpa", "block-sparse", "bigbird", "routing", "sdpa-layout",
     ]  # fmt: skip
@@ -367,28 +371,28 @@ def test_command_line_times_the_sparse_variants(capsys):
 
 
 def test_sparse_variants_compute_their_layout(monkeypatch):
-    args = benchmark.build_parser().parse_args(
+    args = benchmark_cli.build_parser().parse_args(
         "--block-size 8 --density 0.25 --clusters 3".split()
     )
+    settings = benchmark_cli.settings_of(args)
     q, k, v = benchmark.attention_inputs(40, heads=2, head_dim=8)
-    random = benchmark.sparse_layout("random", 40, args)
+    random = variants.sparse_layout("random", 40, settings)
     assert random.shape == (5, 5) and (random.sum(-1) == 2).all()
-    bigbird = benchmark.sparse_layout("bigbird", 40, args)
+    bigbird = variants.sparse_layout("bigbird", 40, settings)
     assert bigbird.equal(
         masks.bigbird_layout(5, generator=torch.Generator().manual_seed(0))
     )
     for name, layout in [("block-sparse", random), ("bigbird", bigbird)]:
-        out = benchmark._variant(name, args)(q, k, v)
+        out = variants.build(name, settings)(q, k, v)
         mask = masks.create_mask(masks.from_block_layout(layout, 8), 40, 40)
         expected = ea.dense_attention(q, k, v, attn_mask=mask)
         torch.testing.assert_close(out, expected)
-    args.layout = "random"
-    out = benchmark._variant("sdpa-layout", args)(q, k, v)
+    out = variants.build("sdpa-layout", settings)(q, k, v)
     mask = masks.create_mask(masks.from_block_layout(random, 8), 40, 40)
     torch.testing.assert_close(
         out, ea.dense_attention(q, k, v, attn_mask=mask)
     )
-    out = benchmark._variant("routing", args)(q, k, v)
+    out = variants.build("routing", settings)(q, k, v)
     torch.testing.assert_close(
         out, ea.routing_attention(q, k, v, clusters=3, block_size=8)
     )
@@ -431,7 +435,7 @@ def test_command_line_bad_arguments_are_usage_errors(
     monkeypatch.setattr(benchmark, "sweep", must_not_run)
     monkeypatch.setattr(benchmark, "hardware_summary", must_not_run)
     with pytest.raises(SystemExit) as exit_info:
-        benchmark.main(argv.split())
+        benchmark_cli.main(argv.split())
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert "usage:" in captured.err and message in captured.err
@@ -441,7 +445,7 @@ def test_command_line_bad_arguments_are_usage_errors(
 def test_command_line_refuses_cuda_without_a_gpu(capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit) as exit_info:
-        benchmark.main(["--device", "cuda"])
+        benchmark_cli.main(["--device", "cuda"])
     assert exit_info.value.code == 2
     assert "CUDA is not available" in capsys.readouterr().err
 
@@ -530,13 +534,22 @@ def test_bad_input_raises_a_clear_error(call, message):
 # The command line's newer options (benchmark_cli) and its result files
 # (benchmark_results).
 
-from efficient_attention import benchmark_cli, benchmark_results  # noqa: E402
+from efficient_attention import benchmark_results  # noqa: E402
 
 
-def test_command_line_names_stay_importable_from_benchmark():
-    assert benchmark.main is benchmark_cli.main
-    assert benchmark.build_parser is benchmark_cli.build_parser
-    assert benchmark._variant is benchmark_cli._variant
+def test_the_timing_module_does_not_import_the_command_line():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, efficient_attention.benchmark; "
+        "print('efficient_attention.benchmark_cli' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True
+    )
+    assert run.stdout.strip() == "False", run.stderr
+    assert not hasattr(benchmark, "main")
     assert benchmark.format_records is benchmark_results.format_records
     assert benchmark.load_results is benchmark_results.load_results
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
@@ -545,7 +558,7 @@ def test_command_line_names_stay_importable_from_benchmark():
 
 def test_quick_writes_json_csv_and_a_plot_that_load_back(tmp_path, capsys):
     paths = {k: tmp_path / f"run.{k}" for k in ("json", "csv", "png")}
-    benchmark.main(
+    benchmark_cli.main(
         f"--quick --head-dim 8 --json {paths['json']} --csv {paths['csv']} "
         f"--plot {paths['png']}".split()
     )
@@ -651,7 +664,7 @@ def test_list_names_every_variant_and_times_nothing(capsys, monkeypatch):
         raise AssertionError("--list times nothing")
 
     monkeypatch.setattr(benchmark, "sweep", must_not_run)
-    benchmark.main(["--list"])
+    benchmark_cli.main(["--list"])
     out = capsys.readouterr().out
     names = [line.split()[0] for line in out.splitlines()]
     assert names == [*benchmark_cli.all_variant_names(), "all"]
@@ -668,12 +681,13 @@ def test_all_means_every_variant_that_can_run():
     assert [d.type for d in devices] == [ea.pick_device().type]
     args = parser.parse_args("--variants all --causal --window 3".split())
     benchmark_cli._check_arguments(parser, args)
-    assert args.variants == list(benchmark_cli.CAUSAL_VARIANTS)
+    assert args.variants == variants.names(causal=True)
+    assert args.variants == ["sdpa", "dense", "sliding-window", "performer"]
     assert args.window == 3 and args.lengths == [256, 512, 1024, 2048, 4096]
 
 
 def test_every_variant_runs_at_a_tiny_size(capsys):
-    benchmark.main(
+    benchmark_cli.main(
         "--variants all --lengths 32 --heads 2 --head-dim 8 --block-size 8 "
         "--rank 8 --landmarks 4 --features 8 --clusters 2 --window 2 "
         "--min-run-time 0.001 --no-memory --no-progress".split()
@@ -687,7 +701,7 @@ def test_every_variant_runs_at_a_tiny_size(capsys):
 
 def test_several_dtypes_give_a_table_each(capsys, tmp_path):
     path = tmp_path / "r.csv"
-    benchmark.main(
+    benchmark_cli.main(
         f"--dtype float32 float64 --lengths 16 --head-dim 8 --no-memory "
         f"--min-run-time 0.001 --csv {path}".split()
     )
@@ -713,7 +727,7 @@ def test_several_dtypes_give_a_table_each(capsys, tmp_path):
 )
 def test_new_bad_arguments_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        benchmark.main(argv.split())
+        benchmark_cli.main(argv.split())
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -788,7 +802,7 @@ def test_settings_that_do_not_fit_a_length_are_usage_errors(
 ):
     monkeypatch.setattr(benchmark, "sweep", must_not_time)
     with pytest.raises(SystemExit) as exit_info:
-        benchmark.main(argv.split())
+        benchmark_cli.main(argv.split())
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "usage:" in error
@@ -806,7 +820,7 @@ def test_output_paths_are_checked_before_timing(tmp_path, capsys, monkeypatch):
         (f"--json {existing} --csv {existing}", "output paths must differ"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
-            benchmark.main(argv.split())
+            benchmark_cli.main(argv.split())
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
     assert existing.read_text() == "kept"  # checked, not truncated
@@ -821,11 +835,12 @@ def test_a_variant_that_fails_mid_sweep_is_recorded_and_the_sweep_goes_on(
             raise ValueError("no 32 here")
         return ea.dense_attention(query, key, value)
 
-    from efficient_attention import benchmark_cli
-
-    monkeypatch.setitem(benchmark_cli.VARIANTS, "dense", fails_at_32)
+    dense = dataclasses.replace(
+        variants.get("dense"), build=lambda settings: fails_at_32
+    )
+    monkeypatch.setitem(variants.REGISTRY, "dense", dense)
     path = tmp_path / "r.json"
-    benchmark.main(
+    benchmark_cli.main(
         f"--lengths 16 32 48 --head-dim 8 --min-run-time 0.001 --no-memory "
         f"--no-progress --json {path}".split()
     )
@@ -853,7 +868,7 @@ def test_an_output_that_cannot_be_written_does_not_stop_the_others(
             f"--lengths 16 --head-dim 8 --min-run-time 0.001 --no-memory "
             f"--no-progress --json {paths['json']} --csv {paths['csv']}"
         )
-        benchmark.main(argv.split())
+        benchmark_cli.main(argv.split())
     assert exit_info.value.code == 1
     assert "No space left" in capsys.readouterr().err
     assert len(paths["csv"].read_text().splitlines()) == 3  # header, 2 rows

@@ -155,11 +155,11 @@ class _OnDevice:
 
 
 def test_auto_says_when_a_gpu_call_takes_the_slow_path():
-    from efficient_attention.attention import sparse
+    from efficient_attention.attention import block_sparse
 
     fake = _OnDevice("cuda")
     with pytest.warns(RuntimeWarning, match="not cuda"):
-        assert not sparse._use_kernel("auto", fake, fake, fake)
+        assert not block_sparse.use_kernel("auto", fake, fake, fake)
     mps = _OnDevice("mps")
     with pytest.warns(RuntimeWarning, match="CUDA only, not on mps"):
         assert not flex.use_flex("auto", mps, mps, mps, "a test")

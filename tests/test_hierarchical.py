@@ -353,9 +353,9 @@ def test_never_builds_an_l_by_l_matrix():
 
 
 def test_benchmark_command_line_times_the_three_schemes(capsys):
-    from efficient_attention import benchmark
+    from efficient_attention import benchmark_cli
 
-    benchmark.main(
+    benchmark_cli.main(
         [
             "--variants", "sdpa", "pyramid", "recursive", "coarse-to-fine",
             "--lengths", "256", "--heads", "2", "--block-size", "16",

@@ -8,16 +8,20 @@ ValueError whose message names the argument, and nothing else: no other
 exception type, no NaN for valid input, no example slower than the
 profile's deadline (tests/conftest.py).
 
-A new attention variant joins the suite with one entry in ``VARIANTS``: the
-function, a strategy of its keyword arguments for a problem, the dense mask
-those arguments amount to, and a strategy of bad keyword arguments paired
-with the argument name each error must mention (README, "How the tests
-work").
+Every variant of the registry (``efficient_attention.variants``) joins the
+suite by itself: ``check_registered_variant`` runs it with random settings
+and inputs (right shape and dtype, finite, the same answer twice, equal to
+dense attention with its mask where the registry gives one). A variant
+tested more deeply has an entry in ``VARIANTS`` too: the function, a
+strategy of its keyword arguments for a problem, the dense mask those
+arguments amount to, and a strategy of bad keyword arguments paired with
+the argument name each error must mention (README, "How the tests work").
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import math
@@ -47,10 +51,12 @@ import efficient_attention as ea  # noqa: E402
 from efficient_attention import (  # noqa: E402
     _validation,
     benchmark,
+    benchmark_cli,
     cost,
     masks,
     plotting,
     tasks,
+    variants,
 )
 from efficient_attention.attention import hierarchical  # noqa: E402
 from efficient_attention.compression import (  # noqa: E402
@@ -1688,10 +1694,10 @@ def test_command_line_runs_only_with_good_arguments(
         stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
         if good:
             with pytest.raises(Ran):
-                benchmark.main(argv)
+                benchmark_cli.main(argv)
         else:
             with pytest.raises(SystemExit) as exit_info:
-                benchmark.main(argv)
+                benchmark_cli.main(argv)
             assert exit_info.value.code == 2
             assert "usage:" in errors.getvalue()
 
@@ -2697,10 +2703,10 @@ def test_command_line_settings_are_checked_against_every_length(
         stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
         if good:
             with pytest.raises(Ran):
-                benchmark.main(argv)
+                benchmark_cli.main(argv)
         else:
             with pytest.raises(SystemExit) as exit_info:
-                benchmark.main(argv)
+                benchmark_cli.main(argv)
             assert exit_info.value.code == 2
             assert "usage:" in errors.getvalue()
     assert sorted(p.name for p in folder.iterdir()) == []  # none left
@@ -2759,3 +2765,134 @@ def test_shifted_windows_with_more_queries_than_keys_equal_their_mask(
     mask = masks.create_mask(masks.shifted_window(window, S, dilation), L, S)
     expected = reference_attention(q, k, v, attn_mask=mask)
     torch.testing.assert_close(out, expected)
+
+
+# -- every variant of the registry ------------------------------------------
+
+COMPILED = {"flex", "flex-layout"}  # compiled per length: tests/test_flex.py
+
+
+def registry_settings(L: int) -> st.SearchStrategy[variants.Settings]:
+    """Settings of every kind that mostly fit length ``L``."""
+    return st.builds(
+        variants.Settings,
+        window=st.integers(0, 6),
+        causal=st.booleans(),
+        block_size=st.sampled_from([2, 4, 8]),
+        density=st.floats(0.05, 1.0),
+        bigbird_window=st.integers(0, 2),
+        global_blocks=st.integers(0, 2),
+        random_blocks=st.integers(0, 2),
+        clusters=st.integers(1, L),
+        top_k=st.integers(0, 3),
+        rank=st.integers(1, L + 2),
+        landmarks=st.integers(1, L),
+        features=st.integers(1, 16),
+        seed=st.integers(0, 99),
+    )
+
+
+def check_registered_variant(name: str, data: st.DataObject) -> None:
+    """What every variant of the registry must do with settings that fit:
+    right shape and dtype, finite, the same answer when called again (its
+    layouts and features are drawn once, seeded), and, where the registry
+    gives its mask, equal to dense attention with that mask."""
+    variant = variants.get(name)
+    L = data.draw(st.integers(1, 24), label="L")
+    settings = data.draw(registry_settings(L), label="settings")
+    if not variant.causal:
+        settings = dataclasses.replace(settings, causal=False)
+    assume(variants.setting_problem(name, settings, L) is None)
+    heads, E = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 8))
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64]))
+    settings = dataclasses.replace(settings, heads=heads, head_dim=E)
+    g = torch.Generator().manual_seed(settings.seed)
+    q, k, v = (
+        torch.randn(1, heads, L, E, generator=g, dtype=torch.float64).to(dtype)
+        for _ in range(3)
+    )
+    run = variants.build(name, settings)
+    out = run(q, k, v)
+    assert out.shape == v.shape and out.dtype == dtype
+    assert out.isfinite().all()
+    torch.testing.assert_close(run(q, k, v), out, rtol=0, atol=0)
+    if variant.mask is not None:
+        mask = variant.mask(settings, L)
+        expected = reference_attention(q, k, v, attn_mask=mask)
+        torch.testing.assert_close(
+            out.double(), expected, **tolerance(dtype, v)
+        )
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n in variants.names()
+        if variants.get(n).peer in (None, "PyTorch") and n not in COMPILED
+    ],
+)
+@given(data=st.data())
+def test_every_registered_variant_keeps_its_promises(name, data):
+    check_registered_variant(name, data)
+
+
+def test_a_new_variant_joins_the_suite_with_one_registry_entry():
+    def toy_window(settings):
+        def run(query, key, value):
+            L = query.shape[-2]
+            return ea.dense_attention(
+                query, key, value, attn_mask=toy_mask(settings, L)
+            )
+
+        return run
+
+    def toy_mask(settings, L):
+        window = masks.sliding_window(settings.window)
+        return masks.create_mask(window, L, L)
+
+    toy = variants.Variant(
+        "toy-window",
+        "local",
+        "a window through dense attention with a mask",
+        toy_window,
+        "local_attention",
+        options=("window",),
+        mask=toy_mask,
+    )
+    with variants.registered(toy):
+        given(data=st.data())(
+            lambda data: check_registered_variant("toy-window", data)
+        )()
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            benchmark_cli.main(["--list"])
+        lines = out.getvalue().splitlines()
+        listed = {line.split()[0]: line for line in lines}
+        assert "local: a window through dense" in listed["toy-window"]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            benchmark_cli.main(
+                "--variants sdpa toy-window --quick --window 2 --head-dim 8 "
+                "--no-memory --no-progress".split()
+            )
+        rows = [line.split() for line in out.getvalue().splitlines()]
+        timed = [row for row in rows if row[1:2] == ["toy-window"]]
+        assert [row[0] for row in timed] == ["64", "128"]
+        assert all(len(row) == 7 for row in timed)  # timed, not failed
+    assert "toy-window" not in variants.REGISTRY
+
+
+def test_the_registry_says_which_variants_lack_a_peer_or_a_deep_entry():
+    deep = {v.fn.__name__ for v in VARIANTS} | {
+        f.__name__ for f in APPROXIMATIONS.values()
+    }
+    own = [variants.get(name) for name in variants.names(peer=False)]
+    no_deep_entry = [v.name for v in own if v.function.__name__ not in deep]
+    no_peer = [v.name for v in own if not v.peers]
+    assert no_deep_entry == []  # every one: VARIANTS or APPROXIMATIONS
+    # compared with dense SDPA only: no library implements these patterns
+    assert no_peer == [
+        "routing", "linformer", "nystrom", "performer",
+        "pyramid", "recursive", "coarse-to-fine",
+    ]  # fmt: skip

@@ -12,7 +12,7 @@ from inputs import random_qkv as shared_random_qkv
 
 import efficient_attention as ea
 from efficient_attention import cpu_kernels, masks
-from efficient_attention.attention import sparse
+from efficient_attention.attention import block_sparse, sparse_products
 
 BACKENDS = ["torch", "kernel"]
 
@@ -128,9 +128,9 @@ def test_the_kernel_and_the_torch_version_agree_on_long_rows():
 
 def test_auto_runs_the_kernel_only_where_it_applies(monkeypatch):
     calls = []
-    real = sparse._block_sparse_kernel
+    real = block_sparse._block_sparse_kernel
     monkeypatch.setattr(
-        sparse,
+        block_sparse,
         "_block_sparse_kernel",
         lambda *a: calls.append(1) or real(*a),
     )
@@ -552,17 +552,17 @@ def test_csr_attention_equals_dense():
     q, k, v = random_qkv(2, 2, L=30, S=40)
     mask = masks.create_mask(masks.sliding_window(3), 30, 40)
     mask[5] = False  # a row with no key
-    out = sparse.csr_attention(q, k, v, attn_mask=mask)
+    out = sparse_products.csr_attention(q, k, v, attn_mask=mask)
     torch.testing.assert_close(
         out, ea.dense_attention(q, k, v, attn_mask=mask)
     )
     with pytest.raises(ValueError, match="attn_mask"):
-        sparse.csr_attention(q, k, v, attn_mask=mask.float())
+        sparse_products.csr_attention(q, k, v, attn_mask=mask.float())
     with pytest.raises(ValueError, match="dtype"):
-        sparse.csr_attention(*(t.bfloat16() for t in (q, k, v)),
+        sparse_products.csr_attention(*(t.bfloat16() for t in (q, k, v)),
                              attn_mask=mask)  # fmt: skip
     with pytest.raises(ValueError, match="attn_mask is on meta"):
-        sparse.csr_attention(q, k, v, attn_mask=mask.to("meta"))
+        sparse_products.csr_attention(q, k, v, attn_mask=mask.to("meta"))
 
 
 def test_block_sparse_matmul_equals_the_masked_product():
@@ -572,11 +572,13 @@ def test_block_sparse_matmul_equals_the_masked_product():
     layout = random_layout(5, 6)
     mask = layout_mask(layout, 8, 37, 45)
     torch.testing.assert_close(
-        sparse.block_sparse_matmul(a, b, layout=layout, block_size=8),
+        sparse_products.block_sparse_matmul(a, b, layout=layout, block_size=8),
         (a * mask) @ b,
     )
     with pytest.raises(ValueError, match="layout"):
-        sparse.block_sparse_matmul(a, b, layout=layout[:4], block_size=8)
+        sparse_products.block_sparse_matmul(
+            a, b, layout=layout[:4], block_size=8
+        )
 
 
 def test_block_sparse_matmul_names_a_and_b_and_takes_empty_matrices():
@@ -584,17 +586,17 @@ def test_block_sparse_matmul_names_a_and_b_and_takes_empty_matrices():
     # and the messages spoke of a query
     a, b = torch.randn(0, 8), torch.randn(8, 3)
     empty = torch.zeros(0, 1, dtype=torch.bool)
-    out = sparse.block_sparse_matmul(a, b, layout=empty, block_size=8)
+    out = sparse_products.block_sparse_matmul(a, b, layout=empty, block_size=8)
     assert out.shape == (0, 3)
     one = torch.ones(1, 1, dtype=torch.bool)
     for bad_b, match in [(b.double(), "dtype"), (b[:4], "matrices")]:
         with pytest.raises(ValueError, match=match) as error:
-            sparse.block_sparse_matmul(
+            sparse_products.block_sparse_matmul(
                 torch.randn(8, 8), bad_b, layout=one, block_size=8
             )
         assert "query" not in str(error.value)
     with pytest.raises(ValueError, match="layout") as error:
-        sparse.block_sparse_matmul(
+        sparse_products.block_sparse_matmul(
             torch.randn(8, 8), b, layout=one, block_size=2
         )
     assert "query" not in str(error.value)
@@ -603,29 +605,29 @@ def test_block_sparse_matmul_names_a_and_b_and_takes_empty_matrices():
 def test_csr_attention_and_prune_2_4_take_empty_sizes():
     # issue 22: S = 0 and a (0, 4) weight raised from a reshape
     q, k, v = torch.randn(2, 4, 8), torch.randn(2, 0, 8), torch.randn(2, 0, 3)
-    out = sparse.csr_attention(
+    out = sparse_products.csr_attention(
         q, k, v, attn_mask=torch.ones(4, 0, dtype=torch.bool)
     )
     assert out.shape == (2, 4, 3) and not out.any()
-    assert sparse.prune_2_4(torch.ones(0, 4)).shape == (0, 4)
+    assert sparse_products.prune_2_4(torch.ones(0, 4)).shape == (0, 4)
 
 
 def test_prune_2_4_keeps_two_of_every_four():
     generator = torch.Generator().manual_seed(0)
     w = torch.randn(6, 16, generator=generator)
-    pruned = sparse.prune_2_4(w)
+    pruned = sparse_products.prune_2_4(w)
     groups = pruned.view(6, 4, 4)
     assert ((groups != 0).sum(-1) == 2).all()
     kept = w.view(6, 4, 4).abs().topk(2, dim=-1).values.sum(-1)
     torch.testing.assert_close(groups.abs().sum(-1), kept)
     with pytest.raises(ValueError, match="multiple of 4"):
-        sparse.prune_2_4(torch.ones(2, 6))
+        sparse_products.prune_2_4(torch.ones(2, 6))
 
 
 def test_semi_structured_sparsity_says_why_it_cannot_run_on_a_cpu():
     a, b = torch.randn(64, 64), torch.randn(64, 8)
     with pytest.raises(NotImplementedError, match="GPU"):
-        sparse.semi_structured_matmul(a, b)
+        sparse_products.semi_structured_matmul(a, b)
 
 
 # -- widgets ---------------------------------------------------------------
@@ -640,7 +642,9 @@ def test_sparse_layout_names_and_drawing():
     assert widgets.sparse_layout("fixed", 8, stride=4).equal(
         masks.fixed_layout(8, stride=4)
     )
-    bigbird = widgets.sparse_layout("bigbird", 8, random_blocks=2, seed=3)
+    bigbird = widgets.sparse_layout(
+        "bigbird", 8, global_blocks=1, random_blocks=2, seed=3
+    )
     assert bigbird.equal(
         masks.bigbird_layout(8, global_blocks=1, random_blocks=2,
                              generator=torch.Generator().manual_seed(3))

@@ -8,17 +8,18 @@ from .analysis import (
     approximation_error,
     effective_attention,
 )
+from .block_sparse import (
+    BlockPattern,
+    block_pattern,
+    block_sparse_attention,
+    sparse_attention,
+)
 from .dense import dense_attention
 from .hierarchical import (
     coarse_to_fine_attention,
     hierarchical_levels,
     pyramid_attention,
     recursive_attention,
-)
-from .kernel import (
-    make_performer_features,
-    performer_attention,
-    softmax_kernel_features,
 )
 from .local import AdaptiveSpanAttention, sliding_window_attention
 from .low_rank import (
@@ -28,17 +29,13 @@ from .low_rank import (
     nystrom_attention,
     segment_means,
 )
-from .sparse import (
-    BlockPattern,
-    block_pattern,
-    block_sparse_attention,
-    block_sparse_matmul,
-    csr_attention,
-    kmeans_clusters,
-    routing_attention,
-    sparse_attention,
-    top_k_attention,
+from .random_features import (
+    make_performer_features,
+    performer_attention,
+    softmax_kernel_features,
 )
+from .routing import kmeans_clusters, routing_attention, top_k_attention
+from .sparse_products import block_sparse_matmul, csr_attention
 
 __all__ = [
     "ApproximationError",

@@ -42,8 +42,8 @@ from .._validation import (
     check_scale,
     scores_not_finite,
 )
-from . import sparse
-from .sparse import block_sparse_attention
+from . import block_sparse
+from .block_sparse import block_sparse_attention
 
 __all__ = [
     "SCHEMES",
@@ -336,12 +336,14 @@ def _level_kernel(
     layout = _level_layout(
         level, last, block, kernel_block, n_queries, factor_q, n_keys
     )
-    pattern = sparse._pattern(layout[None], kernel_block, n_queries, n_keys)
+    pattern = block_sparse.layout_pattern(
+        layout[None], kernel_block, n_queries, n_keys
+    )
     if level == 0:
-        return sparse.block_sparse_kernel_lse(q, k, v, pattern, scale)
+        return block_sparse.block_sparse_kernel_lse(q, k, v, pattern, scale)
     bias = counts.to(k.dtype).log().expand(*k.shape[:-1])  # (..., n_keys)
     k = torch.cat([k, bias[..., None]], dim=-1)  # (..., n_keys, E + 1)
-    return sparse.block_sparse_kernel_lse(q, k, v, pattern, 1.0)
+    return block_sparse.block_sparse_kernel_lse(q, k, v, pattern, 1.0)
 
 
 def _with_ones(q: Tensor, scale: float) -> Tensor:
@@ -350,10 +352,10 @@ def _with_ones(q: Tensor, scale: float) -> Tensor:
     return torch.cat([q * scale, torch.ones_like(q[..., :1])], dim=-1)
 
 
-def _use_kernel(backend: str, *tensors: Tensor) -> bool:
+def use_kernel(backend: str, *tensors: Tensor) -> bool:
     """The block-sparse kernel where ``block_sparse_attention`` would use
     it (CPU, not float64, no gradient, a compiler here)."""
-    return sparse._use_kernel(backend, *tensors)
+    return block_sparse.use_kernel(backend, *tensors)
 
 
 def _multilevel(
@@ -371,7 +373,7 @@ def _multilevel(
     L = query.shape[-2]
     half = query.dtype in (torch.float16, torch.bfloat16)
     q, k, v = (t.float() if half else t for t in (query, key, value))
-    kernel = _use_kernel(backend, q, k, v)
+    kernel = use_kernel(backend, q, k, v)
     if not kernel:
         q = q * scale  # the kernel scales as it goes
     q_sums, k_sums, v_sums = q, k, v  # sums of 2**level rows
@@ -489,7 +491,7 @@ def pyramid_attention(
     scale = check_scale(scale)
     L, S = query.shape[-2], key.shape[-2]
     levels, block_size = _check_levels(levels, block_size, L, S)
-    sparse._check_backend(backend)
+    block_sparse.check_backend(backend)
     empty = _empty(query, key, value)
     if empty is not None:
         return empty
@@ -545,7 +547,7 @@ def recursive_attention(
     scale = check_scale(scale)
     L, S = query.shape[-2], key.shape[-2]
     levels, block_size = _check_levels(levels, block_size, L, S)
-    sparse._check_backend(backend)
+    block_sparse.check_backend(backend)
     empty = _empty(query, key, value)
     if empty is not None:
         return empty
@@ -648,7 +650,7 @@ def coarse_to_fine_attention(
     block_size, top_k, band = check_block_choice(
         block_size, top_k, band, L, S
     )
-    sparse._check_backend(backend)
+    block_sparse.check_backend(backend)
     empty = _empty(query, key, value)
     if empty is not None:
         return empty

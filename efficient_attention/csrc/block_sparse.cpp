@@ -2,7 +2,7 @@
 // tiles of a layout are ever computed.
 //
 // The readable PyTorch version is `_block_sparse_torch` in
-// efficient_attention/attention/sparse.py; this file computes the same
+// efficient_attention/attention/block_sparse.py; this file computes the same
 // numbers (tested against it and against dense attention) and is what
 // `block_sparse_attention` runs on a CPU. Chapter "Sparse attention" draws
 // how it works.

@@ -1,4 +1,4 @@
-"""Sparse attention: compute only the (query, key) pairs a pattern keeps.
+"""Block-sparse attention: only the (query, key) blocks a pattern keeps.
 
 Fixed patterns come as block layouts (``masks.py`` builds those of Sparse
 Transformer, Child et al. 2019, arXiv 1904.10509; Longformer, Beltagy et al.
@@ -7,16 +7,11 @@ run in ``block_sparse_attention``, which gathers the kept blocks and never
 builds an ``L x S`` matrix. ``sparse_attention`` runs any mask function
 exactly: a block is kept when any pair in it is, and the blocks a mask
 keeps only in part carry an element mask (as FlexAttention's block mask,
-arXiv 2412.05496). The learned, content-based pattern is routing attention
-(Roy et al. 2020, arXiv 2003.05997): spherical k-means clusters of queries
-and keys, each query attending the keys of its own cluster, run as a block
-layout after sorting by cluster. ``top_k_attention`` keeps the largest
-scores of every row: exact but as slow as dense (it computes every score).
-Sparse matrix products for attention come three ways: block-based (ours),
-index-based (``torch.sparse`` CSR products and SDDMM with
-``torch.sparse.sampled_addmm``) and 2:4 semi-structured
-(``to_sparse_semi_structured``, NVIDIA GPUs only). Chapter "Sparse
-attention" teaches all of them.
+arXiv 2412.05496). This module is also the engine the content-based
+patterns (``routing.py``) and the hierarchical families (``hierarchical.py``)
+run on: ``layout_pattern``, ``run_pattern``, ``check_backend``,
+``use_kernel`` and ``block_sparse_kernel_lse``. Chapter "Sparse attention"
+teaches it.
 
 Two implementations compute block-sparse attention: ``_block_sparse_torch``,
 a readable PyTorch version (autograd, any device and dtype) that gathers
@@ -29,7 +24,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -40,11 +34,9 @@ from .._validation import (
     check_block_layout,
     check_finite_scores,
     check_layout_fits,
-    check_non_negative_int,
     check_positive_int,
     check_qkv,
     check_scale,
-    check_tensor,
     scores_not_finite,
 )
 from . import flex
@@ -57,14 +49,7 @@ __all__ = [
     "BlockPattern",
     "block_pattern",
     "block_sparse_attention",
-    "block_sparse_matmul",
-    "csr_attention",
-    "kmeans_clusters",
-    "prune_2_4",
-    "routing_attention",
-    "semi_structured_matmul",
     "sparse_attention",
-    "top_k_attention",
 ]
 
 
@@ -123,7 +108,7 @@ class BlockPattern:
         return cached
 
 
-def _pattern(
+def layout_pattern(
     layout: Tensor,
     block_size: int,
     L: int,
@@ -198,7 +183,9 @@ def block_pattern(
     """
     _check_not_batched(mask_mod)
     L, S = check_positive_int("L", L), check_positive_int("S", S)
-    block_size = _cap(check_positive_int("block_size", block_size), L, S)
+    block_size = cap_block_size(
+        check_positive_int("block_size", block_size), L, S
+    )
     any_kept, all_kept = masks.block_summary(
         mask_mod, L, S, block_size=block_size, heads=heads, device=device
     )
@@ -214,7 +201,9 @@ def block_pattern(
     inside = (q_idx < L) & (kv_idx < S)
     element = mask_mod(b, h, q_idx.clamp(max=L - 1), kv_idx.clamp(max=S - 1))
     element = torch.broadcast_to(element, inside.shape) & inside
-    return _pattern(layout, block_size, L, S, partial, element.contiguous())
+    return layout_pattern(
+        layout, block_size, L, S, partial, element.contiguous()
+    )
 
 
 # -- block-sparse attention ----------------------------------------------
@@ -283,10 +272,10 @@ def block_sparse_attention(
     check_qkv(query, key, value)
     scale = check_scale(scale)
     block_size = check_positive_int("block_size", block_size)
-    _check_backend(backend, FLEX_BACKENDS)
+    check_backend(backend, FLEX_BACKENDS)
     L, S = query.shape[-2], key.shape[-2]
     layout = _check_layout(layout, query, key, block_size)
-    block_size = _cap(block_size, L, S)
+    block_size = cap_block_size(block_size, L, S)
     if flex.use_flex(backend, query, key, value, "block_sparse_attention"):
         out = flex.attempt(
             backend,
@@ -304,10 +293,10 @@ def block_sparse_attention(
         )
         if out is not None:
             return out
-    pattern = _pattern(
+    pattern = layout_pattern(
         layout if layout.dim() == 3 else layout[None], block_size, L, S
     )
-    return _run(query, key, value, pattern, scale, backend)
+    return run_pattern(query, key, value, pattern, scale, backend)
 
 
 def sparse_attention(
@@ -356,7 +345,7 @@ def sparse_attention(
     """
     check_qkv(query, key, value)
     scale = check_scale(scale)
-    _check_backend(backend, FLEX_BACKENDS)
+    check_backend(backend, FLEX_BACKENDS)
     L, S = query.shape[-2], key.shape[-2]
     if isinstance(pattern, BlockPattern):
         if backend == "flex":
@@ -374,7 +363,9 @@ def sparse_attention(
                 f"{type(pattern).__name__}."
             )
         block_size = 64 if block_size is None else block_size
-        block_size = _cap(check_positive_int("block_size", block_size), L, S)
+        block_size = cap_block_size(
+            check_positive_int("block_size", block_size), L, S
+        )
         if heads is not None:
             heads = check_positive_int("heads", heads)
         _check_not_batched(pattern)
@@ -401,7 +392,7 @@ def sparse_attention(
             layout = torch.zeros(
                 1, -(-L // block_size), -(-S // block_size), dtype=torch.bool
             )
-            pattern = _pattern(layout, block_size, L, S)
+            pattern = layout_pattern(layout, block_size, L, S)
         else:
             pattern = block_pattern(
                 pattern,
@@ -419,7 +410,7 @@ def sparse_attention(
         )
     if pattern.heads > 1:
         _check_heads(query, pattern.heads, "pattern")
-    return _run(query, key, value, pattern, scale, backend)
+    return run_pattern(query, key, value, pattern, scale, backend)
 
 
 def _check_pattern_agrees(
@@ -439,17 +430,15 @@ def _check_pattern_agrees(
             )
 
 
-def _cap(block_size: int, L: int, S: int) -> int:
+def cap_block_size(block_size: int, L: int, S: int) -> int:
     """A block wider than both sequences is one block of ``max(L, S)``: the
     same layout, without padding to the huge size."""
     return min(block_size, max(L, S, 1))
 
 
-def _check_backend(backend: object, allowed: tuple = BACKENDS) -> None:
+def check_backend(backend: object, allowed: tuple = BACKENDS) -> None:
     if backend not in allowed:
-        raise ValueError(
-            f"backend must be one of {allowed}; got {backend!r}."
-        )
+        raise ValueError(f"backend must be one of {allowed}; got {backend!r}.")
 
 
 def _check_not_batched(mask_mod: masks.MaskMod) -> None:
@@ -492,7 +481,7 @@ def _check_layout(
     return layout
 
 
-def _run(
+def run_pattern(
     query: Tensor,
     key: Tensor,
     value: Tensor,
@@ -508,11 +497,11 @@ def _run(
     Hl = pattern.heads
     if math.prod(lead) * L * S * Ev == 0 or pattern.cols.numel() == 0:
         if backend == "kernel":
-            _use_kernel(backend, query, key, value)  # refuse as it would
+            use_kernel(backend, query, key, value)  # refuse as it would
         zeros = query.new_zeros(*lead, L, Ev)
         # still in the autograd graph of the inputs
         return zeros + 0 * (query.sum() + key.sum() + value.sum())
-    if _use_kernel(backend, query, key, value):
+    if use_kernel(backend, query, key, value):
         return _block_sparse_kernel(query, key, value, pattern, scale)
     # (..., L, E) -> (N, Hl, L, E)
     q, k, v = (t.reshape(-1, Hl, *t.shape[-2:]) for t in (query, key, value))
@@ -580,7 +569,7 @@ def _block_sparse_torch(
     return out.reshape(N, Hl, nq * bs, Ev)[:, :, :L]  # (N, Hl, L, Ev)
 
 
-def _use_kernel(backend: str, query: Tensor, key: Tensor, value: Tensor):
+def use_kernel(backend: str, query: Tensor, key: Tensor, value: Tensor):
     """Whether to run the block-sparse C++ kernel (see ``backend``); the
     hierarchical families share it."""
     return cpu_kernels.use_kernel(
@@ -666,501 +655,3 @@ def block_sparse_kernel_lse(
         raise scores_not_finite(scale, torch.float32)
     out = out.view(*lead, L, Ev).to(query.dtype)
     return out, lse.view(*lead, L)
-
-
-# -- learned (content-based) patterns ------------------------------------
-
-
-def kmeans_clusters(
-    query: Tensor,
-    key: Tensor,
-    *,
-    clusters: int,
-    generator: torch.Generator | None = None,
-    iterations: int = 2,
-) -> tuple[Tensor, Tensor]:
-    """Spherical k-means over the queries and keys of each head.
-
-    As the Routing Transformer (Roy et al. 2020): queries and keys are
-    normalised to unit length and share one set of ``clusters`` centroids
-    per head, started at keys drawn with ``generator`` and moved
-    ``iterations`` times to the normalised mean of their members (a
-    centroid that loses every member stays put).
-
-    Args:
-        query: ``(..., L, E)``. key: ``(..., S, E)``.
-        clusters: centroids per head, an int in ``[1, S]``.
-        generator: draws the starting keys; None means a generator seeded
-            with 0 (so the result is reproducible either way).
-        iterations: k-means updates, an int >= 0 (fewer when the centroids
-            stop moving).
-
-    Returns:
-        ``(query_labels (..., L), key_labels (..., S))``: int64 cluster of
-        each query and key.
-
-    Raises:
-        ValueError: shapes that do not fit, ``clusters`` not in ``[1, S]``,
-            a negative ``iterations`` or a generator that is not one.
-
-    Complexity: ``O((L + S) * clusters * E * (iterations + 1))`` time.
-    """
-    if not isinstance(query, Tensor) or not isinstance(key, Tensor):
-        check_tensor("query", query)
-        check_tensor("key", key)
-    check_qkv(query, key, key)
-    *lead, L, E = query.shape
-    S = key.shape[-2]
-    clusters = check_positive_int("clusters", clusters)
-    if clusters > max(S, 1):
-        raise ValueError(
-            f"clusters must be at most S (the centroids start at distinct "
-            f"keys); got clusters={clusters} with S={S}."
-        )
-    iterations = check_non_negative_int("iterations", iterations)
-    generator = _check_generator(generator, query.device)
-    N = math.prod(lead)
-    with torch.no_grad():
-        q = torch.nn.functional.normalize(
-            query.reshape(N, L, E).float(), dim=-1
-        )
-        k = torch.nn.functional.normalize(key.reshape(N, S, E).float(), dim=-1)
-        if N == 0 or S == 0:
-            return (
-                torch.zeros(*lead, L, dtype=torch.long, device=query.device),
-                torch.zeros(*lead, S, dtype=torch.long, device=query.device),
-            )
-        draw = torch.rand(N, S, generator=generator, device=generator.device)
-        start = draw.to(query.device).argsort(-1)[:, :clusters]  # (N, C)
-        # (N, C, E)
-        centroids = k.gather(1, start[..., None].expand(-1, -1, E))
-        for _ in range(iterations):
-            sums = torch.zeros_like(centroids)  # (N, C, E)
-            for points in (q, k):
-                # nearest centroid (largest cosine) of each point: (N, n)
-                labels = (points @ centroids.transpose(1, 2)).argmax(-1)
-                members = torch.nn.functional.one_hot(labels, clusters)
-                # (N, C, n) @ (N, n, E) -> (N, C, E)
-                sums += members.transpose(1, 2).to(points.dtype) @ points
-            moved = torch.nn.functional.normalize(sums, dim=-1)
-            empty = sums.norm(dim=-1, keepdim=True) == 0
-            moved = torch.where(empty, centroids, moved)
-            if torch.equal(moved, centroids):
-                break  # converged: more iterations change nothing
-            centroids = moved
-        q_labels = (q @ centroids.transpose(1, 2)).argmax(-1)  # (N, L)
-        k_labels = (k @ centroids.transpose(1, 2)).argmax(-1)  # (N, S)
-    return q_labels.reshape(*lead, L), k_labels.reshape(*lead, S)
-
-
-def _check_generator(
-    generator: object, device: torch.device
-) -> torch.Generator:
-    if generator is None:
-        return torch.Generator().manual_seed(0)
-    if not isinstance(generator, torch.Generator):
-        raise ValueError(
-            f"generator must be a torch.Generator (or None for a fixed "
-            f"seed); got {type(generator).__name__}. Make one with "
-            f"torch.Generator().manual_seed(0)."
-        )
-    return generator
-
-
-def routing_attention(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    *,
-    clusters: int,
-    generator: torch.Generator | None = None,
-    iterations: int = 2,
-    block_size: int = 64,
-    scale: float | None = None,
-    backend: str = "auto",
-) -> Tensor:
-    """Routing attention: each query attends the keys of its own cluster.
-
-    The clusters come from ``kmeans_clusters`` (spherical k-means over the
-    queries and keys of each head; Roy et al. 2020). Sorting queries and
-    keys by cluster turns "same cluster" into a block-diagonal pattern,
-    which runs as a block layout (blocks that hold two clusters get an
-    element mask), so the cost is that of the kept blocks: about ``1 /
-    clusters`` of dense when the clusters are even.
-
-    Args:
-        query: ``(..., L, E)``. key: ``(..., S, E)``. value: ``(..., S, Ev)``.
-        clusters, generator, iterations: as ``kmeans_clusters``; with
-            ``clusters=1`` this is dense attention.
-        block_size, scale, backend: as ``block_sparse_attention``.
-
-    Returns:
-        ``(..., L, Ev)``; a query whose cluster holds no key gets zeros.
-
-    Raises:
-        ValueError: as ``kmeans_clusters`` and ``block_sparse_attention``.
-
-    Complexity: k-means ``O((L + S) * clusters * E * iterations)``, then
-    the kept blocks, ``O(L * S / clusters * (E + Ev))`` for even clusters.
-
-    Equivalent to:
-        ``dense_attention(query, key, value, attn_mask=q_labels[..., :,
-        None] == k_labels[..., None, :])`` with ``q_labels, k_labels =
-        kmeans_clusters(query, key, clusters=..., generator=...)``.
-    """
-    check_qkv(query, key, value)
-    scale = check_scale(scale)
-    block_size = check_positive_int("block_size", block_size)
-    _check_backend(backend)
-    block_size = _cap(block_size, query.shape[-2], key.shape[-2])
-    q_labels, k_labels = kmeans_clusters(
-        query,
-        key,
-        clusters=clusters,
-        generator=generator,
-        iterations=iterations,
-    )
-    *lead, L, E = query.shape
-    S, Ev = key.shape[-2], value.shape[-1]
-    N = math.prod(lead)
-    if N * L * S * Ev == 0:
-        return _run(
-            query,
-            key,
-            value,
-            _pattern(
-                torch.zeros(
-                    1,
-                    -(-L // block_size),
-                    -(-S // block_size),
-                    dtype=torch.bool,
-                ),
-                block_size,
-                L,
-                S,
-            ),
-            scale,
-            backend,
-        )
-    # Sort queries and keys of each head by cluster: (N, L) and (N, S).
-    q_sorted, q_order = q_labels.reshape(N, L).sort(dim=-1, stable=True)
-    k_sorted, k_order = k_labels.reshape(N, S).sort(dim=-1, stable=True)
-    pattern = _cluster_pattern(q_sorted, k_sorted, block_size, clusters)
-    pick = lambda t, order: t.reshape(N, -1, t.shape[-1]).gather(  # noqa: E731
-        1, order[..., None].expand(-1, -1, t.shape[-1])
-    )
-    q, k, v = pick(query, q_order), pick(key, k_order), pick(value, k_order)
-    # (1, N, L, E): the pattern has one layout per batch-head
-    out = _run(q[None], k[None], v[None], pattern, scale, backend)[0]
-    inverse = q_order.argsort(-1)  # (N, L)
-    out = out.gather(1, inverse[..., None].expand(-1, -1, Ev))
-    return out.reshape(*lead, L, Ev)
-
-
-def _cluster_pattern(
-    q_sorted: Tensor, k_sorted: Tensor, bs: int, clusters: int
-) -> BlockPattern:
-    """The block pattern of "same cluster" for sorted labels ``(N, L)`` and
-    ``(N, S)``: a block pair is kept when the cluster ranges of its
-    queries and keys overlap, and is full when both hold one cluster."""
-    N, L = q_sorted.shape
-    S = k_sorted.shape[1]
-    nq, nk = -(-L // bs), -(-S // bs)
-
-    def ranges(labels: Tensor, n: int) -> tuple[Tensor, Tensor]:
-        pad = n * bs - labels.shape[1]
-        low = torch.nn.functional.pad(labels, (0, pad), value=clusters)
-        high = torch.nn.functional.pad(labels, (0, pad), value=-1)
-        return low.view(N, n, bs).amin(-1), high.view(N, n, bs).amax(-1)
-
-    q_low, q_high = ranges(q_sorted, nq)  # (N, nq)
-    k_low, k_high = ranges(k_sorted, nk)  # (N, nk)
-    layout = (q_low[:, :, None] <= k_high[:, None, :]) & (
-        k_low[:, None, :] <= q_high[:, :, None]
-    )  # (N, nq, nk)
-    one = (q_low == q_high)[:, :, None] & (k_low == k_high)[:, None, :]
-    full = layout & one & (q_low[:, :, None] == k_low[:, None, :])
-    partial = layout & ~full
-    n, r, c = partial.nonzero().unbind(-1)  # (P,) each
-    span = torch.arange(bs, device=q_sorted.device)
-    qpad = torch.nn.functional.pad(q_sorted, (0, nq * bs - L), value=-1)
-    kpad = torch.nn.functional.pad(k_sorted, (0, nk * bs - S), value=-2)
-    q_lab = qpad[n[:, None], r[:, None] * bs + span]  # (P, bs)
-    k_lab = kpad[n[:, None], c[:, None] * bs + span]  # (P, bs)
-    element = q_lab[:, :, None] == k_lab[:, None, :]  # (P, bs, bs)
-    return _pattern(layout, bs, L, S, partial, element)
-
-
-def top_k_attention(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    *,
-    top_k: int,
-    scale: float | None = None,
-) -> Tensor:
-    """Each query attends only its ``top_k`` highest-scoring keys.
-
-    The illustration of "keep only the largest scores": exact for the
-    pattern it picks, but it computes every score first, so it costs what
-    dense attention costs (the learned patterns guess the large scores
-    without computing them). Ties at the ``top_k``-th score are broken by
-    ``torch.topk``.
-
-    Args:
-        query: ``(..., L, E)``. key: ``(..., S, E)``. value: ``(..., S, Ev)``.
-        top_k: keys per query, an int in ``[1, S]`` (``S``: dense).
-        scale: multiplies ``Q K^T``; None means ``1 / sqrt(E)``.
-
-    Returns:
-        ``(..., L, Ev)`` in the query's dtype.
-
-    Raises:
-        ValueError: shapes that do not fit, ``top_k`` not in ``[1, S]``,
-            scores that overflow.
-
-    Complexity: time ``O(L * S * (E + log top_k) + L * S * Ev)``, memory
-    ``O(L * S)``.
-
-    Equivalent to:
-        ``dense_attention(query, key, value, attn_mask=scores >=
-        scores.topk(top_k).values[..., -1:])`` without ties.
-    """
-    check_qkv(query, key, value)
-    scale = check_scale(scale)
-    S = key.shape[-2]
-    top_k = check_positive_int("top_k", top_k)
-    if top_k > S:
-        raise ValueError(
-            f"top_k must be at most S, the number of keys; got top_k={top_k}"
-            f" with S={S}. Use top_k={S} for dense attention."
-        )
-    half = query.dtype in (torch.float16, torch.bfloat16)
-    q, k, v = (t.float() if half else t for t in (query, key, value))
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = (q * scale) @ k.transpose(-2, -1)  # (..., L, S)
-    check_finite_scores(scores, scale)
-    best, where = scores.topk(top_k, dim=-1)  # (..., L, top_k)
-    weights = torch.zeros_like(scores).scatter(
-        -1, where, torch.softmax(best, dim=-1)
-    )  # (..., L, S): zero outside the top k
-    return (weights @ v).to(query.dtype)  # (..., L, Ev)
-
-
-# -- sparse matrix products ----------------------------------------------
-
-
-def csr_attention(
-    query: Tensor,
-    key: Tensor,
-    value: Tensor,
-    *,
-    attn_mask: Tensor,
-    scale: float | None = None,
-) -> Tensor:
-    """Attention with index-based sparse products (``torch.sparse`` CSR).
-
-    The kept scores are one SDDMM (``torch.sparse.sampled_addmm``: ``Q
-    K^T`` sampled at the mask's nonzeros), the softmax runs over the CSR
-    values of each row, and the output is one SpMM (CSR @ dense). Every
-    kept pair costs an index, and the products read keys and values one
-    row at a time, so this pays only at low densities (the chapter
-    measures where).
-
-    Args:
-        query: ``(..., L, E)``. key: ``(..., S, E)``. value: ``(..., S, Ev)``.
-        attn_mask: bool ``(L, S)``, True = may attend; shared by every head.
-        scale: multiplies ``Q K^T``; None means ``1 / sqrt(E)``.
-
-    Returns:
-        ``(..., L, Ev)``; rows with no kept key get zeros.
-
-    Raises:
-        ValueError: shapes that do not fit, a mask that is not a bool
-            ``(L, S)`` tensor, a dtype that torch.sparse does not multiply
-            (only float32 and float64), scores that overflow.
-
-    Complexity: time ``O(nnz * (E + Ev))``, memory ``O(nnz)`` for ``nnz``
-    kept pairs.
-
-    Equivalent to: ``dense_attention(query, key, value,
-    attn_mask=attn_mask)``.
-    """
-    check_qkv(query, key, value)
-    scale = check_scale(scale)
-    check_tensor("attn_mask", attn_mask)
-    *lead, L, E = query.shape
-    S, Ev = key.shape[-2], value.shape[-1]
-    if attn_mask.dtype != torch.bool or tuple(attn_mask.shape) != (L, S):
-        raise ValueError(
-            f"attn_mask must be a bool (L, S) = ({L}, {S}) tensor; got "
-            f"{attn_mask.dtype} of shape {tuple(attn_mask.shape)}."
-        )
-    if attn_mask.device != query.device:
-        raise ValueError(
-            f"attn_mask is on {attn_mask.device} but query is on "
-            f"{query.device}; move it with attn_mask.to(query.device)."
-        )
-    if query.dtype not in (torch.float32, torch.float64):
-        raise ValueError(
-            f"csr_attention multiplies float32 or float64 (torch.sparse "
-            f"CSR products); got query of dtype {query.dtype}. Convert with "
-            f".float()."
-        )
-    scale = 1.0 / math.sqrt(E) if scale is None else scale
-    N = math.prod(lead)
-    # (..., n, F) -> (N, n, F), also when n = 0
-    q, k, v = (t.reshape(N, *t.shape[-2:]) for t in (query, key, value))
-    out = query.new_zeros(N, L, Ev)
-    if attn_mask.sum() == 0 or out.numel() == 0:
-        return out.reshape(*lead, L, Ev)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "CSR support is in beta state"
-        pattern = attn_mask.to(query.dtype).to_sparse_csr()  # (L, S) CSR
-        crow, col = pattern.crow_indices(), pattern.col_indices()
-        rows = torch.arange(L, device=crow.device)
-        row = torch.repeat_interleave(rows, crow.diff())  # (nnz,)
-        for n in range(q.shape[0]):  # one SDDMM and one SpMM per head
-            scores = torch.sparse.sampled_addmm(
-                pattern, q[n] * scale, k[n].transpose(0, 1), beta=0.0
-            ).values()  # (nnz,)
-            check_finite_scores(scores, scale)
-            top = scores.new_full((L,), float("-inf")).scatter_reduce(
-                0, row, scores, "amax"
-            )
-            weights = torch.exp(scores - top[row])
-            total = scores.new_zeros(L).index_add(0, row, weights)
-            weights = weights / total[row]
-            csr = torch.sparse_csr_tensor(crow, col, weights, (L, S))
-            out[n] = csr @ v[n]  # SpMM: (L, S) CSR @ (S, Ev)
-    return out.reshape(*lead, L, Ev)
-
-
-def block_sparse_matmul(
-    a: Tensor, b: Tensor, *, layout: Tensor, block_size: int
-) -> Tensor:
-    """``(a * mask) @ b`` for the block mask of ``layout``, block by block.
-
-    The block-based sparse product: only the kept ``block_size``-square
-    tiles of ``a`` are read and multiplied (one batched matmul over the
-    tiles), and the products of a block row are summed with ``index_add``.
-
-    Args:
-        a: ``(M, K)``. b: ``(K, N)``. layout: bool ``(ceil(M / bs),
-        ceil(K / bs))``. block_size: the tile side ``bs``.
-
-    Returns:
-        ``(M, N)``.
-
-    Raises:
-        ValueError: shapes that do not fit, a bad layout or block size.
-
-    Complexity: ``O(nnz * bs^2 * N)`` for ``nnz`` kept tiles.
-
-    Equivalent to: ``(a * masks.create_mask(masks.from_block_layout(
-    layout, bs), M, K)) @ b``.
-    """
-    _check_matrices(a, b)
-    bs = check_positive_int("block_size", block_size)
-    M, K = a.shape
-    check_block_layout(layout)
-    if layout.dim() != 2:
-        raise ValueError(
-            f"layout must be 2-D for a matrix product; got shape "
-            f"{tuple(layout.shape)}."
-        )
-    if layout.device != a.device:
-        raise ValueError(
-            f"layout is on {layout.device} but a is on {a.device}; move it "
-            f"with layout.to(a.device)."
-        )
-    check_layout_fits(layout.shape, bs, M, K)
-    bs = _cap(bs, M, K)
-    nm, nk = layout.shape
-    if (M, K) != (nm * bs, nk * bs):  # pad (a copy) only when needed
-        a = torch.nn.functional.pad(a, (0, nk * bs - K, 0, nm * bs - M))
-        b = torch.nn.functional.pad(b, (0, 0, 0, nk * bs - K))
-    # a strided view, no copy: tile (r, c) is a_tiles[r, c]
-    a_tiles = a.reshape(nm, bs, nk, bs).transpose(1, 2)  # (nm, nk, bs, bs)
-    b_rows = b.reshape(nk, bs, b.shape[1])  # (nk, bs, N)
-    r, c = layout.nonzero().unbind(-1)  # (nnz,) each
-    products = a_tiles[r, c] @ b_rows[c]  # (nnz, bs, N)
-    out = a.new_zeros(nm, bs, b.shape[1]).index_add(0, r, products)
-    return out.reshape(nm * bs, b.shape[1])[:M]  # (M, N)
-
-
-def _check_matrices(a: object, b: object) -> None:
-    """``a (M, K)`` and ``b (K, N)``: floating-point matrices of one dtype
-    and device whose inner sizes agree."""
-    check_tensor("a", a)
-    check_tensor("b", b)
-    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
-        raise ValueError(
-            f"a and b must be matrices (M, K) and (K, N); got "
-            f"{tuple(a.shape)} and {tuple(b.shape)}."
-        )
-    if not a.is_floating_point() or a.dtype != b.dtype:
-        raise ValueError(
-            f"a and b must share one floating-point dtype; got {a.dtype} "
-            f"and {b.dtype}. Convert them with .to(a.dtype)."
-        )
-    if a.device != b.device:
-        raise ValueError(
-            f"a and b must be on one device; got {a.device} and "
-            f"{b.device}. Move b with b.to(a.device)."
-        )
-
-
-def prune_2_4(weight: Tensor) -> Tensor:
-    """Keep the 2 largest-magnitude entries of every 4 along the rows.
-
-    The pattern NVIDIA's sparse tensor cores (Ampere and later) multiply
-    at up to twice the dense rate; ``semi_structured_matmul`` runs it.
-
-    Raises:
-        ValueError: not a matrix, or a column count not a multiple of 4.
-    """
-    check_tensor("weight", weight)
-    if weight.dim() != 2 or weight.shape[1] % 4:
-        raise ValueError(
-            f"weight must be a matrix whose column count is a multiple of "
-            f"4; got shape {tuple(weight.shape)}."
-        )
-    M, K = weight.shape
-    groups = weight.reshape(M, K // 4, 4)  # (M, K / 4, 4)
-    keep = groups.abs().topk(2, dim=-1).indices
-    mask = torch.zeros_like(groups, dtype=torch.bool).scatter(-1, keep, True)
-    return (groups * mask).reshape(weight.shape)
-
-
-def semi_structured_matmul(a: Tensor, b: Tensor) -> Tensor:
-    """``prune_2_4(a) @ b`` on the GPU's 2:4 sparse tensor cores.
-
-    ``to_sparse_semi_structured`` compresses ``a`` to its kept half and a
-    2-bit index per entry; the product then skips the zeros in hardware.
-
-    Raises:
-        ValueError: shapes that do not fit.
-        NotImplementedError: not a CUDA tensor (no CPU runs 2:4 sparsity)
-            or a GPU older than Ampere; the message says which.
-    """
-    check_tensor("a", a)
-    check_tensor("b", b)
-    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
-        raise ValueError(
-            f"a and b must be matrices (M, K) and (K, N); got "
-            f"{tuple(a.shape)} and {tuple(b.shape)}."
-        )
-    if a.device.type != "cuda":
-        raise NotImplementedError(
-            f"2:4 semi-structured sparsity runs on NVIDIA GPUs (Ampere or "
-            f"newer) only; got a tensor on {a.device.type}."
-        )
-    if torch.cuda.get_device_capability(a.device) < (8, 0):
-        raise NotImplementedError(
-            "2:4 semi-structured sparsity needs an Ampere or newer GPU "
-            "(compute capability 8.0)."
-        )
-    from torch.sparse import to_sparse_semi_structured
-
-    return to_sparse_semi_structured(prune_2_4(a)) @ b
