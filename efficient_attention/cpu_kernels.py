@@ -35,6 +35,35 @@ import warnings
 SOURCE_DIR = pathlib.Path(__file__).resolve().parent / "csrc"
 BASE_FLAGS = ("-O3", "-std=gnu++17", "-shared", "-fPIC")
 
+_POINTER, _SIZE = ctypes.c_void_p, ctypes.c_int64
+SIGNATURES: dict[str, dict[str, tuple[list, type]]] = {
+    "sliding_window": {
+        # q, k, v, out; BH, L, S, E, Ev; left, right, dilation (BH,);
+        # shift, scale, block, threads -> rows whose scores overflowed
+        "sliding_window_forward": (
+            [_POINTER] * 4
+            + [_SIZE] * 5
+            + [_POINTER] * 3
+            + [ctypes.c_int, ctypes.c_float, _SIZE, ctypes.c_int],
+            _SIZE,
+        ),
+    },
+    "block_sparse": {
+        # q, k, v, out, lse; BH, L, S, E, Ev, block, heads; row_ptr, cols,
+        # mask_index, element masks; scale, threads -> rows that overflowed
+        "block_sparse_forward_lse": (
+            [_POINTER] * 5
+            + [_SIZE] * 7
+            + [_POINTER] * 4
+            + [ctypes.c_float, ctypes.c_int],
+            _SIZE,
+        ),
+    },
+}
+"""Every kernel's C functions and their ctypes signatures (argument types,
+return type), set when ``load`` opens the library; the order of the
+arguments is the one the C++ source documents."""
+
 
 class KernelUnavailable(RuntimeError):
     """A kernel could not be built or loaded here; the message says why."""
@@ -106,6 +135,9 @@ def load(name: str) -> ctypes.CDLL:
     library, error = _load_once(source)
     if library is None:
         raise KernelUnavailable(error)
+    for symbol, (arguments, result) in SIGNATURES.get(name, {}).items():
+        function = getattr(library, symbol)
+        function.argtypes, function.restype = arguments, result
     _LOADED[name] = library
     return library
 
@@ -142,9 +174,17 @@ def _build(
     errors: list[str],
 ) -> pathlib.Path | None:
     """The path of the compiled library (built if not cached), or None."""
+    headers = [h.read_text() for h in sorted(source.parent.glob("*.h"))]
     key = hashlib.sha256(
         "\0".join(
-            (source.read_text(), compiler, *flags, _cpu_flags(), sys.platform)
+            (
+                source.read_text(),
+                *headers,
+                compiler,
+                *flags,
+                _cpu_flags(),
+                sys.platform,
+            )
         ).encode()
     ).hexdigest()[:16]
     target = cache_dir() / f"{source.stem}-{key}.so"

@@ -47,10 +47,22 @@ NotebookClient(notebook, timeout=1800, kernel_name="python3").execute(
 
 
 def build_wheel(folder: pathlib.Path) -> pathlib.Path:
-    """The package's wheel, built from the repository into ``folder``."""
+    """The package's wheel, built into ``folder`` from a copy of the
+    repository's files (those git tracks or would track), so that a stale
+    ``build/`` folder cannot slip removed modules into it."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others",
+         "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout.decode().split("\0")
+    source = folder / "source"
+    for name in filter(None, files):
+        if (ROOT / name).is_file():  # a file deleted but not yet committed
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-         "--no-build-isolation", "--wheel-dir", str(folder), str(ROOT)],
+         "--no-build-isolation", "--wheel-dir", str(folder), str(source)],
         check=True,
     )
     (wheel,) = folder.glob("efficient_attention-*.whl")

@@ -22,7 +22,6 @@ C++ kernel for CPUs (``csrc/block_sparse.cpp``, built on first use by
 
 from __future__ import annotations
 
-import ctypes
 import math
 from dataclasses import dataclass
 
@@ -616,15 +615,6 @@ def block_sparse_kernel_lse(
     )
     element = pattern.kernel_masks()
     function = library.block_sparse_forward_lse
-    if function.argtypes is None:
-        pointer, size = ctypes.c_void_p, ctypes.c_int64
-        function.argtypes = (
-            [pointer] * 5
-            + [size] * 7
-            + [pointer] * 4
-            + [ctypes.c_float, ctypes.c_int]
-        )
-        function.restype = ctypes.c_int64
     not_finite = function(
         q.data_ptr(),
         k.data_ptr(),

@@ -23,7 +23,6 @@ fused kernel on a GPU.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import numbers
 from collections.abc import Sequence
@@ -509,20 +508,6 @@ def _sliding_window_kernel(
         for s in (left, right, dilation)
     ]
     function = library.sliding_window_forward
-    if function.argtypes is None:
-        pointer, size = ctypes.c_void_p, ctypes.c_int64
-        function.argtypes = (
-            [pointer] * 4
-            + [size] * 5
-            + [pointer] * 3
-            + [
-                ctypes.c_int,
-                ctypes.c_float,
-                size,
-                ctypes.c_int,
-            ]
-        )
-        function.restype = ctypes.c_int64
     not_finite = function(
         q.data_ptr(),
         k.data_ptr(),

@@ -19,68 +19,10 @@
 // Plain C++ with GCC/Clang vector extensions (no intrinsics), so the same
 // source compiles to AVX2, AVX-512 or NEON; OpenMP spreads lane groups over
 // the threads PyTorch uses.
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <vector>
+#include "simd.h"
 
-#if defined(__AVX512F__)
-constexpr int VW = 16;  // floats per SIMD vector
-#elif defined(__AVX__)
-constexpr int VW = 8;
-#else
-constexpr int VW = 4;
-#endif
-typedef float vec __attribute__((vector_size(VW * 4)));
-typedef float vec_u __attribute__((vector_size(VW * 4), aligned(4)));
-typedef int32_t ivec __attribute__((vector_size(VW * 4)));
-
-constexpr int LANES = 2 * VW;  // queries per lane group
-constexpr int TILE = 6;        // keys (or value columns) per micro-tile
-
-static inline vec load(const float* p) { return *(const vec_u*)p; }
-static inline void store(float* p, vec x) { *(vec_u*)p = x; }
-static inline vec splat(float x) { return x - (vec){}; }
 static inline ivec isplat(int32_t x) { return x - (ivec){}; }
 static inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// 2^x for x <= 0, exactly 0 below -126 (so masked scores, -inf, give 0).
-static inline vec exp2_negative(vec x) {
-  const ivec tiny = x < -126.0f;
-  x = tiny ? splat(-126.0f) : x;
-  const vec magic = splat(12582912.0f);  // 1.5 * 2^23: rounds to nearest
-  const vec n = (x + magic) - magic;
-  const vec r = x - n;  // in [-0.5, 0.5]
-  // 2^r by a degree-6 polynomial (relative error below 2e-7).
-  vec p = splat(1.535336188319500e-4f);
-  p = p * r + 1.339887440266574e-3f;
-  p = p * r + 9.618437357674640e-3f;
-  p = p * r + 5.550332471162809e-2f;
-  p = p * r + 2.402264791363012e-1f;
-  p = p * r + 6.931472028550421e-1f;
-  p = p * r + 1.0f;
-  const ivec exponent = (__builtin_convertvector(n, ivec) + 127) << 23;
-  return tiny ? (vec){} : p * (vec)exponent;
-}
-
-// scores[j][lanes] = sum_e keys[j][e] * qt[e][lanes], for KEYS keys.
-template <int KEYS>
-static inline void score_tile(const float* const* keys, const float* qt,
-                              int64_t E, float* scores) {
-  vec acc[KEYS][2] = {};
-  for (int64_t e = 0; e < E; ++e) {
-    const vec q0 = load(qt + e * LANES), q1 = load(qt + e * LANES + VW);
-    for (int j = 0; j < KEYS; ++j) {
-      const float k = keys[j][e];
-      acc[j][0] += k * q0;
-      acc[j][1] += k * q1;
-    }
-  }
-  for (int j = 0; j < KEYS; ++j) {
-    store(scores + j * LANES, acc[j][0]);
-    store(scores + j * LANES + VW, acc[j][1]);
-  }
-}
 
 // ot[c][lanes] = sum_j values[j][col + c] * weights[j][lanes], for COLS
 // value columns.
@@ -102,28 +44,6 @@ static inline void value_tile(const float* weights, const float* const* values,
     store(ot + c * LANES + VW, acc[c][1]);
   }
 }
-
-// Run TILE-wide micro-tiles over [0, n), then one narrower tile for the rest.
-template <template <int> class Step, typename... Args>
-static inline void tiles(int64_t n, Args... args) {
-  int64_t i = 0;
-  for (; i + TILE <= n; i += TILE) Step<TILE>::run(i, args...);
-  switch (n - i) {
-    case 5: Step<5>::run(i, args...); break;
-    case 4: Step<4>::run(i, args...); break;
-    case 3: Step<3>::run(i, args...); break;
-    case 2: Step<2>::run(i, args...); break;
-    case 1: Step<1>::run(i, args...); break;
-  }
-}
-
-template <int N>
-struct ScoreStep {
-  static void run(int64_t j, const float* const* keys, const float* qt,
-                  int64_t E, float* scores) {
-    score_tile<N>(keys + j, qt, E, scores + j * LANES);
-  }
-};
 
 template <int N>
 struct ValueStep {
