@@ -86,7 +86,7 @@ notebook-portability: $(INSTALLED)
 # The property suite with fresh random examples (make test draws the same
 # examples every run, so that CI is reproducible): the hunt for new bugs.
 fuzz: $(INSTALLED)
-	$(BIN)/python -m pytest tests/test_properties.py --hypothesis-profile explore
+	$(BIN)/python -m pytest tests/properties --hypothesis-profile explore
 
 # --durations: the 40 slowest cells, so the log shows where the time goes.
 notebook-tests: $(INSTALLED)

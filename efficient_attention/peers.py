@@ -265,14 +265,13 @@ def local_peers(
     device: torch.device | str = "cpu",
 ) -> dict[str, AttentionFn | str]:
     """Every peer for a ``(w, w)`` window at length ``L``: name -> function,
-    or name -> the reason it cannot run here."""
+    or name -> the reason it cannot run here. The names are the command
+    line's (``variants.get("sliding-window").peers``)."""
     builders = {
-        "sdpa + mask": lambda: sdpa_masked_attention(w, L, device),
-        "flex (compiled)": lambda: flex_attention(w, L, device),
+        "sdpa-mask": lambda: sdpa_masked_attention(w, L, device),
+        "flex": lambda: flex_attention(w, L, device),
         "local-attention": lambda: local_attention_package(w, L),
-        "longformer chunks": lambda: longformer_attention(
-            w, L, heads, head_dim
-        ),
+        "longformer": lambda: longformer_attention(w, L, heads, head_dim),
         "natten": lambda: natten_attention(w, L, heads),
     }
     peers: dict[str, AttentionFn | str] = {}

@@ -1,6 +1,6 @@
 """pytest configuration of the unit tests: hypothesis profiles, a hang guard.
 
-Two hypothesis profiles for the property suite (tests/test_properties.py):
+Two hypothesis profiles for the property suite (tests/properties/):
 
 - ``ci``, the default: few examples per property, so ``make test`` runs the
   whole unit suite in well under a minute on a 2-core machine; derandomized,

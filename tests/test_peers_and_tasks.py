@@ -20,6 +20,7 @@ from efficient_attention import (  # noqa: E402
     peers,
     plotting,
     tasks,
+    variants,
     widgets,
 )
 
@@ -31,7 +32,7 @@ def close_figures():
 
 
 @pytest.mark.parametrize(
-    "name", ["sdpa + mask", "local-attention", "longformer chunks", "natten"]
+    "name", ["sdpa-mask", "local-attention", "longformer", "natten"]
 )
 def test_peer_computes_the_same_window(name):
     L, w = 256, 16
@@ -47,7 +48,8 @@ def test_peer_computes_the_same_window(name):
 def test_peers_say_why_they_cannot_run():
     found = peers.local_peers(16, 100, heads=2, head_dim=32)
     assert "divisible" in found["local-attention"]  # 100 % 16 != 0
-    assert "divisible by 2w" in found["longformer chunks"]
+    assert "divisible by 2w" in found["longformer"]
+    assert list(found) == list(variants.get("sliding-window").peers)
     with pytest.raises(peers.PeerUnavailable, match="pip install nope"):
         peers._import("nope_not_a_module", "nope")
 

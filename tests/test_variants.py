@@ -1,6 +1,6 @@
 """The registry of attention variants (efficient_attention.variants): its
 rules, its defaults, and what every consumer derives from it. The property
-suite runs every registered variant (tests/test_properties.py)."""
+suite runs every registered variant (tests/properties/)."""
 
 from __future__ import annotations
 

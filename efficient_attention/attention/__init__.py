@@ -7,6 +7,7 @@ from .analysis import (
     ApproximationError,
     approximation_error,
     effective_attention,
+    relative_error,
 )
 from .block_sparse import (
     BlockPattern,
@@ -64,5 +65,6 @@ __all__ = [
     "top_k_attention",
     "dense_attention",
     "effective_attention",
+    "relative_error",
     "sliding_window_attention",
 ]

@@ -123,14 +123,20 @@ def approximation_error(
     weights = effective_attention(fn, q, k, **options)
     weights_ref = effective_attention(reference, q, k, **exact)
     return ApproximationError(
-        output=_relative(out, out_ref),
-        attention=_relative(weights, weights_ref),
+        output=relative_error(out, out_ref),
+        attention=relative_error(weights, weights_ref),
     )
 
 
-def _relative(x: Tensor, reference: Tensor) -> float:
-    """``||x - reference|| / ||reference||``, 0 when both are empty."""
-    size = torch.linalg.vector_norm(reference)
+def relative_error(result: Tensor, reference: Tensor) -> float:
+    """``||result - reference|| / ||reference||`` (Frobenius, in float64).
+
+    How far ``result`` lies from ``reference`` as a share of its size: 0
+    when equal, 1 for zeros. Where ``reference`` is all zeros (or empty),
+    the absolute ``||result - reference||`` instead. Shapes must broadcast.
+    """
+    difference = result.double() - reference.double()
+    size = torch.linalg.vector_norm(reference.double())
     if size == 0:
-        return float(torch.linalg.vector_norm(x - reference))
-    return float(torch.linalg.vector_norm(x - reference) / size)
+        return float(torch.linalg.vector_norm(difference))
+    return float(torch.linalg.vector_norm(difference) / size)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_bool, check_non_negative_int, check_tensor
+from ..attention import analysis
 from ..training import serialized_megabytes
 from .pruning import prunable_linears
 
@@ -280,8 +281,9 @@ def quantize_values(x: Tensor, bits: int, *, grid: str = "uniform") -> Tensor:
 
 
 def relative_error(x: Tensor, approx: Tensor) -> float:
-    """``||x - approx|| / ||x||`` (Frobenius)."""
-    return float((x - approx).norm() / x.norm().clamp_min(1e-30))
+    """``||x - approx|| / ||x||`` (Frobenius): how far the rounded ``approx``
+    lies from the weights ``x`` (``ea.relative_error(approx, x)``)."""
+    return analysis.relative_error(approx, x)
 
 
 @torch.no_grad()
