@@ -930,3 +930,27 @@ def test_the_registry_says_which_variants_lack_a_peer_or_a_deep_entry():
         "routing", "linformer", "nystrom", "performer",
         "pyramid", "recursive", "coarse-to-fine",
     ]  # fmt: skip
+
+
+@given(
+    shape=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+    scale=reals(1e-3, 1e3),
+    seed=st.integers(0, 2**16),
+)
+def test_relative_error_is_a_share_of_the_references_size(shape, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    a, b, c = (torch.randn(*shape, generator=g, dtype=torch.float64)
+               for _ in range(3))  # fmt: skip
+    assert ea.relative_error(b, b) == 0
+    assert ea.relative_error(torch.zeros_like(b), b) == pytest.approx(1)
+    # the same share at any scale, in float32 as in float64
+    scaled = ea.relative_error(a * float(scale), b * float(scale))
+    assert scaled == pytest.approx(ea.relative_error(a, b), rel=1e-9)
+    assert ea.relative_error(a.float(), b.float()) == pytest.approx(
+        ea.relative_error(a, b), rel=1e-5
+    )
+    # a triangle inequality, in units of the reference's size
+    assert ea.relative_error(a, b) <= (
+        ea.relative_error(a, c) * c.norm() / b.norm()
+        + ea.relative_error(c, b)
+    ) * (1 + 1e-12)
