@@ -96,7 +96,7 @@ notebook-tests: $(INSTALLED)
 # a fresh environment, each chapter alone in an empty folder, so a chapter
 # that needs a file of the repository fails. make test plays the Leaderboard
 # (seconds: it reads the data that ships with the package);
-# `make colab-test COLAB_CHAPTERS=` plays every chapter (about an hour warm).
+# `make colab-test COLAB_CHAPTERS=` plays every chapter (about 35 minutes warm).
 COLAB_CHAPTERS ?= book/leaderboard.ipynb
 colab-test: $(INSTALLED)
 	$(BIN)/python scripts/play_colab.py $(COLAB_CHAPTERS)
