@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import check_dtype, check_heads_divide, check_positive_int
+from ._validation import (
+    check_dtype,
+    check_heads_divide,
+    check_int,
+    check_positive_int,
+)
 
 
 def attention_flops(
@@ -52,6 +57,75 @@ def attention_flops(
         )
     )
     return 2 * L * S * (E + Ev) * batch * heads
+
+
+LOW_RANK_METHODS = ("linformer", "nystrom", "performer")
+
+
+def low_rank_attention_flops(
+    method: str,
+    L: int,
+    size: int,
+    E: int,
+    *,
+    S: int | None = None,
+    batch: int = 1,
+    heads: int = 1,
+    pinv_iterations: int = 6,
+) -> int:
+    """FLOPs of the products the package's low-rank attentions run.
+
+    - ``"linformer"`` (rank ``r = size``): ``P_K K`` and ``P_V V``
+      (``2 r S E`` each), then attention over ``r`` keys (``4 L r E``);
+    - ``"nystrom"`` (``m = size`` landmarks): landmark scores (``2 m^2
+      E``), the iterative pseudo-inverse (4 products of ``m x m``
+      matrices per iteration), ``softmax(Q~ K^T) V`` (``4 m S E``), its
+      product with the inverse (``2 m^2 E``) and ``softmax(Q K~^T)``
+      times that (``4 L m E``);
+    - ``"performer"`` (``m = size`` features): the features of ``Q`` and
+      ``K`` (``2 L m E`` and ``2 S m E``), ``phi(K)^T [V, 1]`` and
+      ``phi(Q)`` times it (``2 (S + L) m (E + 1)``).
+
+    Segment means and exponentials are left out, as for
+    ``attention_flops``. Values have ``E`` features too.
+
+    Returns:
+        a Python int (times ``batch * heads``).
+
+    Raises:
+        ValueError: an unknown ``method``, or a size that is not a
+            positive int (``pinv_iterations`` may be 0).
+    """
+    if method not in LOW_RANK_METHODS:
+        raise ValueError(
+            f"method must be one of {LOW_RANK_METHODS}; got {method!r}."
+        )
+    S = L if S is None else S
+    L, size, E, S, batch, heads = (
+        check_positive_int(name, value)
+        for name, value in (
+            ("L", L),
+            ("size", size),
+            ("E", E),
+            ("S", S),
+            ("batch", batch),
+            ("heads", heads),
+        )
+    )
+    iterations = check_int("pinv_iterations", pinv_iterations, 0)
+    r = m = size
+    if method == "linformer":
+        per_head = 4 * r * S * E + 4 * L * r * E
+    elif method == "nystrom":
+        per_head = (
+            4 * m * m * E  # landmark scores, inverse @ landmark outputs
+            + iterations * 4 * 2 * m**3
+            + 4 * m * S * E
+            + 4 * L * m * E
+        )
+    else:
+        per_head = 2 * (L + S) * m * E + 2 * (S + L) * m * (E + 1)
+    return per_head * batch * heads
 
 
 def score_matrix_bytes(

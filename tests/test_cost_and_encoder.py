@@ -218,3 +218,42 @@ def test_encoder_layer_bad_input():
         ea.EncoderLayer(32, 4, 64, attention="sdpa")
     with pytest.raises(ValueError, match=r"shape \(B, L, 32\)"):
         ea.EncoderLayer(32, 4, 64)(torch.randn(9, 32))
+
+
+def _naive_sdpa(q, k, v, attn_mask=None, scale=None, **_):
+    """SDPA as three products that FlopCounterMode can see on a CPU."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1) @ v
+
+
+@pytest.mark.parametrize("method", cost.LOW_RANK_METHODS)
+def test_low_rank_flops_match_pytorch_flop_counter(method, monkeypatch):
+    # FlopCounterMode does not count SDPA's CPU kernel: run it as products
+    monkeypatch.setattr(F, "scaled_dot_product_attention", _naive_sdpa)
+    L, size, E, heads = 64, 8, 16, 2
+    q, k, v = torch.randn(3, 1, heads, L, E).unbind(0)
+    proj = ea.make_linformer_projections(L, size, kind="mean")
+    features = ea.make_performer_features(
+        size, E, generator=torch.Generator().manual_seed(0)
+    )
+    runs = {
+        "linformer": lambda: ea.linformer_attention(q, k, v, proj_k=proj),
+        "nystrom": lambda: ea.nystrom_attention(q, k, v, num_landmarks=size),
+        "performer": lambda: ea.performer_attention(
+            q, k, v, features=features
+        ),
+    }
+    with FlopCounterMode(display=False) as counter:
+        runs[method]()
+    assert counter.get_total_flops() == cost.low_rank_attention_flops(
+        method, L, size, E, heads=heads
+    )
+
+
+def test_low_rank_flops_refuse_bad_input():
+    with pytest.raises(ValueError, match="method must be one of"):
+        cost.low_rank_attention_flops("Linformer", 64, 8, 16)
+    with pytest.raises(ValueError, match="size"):
+        cost.low_rank_attention_flops("nystrom", 64, 0, 16)
+    with pytest.raises(ValueError, match="pinv_iterations"):
+        cost.low_rank_attention_flops("nystrom", 64, 8, 16, pinv_iterations=-1)
