@@ -185,6 +185,10 @@ def _length_grouped_order(
     ]
 
 
+PROGRESS_SECONDS = 2.0
+"""The fine-tuning bar's shortest interval between redraws, in seconds."""
+
+
 def train_classifier(
     model: transformers.PreTrainedModel,
     tokenizer: transformers.PreTrainedTokenizerBase,
@@ -242,7 +246,15 @@ def train_classifier(
     losses: list[float] = []
     model.train()
     total = steps if max_steps is None else min(steps, max_steps)
-    with tqdm(total=total, desc="fine-tuning", disable=not progress) as bar:
+    # At most one redraw every PROGRESS_SECONDS: a notebook bar sends a
+    # message per redraw, and thousands of them overflow the kernel's
+    # output queue of a client that reads it only after the cell (nbval).
+    with tqdm(
+        total=total,
+        desc="fine-tuning",
+        disable=not progress,
+        mininterval=PROGRESS_SECONDS,
+    ) as bar:
         for _ in range(config.epochs):
             for batch in batches(
                 examples,
@@ -271,7 +283,7 @@ def train_classifier(
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.item())
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
                 bar.update()
     model.eval()
     return losses

@@ -316,6 +316,30 @@ def test_train_classifier_stops_at_max_steps_under_autocast(tokenizer):
         )
 
 
+def test_fine_tuning_bar_redraws_rarely(tokenizer, monkeypatch):
+    # a notebook bar sends a message per redraw: one a step overflowed the
+    # kernel's output queue while nbval waited for a long cell
+    redraws = []
+
+    class CountingBar(training.tqdm):
+        def refresh(self, *args, **kwargs):
+            redraws.append(self.n)
+            return super().refresh(*args, **kwargs)
+
+    monkeypatch.setattr(training, "tqdm", CountingBar)
+    model = models.load_encoder(verbose=False)[0]
+    pairs = data.generate_paraphrase_pairs("train", size=24)
+    losses = training.train_classifier(
+        model,
+        tokenizer,
+        pairs,
+        training.FineTuneConfig(batch_size=2, max_length=16),
+        max_steps=8,
+    )
+    assert len(losses) == 8
+    assert len(redraws) <= 3  # not one (or two) a step
+
+
 def _tiny_fit(steps=5):
     """A fit for cached_training: a few Adam steps on random tokens."""
 
