@@ -218,6 +218,33 @@ def compare(
     return records
 
 
+def format_comparison(records: Sequence[Mapping[str, object]]) -> str:
+    """The records of :func:`compare` as a text table, one row per call:
+    median time and its IQR, the speed-up against the baseline with its
+    range over the rounds, and the FLOP rate and share of the peak where
+    known ("-" where not). The first line says how it was timed."""
+    if not records:
+        raise ValueError("records is empty: pass what compare() returned.")
+    width = max(8, *(len(str(r["name"])) for r in records))
+    first = records[0]
+    lines = [
+        f"{first['rounds']} interleaved rounds, {first['threads']} threads; "
+        "speed-up: median over the rounds [lowest, highest]",
+        f"{'':>{width}} {'ms':>9} {'IQR ms':>8} {'speed-up':>9} "
+        f"{'over rounds':>15} {'GFLOP/s':>8} {'of peak':>8}",
+    ]
+    for r in records:
+        rate = "-" if r["gflops"] is None else f"{r['gflops']:.1f}"
+        share = "-" if r["peak_share"] is None else f"{r['peak_share']:.0%}"
+        spread = f"[{r['speedup_low']:.2f}, {r['speedup_high']:.2f}]"
+        lines.append(
+            f"{r['name']:>{width}} {1e3 * r['median_s']:>9.3f} "
+            f"{1e3 * r['iqr_s']:>8.3f} {r['speedup']:>8.2f}x "
+            f"{spread:>15} {rate:>8} {share:>8}"
+        )
+    return "\n".join(lines)
+
+
 def _check_min_run_time(min_run_time: object) -> float:
     """``min_run_time`` as a float of seconds, finite and > 0."""
     try:

@@ -43,6 +43,11 @@ MIN_RUN_TIME = 0.2
 QUICK_MIN_RUN_TIME = 0.01
 """Seconds of timing per measurement, by default and with ``--quick``."""
 
+ROUNDS = 5
+QUICK_ROUNDS = 1
+"""Interleaved rounds, by default (a spread worth reading) and with
+``--quick``."""
+
 ALL_WINDOW = 16
 """The window of the local variants with ``--variants all`` and no
 ``--window``."""
@@ -234,8 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rounds",
         type=_positive_int_argument,
-        default=1,
-        help="sweep this many times and pool the timings",
+        default=None,
+        help=f"sweep this many times and pool the timings (default "
+        f"{ROUNDS}; with --quick {QUICK_ROUNDS})",
     )
     parser.add_argument(
         "--no-memory",
@@ -320,8 +326,10 @@ def _check_arguments(
     if args.quick:
         args.lengths = args.lengths or list(QUICK_LENGTHS)
         args.min_run_time = args.min_run_time or QUICK_MIN_RUN_TIME
+        args.rounds = args.rounds or QUICK_ROUNDS
     args.lengths = args.lengths or list(LENGTHS)
     args.min_run_time = args.min_run_time or MIN_RUN_TIME
+    args.rounds = args.rounds or ROUNDS
     if "all" in args.variants:
         if len(args.variants) > 1:
             parser.error("argument --variants: 'all' comes alone")
@@ -444,6 +452,10 @@ def _print_settings(args: argparse.Namespace) -> None:
     print(
         f"shape (batch, heads, L, head_dim) = "
         f"({args.batch}, {args.heads}, L, {args.head_dim})"
+    )
+    print(
+        f"{args.rounds} interleaved round(s) of {args.min_run_time} s per "
+        "measurement, pooled"
     )
     settings = settings_of(args)
     readers: dict[str, list[str]] = {}

@@ -342,7 +342,10 @@ def test_command_line(capsys):
     )
     out = capsys.readouterr().out
     assert "CPU threads" in out and "dtype float32" in out
-    rows = [line.split() for line in out.splitlines()[3:]]
+    assert out.splitlines()[2] == (
+        "2 interleaved round(s) of 0.01 s per measurement, pooled"
+    )
+    rows = [line.split() for line in out.splitlines()[4:]]
     assert [(row[0], row[1]) for row in rows] == [
         ("16", "sdpa"),
         ("16", "dense"),
@@ -564,6 +567,7 @@ def test_quick_writes_json_csv_and_a_plot_that_load_back(tmp_path, capsys):
     )
     captured = capsys.readouterr()
     assert "CPU threads" in captured.out and "x sdpa" in captured.out
+    assert "1 interleaved round(s) of 0.01 s" in captured.out
     assert "timing" in captured.err  # the progress bar, on stderr
     records = benchmark.load_results(paths["json"])
     assert [(r["L"], r["variant"]) for r in records] == [
@@ -938,6 +942,27 @@ def test_compare_reports_ratios_rates_and_peak_shares():
     assert fast["rounds"] == 3 and fast["threads"] == torch.get_num_threads()
 
 
+
+def test_format_comparison_shows_every_call_with_its_spread_and_rate():
+    records = [
+        {"name": "sdpa", "median_s": 0.004, "iqr_s": 0.0001, "speedup": 1.0,
+         "speedup_low": 1.0, "speedup_high": 1.0, "gflops": 50.0,
+         "peak_share": 0.25, "rounds": 5, "threads": 2},
+        {"name": "window", "median_s": 0.001, "iqr_s": 0.00002,
+         "speedup": 4.0, "speedup_low": 3.5, "speedup_high": 4.25,
+         "gflops": None, "peak_share": None, "rounds": 5, "threads": 2},
+    ]
+    lines = benchmark.format_comparison(records).splitlines()
+    assert lines[0].startswith("5 interleaved rounds, 2 threads")
+    assert len(lines) == 4
+    sdpa, window = lines[2].split(), lines[3].split()
+    assert sdpa == ["sdpa", "4.000", "0.100", "1.00x", "[1.00,", "1.00]",
+                    "50.0", "25%"]
+    assert window == ["window", "1.000", "0.020", "4.00x", "[3.50,",
+                      "4.25]", "-", "-"]
+    with pytest.raises(ValueError, match="compare"):
+        benchmark.format_comparison([])
+
 def test_compare_interleaves_the_rounds():
     order = []
 
@@ -1033,3 +1058,21 @@ def test_loglog_fit_recovers_any_power_law(exponent, scale, xs):
     assert low == pytest.approx(p, abs=1e-5) and high == pytest.approx(
         p, abs=1e-5
     )
+
+
+def test_the_command_times_five_rounds_unless_quick_or_told(monkeypatch):
+    seen = []
+
+    class Timed(Exception):
+        pass
+
+    def fake_sweep(variants, lengths, make_inputs, **options):
+        seen.append(options["rounds"])
+        raise Timed  # nothing needs timing: the rounds asked are all we want
+
+    monkeypatch.setattr(benchmark, "sweep", fake_sweep)
+    for line in ("--lengths 64 --no-progress", "--quick --no-progress",
+                 "--quick --rounds 3 --no-progress"):
+        with pytest.raises(Timed):
+            benchmark_cli.main(line.split())
+    assert seen == [benchmark_cli.ROUNDS, 1, 3] and benchmark_cli.ROUNDS == 5
