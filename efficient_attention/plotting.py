@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.axes import Axes
-from matplotlib.colors import ListedColormap
+from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 from torch import Tensor
@@ -186,13 +186,16 @@ def plot_heatmap(
     title: str | None = None,
     colorbar: bool = True,
     vmax: float | None = None,
+    log: bool = False,
 ) -> Axes:
     """Draw an ``(L, S)`` matrix of attention weights.
 
     Row ``i`` is query ``i``; column ``j`` is key ``j``. Any real dtype
     works, bfloat16 included (drawn as float32). ``vmax`` fixes the colour
     scale to ``[0, vmax]``, so that heatmaps side by side share one scale;
-    None scales each to its own range.
+    None scales each to its own range. ``log=True`` spreads the colours
+    over four decades below the top, ``[vmax / 10**4, vmax]``, so that small
+    weights show; exact zeros (pairs a pattern drops) are drawn white.
 
     Raises:
         ValueError: ``weights`` is not 2-D, is empty, or is not real, or
@@ -209,8 +212,25 @@ def plot_heatmap(
             f"scale) or None; got {vmax!r}."
         )
     ax = ax or plt.figure(figsize=(4.0, 3.4)).gca()
-    scale = {} if vmax is None else {"vmin": 0.0, "vmax": float(vmax)}
-    image = ax.imshow(array, cmap="viridis", interpolation="nearest", **scale)
+    if log:
+        top = float(vmax) if vmax is not None else float(array.max())
+        if not top > 0:
+            raise ValueError(
+                "log=True needs a positive weight to scale from; every "
+                "weight is zero or negative (pass log=False)."
+            )
+        cmap = plt.get_cmap("viridis").with_extremes(bad="white")
+        image = ax.imshow(
+            np.ma.masked_less_equal(array, 0.0),
+            cmap=cmap,
+            interpolation="nearest",
+            norm=LogNorm(vmin=top * 1e-4, vmax=top, clip=True),
+        )
+    else:
+        scale = {} if vmax is None else {"vmin": 0.0, "vmax": float(vmax)}
+        image = ax.imshow(
+            array, cmap="viridis", interpolation="nearest", **scale
+        )
     ax.grid(False)
     ax.set_xlabel("key position j")
     ax.set_ylabel("query position i")

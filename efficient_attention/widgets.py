@@ -497,7 +497,10 @@ def draw_hierarchical(
 
     Coarse-to-fine picks its blocks from random queries and keys (seeded
     with ``seed``). Each title gives the share of exact pairs and the
-    pooled keys a query attends on average (its cost, in keys).
+    pooled keys a query attends on average (its cost, in keys). Alternating
+    shades mark the pairs that share one computed score: a strip of one
+    query and ``2**l`` keys at level ``l``, or a square of ``2**l`` queries
+    and keys where queries are pooled too (``recursive``).
 
     Raises:
         ValueError: a length, block size, level count or top-k that does
@@ -510,7 +513,7 @@ def draw_hierarchical(
     length = check_positive_int("length", length)
     generator = torch.Generator().manual_seed(seed)
     query, key = torch.randn(2, length, 8, generator=generator)
-    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.9))
+    fig, axes = plt.subplots(1, 3, figsize=(10.5, 4.3))
     colours = ["#d9d9d9", "#08306b", "#4292c6", "#9ecae1", "#c6dbef",
                "#deebf7", "#f7fbff", "#ffffff"]  # fmt: skip
     cmap = ListedColormap(colours[: levels + 2])
@@ -520,6 +523,7 @@ def draw_hierarchical(
             top_k=top_k, query=query, key=key,
         )  # fmt: skip
         ax.imshow(where + 1, cmap=cmap, vmin=0, vmax=levels + 1)
+        ax.imshow(_score_tiles(where, scheme == "recursive"))
         keys = _keys_per_query(where, scheme == "recursive")
         exact = (where == 0).float().mean()
         ax.set_title(
@@ -538,8 +542,25 @@ def draw_hierarchical(
     ]
     fig.legend(handles, names, loc="lower center", ncol=levels + 1,
                frameon=False)  # fmt: skip
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     return fig
+
+
+def _score_tiles(where: Tensor, pooled_queries: bool) -> np.ndarray:
+    """An ``(L, S, 4)`` RGBA overlay that darkens every other tile of pairs
+    sharing one computed score: ``1 x 2**l`` at level ``l``, or
+    ``2**l x 2**l`` with ``pooled_queries``. Exact and skipped pairs stay
+    clear."""
+    rows, cols = torch.meshgrid(
+        torch.arange(where.shape[0]), torch.arange(where.shape[1]),
+        indexing="ij",
+    )  # fmt: skip
+    size = 2 ** where.clamp(min=0)
+    tile = cols // size + (rows // size if pooled_queries else rows)
+    shaded = (where >= 1) & (tile % 2 == 1)
+    overlay = np.zeros((*where.shape, 4))
+    overlay[..., 3] = 0.22 * shaded.numpy()
+    return overlay
 
 
 def _keys_per_query(where: Tensor, pooled_queries: bool) -> float:

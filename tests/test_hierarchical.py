@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import pytest
 import torch
 from inputs import random_qkv as shared_random_qkv
@@ -404,3 +405,28 @@ def test_draw_hierarchical_static_figure():
     assert any("coarse-to-fine" in t for t in titles)
     with pytest.raises(ValueError, match="levels"):
         widgets.draw_hierarchical(16, block_size=4, levels=6)
+
+
+def test_the_shades_show_what_one_score_covers_in_each_scheme():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from efficient_attention import widgets
+
+    figure = widgets.draw_hierarchical(64, block_size=4, levels=3, top_k=2)
+    pyramid, recursive = (ax.images[1].get_array() for ax in figure.axes[:2])
+    levels = [ax.images[0].get_array() for ax in figure.axes[:2]]
+    # the same pairs at the same levels, but different tiles of scores
+    assert np.array_equal(levels[0], levels[1])
+    assert not np.array_equal(pyramid, recursive)
+    where = np.asarray(levels[0]) - 1  # -1 skipped, 0 exact, l pooled
+    shaded_p, shaded_r = pyramid[..., 3] > 0, recursive[..., 3] > 0
+    assert not (shaded_p | shaded_r)[where < 1].any()  # exact stay clear
+    i, j = np.argwhere(where == 2)[0]  # a pair pooled 4 to 1
+    i0, j0 = i // 4 * 4, j // 4 * 4
+    # the recursive scheme computes one score for a 4 x 4 square of pairs
+    square = shaded_r[i0 : i0 + 4, j0 : j0 + 4]
+    assert square.all() or not square.any()
+    # the pyramid one for each query's strip of 4 keys: rows alternate
+    strip = shaded_p[i0 : i0 + 4, j0]
+    assert list(strip) == [strip[0], not strip[0]] * 2

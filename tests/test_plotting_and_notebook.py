@@ -104,6 +104,20 @@ def test_heatmaps_side_by_side_can_share_one_colour_scale():
     assert own == (0, 0.5)  # without vmax: its own range
 
 
+def test_a_log_heatmap_shows_small_weights_and_leaves_dropped_pairs_white():
+    weights = torch.tensor([[0.9, 1e-3, 0.0], [0.5, 0.5, 0.0]])
+    image = plotting.plot_heatmap(weights, log=True, vmax=1.0).images[0]
+    assert isinstance(image.norm, matplotlib.colors.LogNorm)
+    assert image.get_clim() == pytest.approx((1e-4, 1.0))
+    drawn = image.get_array()
+    assert drawn.mask.tolist() == [[False, False, True], [False, False, True]]
+    assert tuple(image.cmap.get_bad()[:3]) == (1.0, 1.0, 1.0)  # white
+    # a weight of 1e-3 gets a colour of its own, well above the lowest
+    assert image.norm(1e-3) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="log=True"):
+        plotting.plot_heatmap(torch.zeros(2, 2), log=True)
+
+
 @pytest.mark.parametrize("vmax", [0, -1.0, float("inf"), True, "1"])
 def test_heatmap_names_a_bad_vmax(vmax):
     with pytest.raises(ValueError, match="vmax must be"):
