@@ -118,3 +118,27 @@ def test_the_exercise_check_can_fail():
     )
     items = exercises(text)
     assert [dropdowns(item) for item in items] == [{"Hint"}, set()]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_a_solution_that_runs_is_the_collapsed_code_cell_below_it(path):
+    """A solution that says its code runs below is followed by a code cell
+    that the site collapses (``hide-cell``) and nbval runs, headed with the
+    exercise's number."""
+    cells = json.loads(path.read_text())["cells"]
+    wrong = []
+    for index, cell in enumerate(cells[:-1]):
+        text = "".join(cell["source"])
+        if cell["cell_type"] != "markdown" or "hidden cell below" not in text:
+            continue
+        numbers = re.findall(r"^(\d+)\. ", text, flags=re.M)
+        below = cells[index + 1]
+        first = "".join(below["source"]).split("\n")[0]
+        if (
+            below["cell_type"] != "code"
+            or "hide-cell" not in below["metadata"].get("tags", [])
+            or not numbers
+            or not first.startswith(f"# Exercise {numbers[-1]}, a solution")
+        ):
+            wrong.append((index, first))
+    assert not wrong, f"{path.name}: solutions without their cell: {wrong}"

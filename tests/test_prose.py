@@ -162,6 +162,23 @@ def prose(text: str) -> str:
     return text
 
 
+def chapter_prose(path: pathlib.Path) -> list[str]:
+    """``prose`` of each Markdown cell; the exercises may go on over several
+    cells (solutions run in code cells between them), up to the next
+    ``## `` heading."""
+    texts, in_exercises = [], False
+    for text in markdown_cells(path):
+        if in_exercises:
+            after = re.split(r"^(?=## )", text, maxsplit=1, flags=re.M)
+            if len(after) == 1:
+                texts.append("")
+                continue
+            text, in_exercises = after[1], False
+        in_exercises = bool(re.search(r"^## Exercises", text, flags=re.M))
+        texts.append(prose(text))
+    return texts
+
+
 def found_numbers(text: str) -> list[str]:
     """The measured-looking numbers of ``text``, blanks made single spaces."""
     matches = MEASURED_LOOKING.finditer(text)
@@ -187,8 +204,8 @@ def test_no_measured_number_is_typed_into_the_prose(stem):
     allowed = SETUP_CONSTANTS.get(stem, {})
     typed = [
         (index, typed)
-        for index, text in enumerate(markdown_cells(chapter(stem)))
-        for typed in found_numbers(prose(text))
+        for index, text in enumerate(chapter_prose(chapter(stem)))
+        for typed in found_numbers(text)
         if typed not in allowed
     ]
     assert not typed, (
@@ -261,3 +278,20 @@ def test_the_prose_speaks_of_the_subject_not_of_the_making(path):
 
 def test_every_chapter_is_bound():
     assert sorted(BOUND) == sorted(path.stem for path in CHAPTERS)
+
+
+def test_exercises_over_several_cells_are_left_out_up_to_the_next_heading(
+    tmp_path,
+):
+    texts = [
+        "Prose at 3.4x.\n\n## Exercises\n\n1. Get 2.5x.",
+        "2. Then 12 ms.",
+        "3. And 42%.\n\n## References\n\nA 0.853 here counts.",
+        "After: 7 ms.",
+    ]
+    path = tmp_path / "chapter.ipynb"
+    path.write_text(json.dumps({"cells": [
+        {"cell_type": "markdown", "source": text} for text in texts
+    ]}))  # fmt: skip
+    found = [found_numbers(text) for text in chapter_prose(path)]
+    assert found == [["3.4x"], [], ["0.853"], ["7 ms"]]
