@@ -155,8 +155,11 @@ def markdown_cells(path: pathlib.Path) -> list[str]:
 
 
 def prose(text: str) -> str:
-    """The Markdown a reader reads as sentences, exercises left out."""
+    """The Markdown a reader reads as sentences, exercises and references
+    left out."""
     text = re.split(r"^## Exercises", text, flags=re.M)[0]
+    references = re.compile(r"^## References\n.*?(?=^## |\Z)", re.M | re.S)
+    text = references.sub(" ", text)
     for pattern in NOT_PROSE:
         text = pattern.sub(" ", text)
     return text
@@ -286,8 +289,8 @@ def test_exercises_over_several_cells_are_left_out_up_to_the_next_heading(
     texts = [
         "Prose at 3.4x.\n\n## Exercises\n\n1. Get 2.5x.",
         "2. Then 12 ms.",
-        "3. And 42%.\n\n## References\n\nA 0.853 here counts.",
-        "After: 7 ms.",
+        "3. And 42%.\n\n## Summary\n\nA 0.853 here counts.",
+        "## References\n\narXiv 2107.05768, 2021.\n\n## Next\n\nAfter: 7 ms.",
     ]
     path = tmp_path / "chapter.ipynb"
     path.write_text(json.dumps({"cells": [
