@@ -218,13 +218,42 @@ def compare(
     return records
 
 
+_COMPARISON_KEYS = frozenset(
+    ("name", "rounds", "threads", "median_s", "iqr_s", "speedup",
+     "speedup_low", "speedup_high", "gflops", "peak_share")
+)  # fmt: skip
+"""The keys of a :func:`compare` record that :func:`format_comparison`
+reads."""
+
+
 def format_comparison(records: Sequence[Mapping[str, object]]) -> str:
     """The records of :func:`compare` as a text table, one row per call:
     median time and its IQR, the speed-up against the baseline with its
     range over the rounds, and the FLOP rate and share of the peak where
-    known ("-" where not). The first line says how it was timed."""
+    known ("-" where not). The first line says how it was timed.
+
+    Raises:
+        ValueError: ``records`` is empty, not a list of mappings, or a
+            record lacks a key that :func:`compare` writes.
+    """
+    if isinstance(records, Mapping) or not isinstance(records, Sequence):
+        raise ValueError(
+            f"records must be the list compare() returned; got "
+            f"{type(records).__name__}."
+        )
     if not records:
         raise ValueError("records is empty: pass what compare() returned.")
+    for r in records:
+        missing = (
+            sorted(_COMPARISON_KEYS - set(r))
+            if isinstance(r, Mapping)
+            else "everything (not a mapping)"
+        )
+        if missing:
+            raise ValueError(
+                f"each record must come from compare(); {r!r} lacks "
+                f"{missing}."
+            )
     width = max(8, *(len(str(r["name"])) for r in records))
     first = records[0]
     lines = [

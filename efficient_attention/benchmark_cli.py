@@ -497,6 +497,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(list_variants())
         return
     devices = _check_arguments(parser, args)
+    # taken before timing: the code that runs is the code checked out now
+    origin = benchmark_results.provenance(args.command_line)
     records: list[dict[str, object]] = []
     hardware: list[dict[str, object]] = []
     for device in devices:
@@ -537,15 +539,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             found = [{**record, **shape} for record in found]
             print(benchmark_results.format_records(found))
             records += found
-    _write_outputs(args, records, hardware)
+    _write_outputs(args, records, hardware, origin)
 
 
 def _write_outputs(
     args: argparse.Namespace,
     records: list[dict[str, object]],
     hardware: list[dict[str, object]],
+    origin: dict[str, object],
 ) -> None:
-    """``--json``, ``--csv`` and ``--plot``, each when asked; a line on
+    """``--json`` (with ``origin``, the run's provenance), ``--csv`` and
+    ``--plot``, each when asked; a line on
     stderr names each file written, or why one could not be (the others
     are written all the same, and the exit status is then 1)."""
     settings = {
@@ -561,7 +565,7 @@ def _write_outputs(
             path,
             hardware=hardware,
             settings=settings,
-            provenance=benchmark_results.provenance(args.command_line),
+            provenance=origin,
         ),
         "csv": lambda path: benchmark_results.write_csv(records, path),
         "plot": lambda path: benchmark_results.plot_records(

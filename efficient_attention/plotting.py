@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 from torch import Tensor
 
-from ._validation import check_positive_int, check_records
+from ._validation import check_bool, check_positive_int, check_records
 
 BOOK_STYLE = {
     "figure.dpi": 100,
@@ -199,9 +199,12 @@ def plot_heatmap(
 
     Raises:
         ValueError: ``weights`` is not 2-D, is empty, or is not real, or
-            ``vmax`` is not a positive finite number.
+            ``vmax`` is not a positive finite number, or ``colorbar`` or
+            ``log`` is not a bool.
     """
     array = _as_2d_array("weights", weights)
+    check_bool("colorbar", colorbar)
+    check_bool("log", log)
     if vmax is not None and not (
         isinstance(vmax, (int, float))
         and not isinstance(vmax, bool)

@@ -559,6 +559,30 @@ def test_the_timing_module_does_not_import_the_command_line():
         benchmark.nothing
 
 
+def test_the_provenance_is_taken_before_the_timings(tmp_path, monkeypatch):
+    # a file edited while a long run times must not change its commit line
+    events = []
+    real_provenance = benchmark_results.provenance
+    real_sweep = benchmark.sweep
+
+    def provenance(argv=None):
+        events.append("provenance")
+        return {**real_provenance(argv), "git": "at-start"}
+
+    def sweep(*args, **kwargs):
+        events.append("sweep")
+        return real_sweep(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark_results, "provenance", provenance)
+    monkeypatch.setattr(benchmark, "sweep", sweep)
+    path = tmp_path / "run.json"
+    benchmark_cli.main(
+        f"--quick --head-dim 8 --no-progress --json {path}".split())
+    assert events == ["provenance", "sweep"]
+    assert benchmark_results.load_document(path)["provenance"]["git"] == (
+        "at-start")
+
+
 def test_quick_writes_json_csv_and_a_plot_that_load_back(tmp_path, capsys):
     paths = {k: tmp_path / f"run.{k}" for k in ("json", "csv", "png")}
     benchmark_cli.main(
@@ -962,6 +986,13 @@ def test_format_comparison_shows_every_call_with_its_spread_and_rate():
                       "4.25]", "-", "-"]
     with pytest.raises(ValueError, match="compare"):
         benchmark.format_comparison([])
+    with pytest.raises(ValueError, match="list compare"):
+        benchmark.format_comparison(records[0])
+    sweep_record = {"variant": "sdpa", "L": 1024, "median_s": 0.004}
+    with pytest.raises(ValueError, match="lacks.*'gflops'"):
+        benchmark.format_comparison([records[0], sweep_record])
+    with pytest.raises(ValueError, match="not a mapping"):
+        benchmark.format_comparison([records[0], 0.004])
 
 def test_compare_interleaves_the_rounds():
     order = []

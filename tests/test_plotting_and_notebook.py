@@ -116,6 +116,9 @@ def test_a_log_heatmap_shows_small_weights_and_leaves_dropped_pairs_white():
     assert image.norm(1e-3) == pytest.approx(0.25)
     with pytest.raises(ValueError, match="log=True"):
         plotting.plot_heatmap(torch.zeros(2, 2), log=True)
+    for flag in ("log", "colorbar"):  # a truthy string is not a bool
+        with pytest.raises(ValueError, match=f"{flag} must be True or False"):
+            plotting.plot_heatmap(weights, **{flag: "yes"})
 
 
 @pytest.mark.parametrize("vmax", [0, -1.0, float("inf"), True, "1"])
