@@ -1,10 +1,16 @@
 """efficient_attention: the code of "Efficient Transformers, hands-on".
 
 One function per attention variant, shaped like
-``F.scaled_dot_product_attention``; mask functions for the patterns; cost
-models; benchmarking, attention across processes (``distributed``),
-plotting and notebook helpers. Import it as
-``import efficient_attention as ea``.
+``F.scaled_dot_product_attention``, and the layers built on them, one
+folder each: ``attention`` (the variants), ``compression`` (pruning,
+quantization, distillation, low-rank weights), ``nlp`` (MRPC, the
+pretrained encoder, training), ``benchmark`` (timing, FLOP counts, peers,
+statistics; also the command line), ``viz`` (plots and widgets) and
+``parallel`` (attention across processes). At the root: mask functions
+(``masks``), the table of variants (``variants``), the C++ kernels
+(``cpu_kernels``) and the notebook helpers. Import it as ``import
+efficient_attention as ea``; every module has a short name there
+(``ea.training``, ``ea.cost``, ``ea.widgets``), imported on first use.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from . import cost, masks
+from . import masks
 from .attention import (
     AdaptiveSpanAttention,
     ApproximationError,
@@ -38,23 +44,30 @@ from .attention import (
     sparse_attention,
     top_k_attention,
 )
-from .encoder import EncoderLayer
+from .nlp.encoder import EncoderLayer
 from .notebook import glue, pick_device, setup_notebook, show_source
 
 __version__ = "0.1.0"
 
-# Imported on first use (data, models and training import transformers).
+# The short names of the modules, imported on first use (data, models and
+# training import transformers), and where each lives.
 _LAZY_MODULES = {
-    "benchmark",
-    "compression",
-    "data",
-    "distributed",
-    "low_rank_weights",
-    "models",
-    "plotting",
-    "significance",
-    "training",
-    "widgets",
+    "benchmark": "benchmark",
+    "compression": "compression",
+    "cost": "benchmark.cost",
+    "data": "nlp.data",
+    "distributed": "parallel.distributed",
+    "encoder": "nlp.encoder",
+    "low_rank_weights": "compression.low_rank_weights",
+    "models": "nlp.models",
+    "peers": "benchmark.peers",
+    "plotting": "viz.plotting",
+    "significance": "benchmark.significance",
+    "static_explorer": "viz.static_explorer",
+    "tasks": "nlp.tasks",
+    "training": "nlp.training",
+    "variants": "variants",
+    "widgets": "viz.widgets",
 }
 
 __all__ = [
@@ -98,11 +111,16 @@ __all__ = [
     "sliding_window_attention",
     "training",
     "widgets",
+    "encoder",
+    "peers",
+    "static_explorer",
+    "tasks",
+    "variants",
     "__version__",
 ]
 
 
 def __getattr__(name: str) -> ModuleType:
     if name in _LAZY_MODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{_LAZY_MODULES[name]}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -81,7 +81,7 @@ def setup_notebook(seed: int = 0) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.set_printoptions(precision=4, sci_mode=False)
-    from .plotting import use_book_style
+    from .viz.plotting import use_book_style
 
     use_book_style()
     try:

@@ -414,7 +414,7 @@ def _peer(make: Callable[[Settings, int, torch.device], AttentionFn]):
     """A peer built on first use at each length and device."""
 
     def builder(settings: Settings) -> AttentionFn:
-        from . import peers
+        from .benchmark import peers
 
         return peers.per_length(lambda L, device: make(settings, L, device))
 
@@ -422,25 +422,25 @@ def _peer(make: Callable[[Settings, int, torch.device], AttentionFn]):
 
 
 def _sdpa_mask(settings: Settings, L: int, device) -> AttentionFn:
-    from . import peers
+    from .benchmark import peers
 
     return peers.sdpa_masked_attention(settings.window, L, device)
 
 
 def _flex(settings: Settings, L: int, device) -> AttentionFn:
-    from . import peers
+    from .benchmark import peers
 
     return peers.flex_attention(settings.window, L, device)
 
 
 def _local_attention(settings: Settings, L: int, device) -> AttentionFn:
-    from . import peers
+    from .benchmark import peers
 
     return peers.local_attention_package(settings.window, L)
 
 
 def _longformer(settings: Settings, L: int, device) -> AttentionFn:
-    from . import peers
+    from .benchmark import peers
 
     return peers.longformer_attention(
         settings.window, L, settings.heads, settings.head_dim
@@ -448,7 +448,7 @@ def _longformer(settings: Settings, L: int, device) -> AttentionFn:
 
 
 def _natten(settings: Settings, L: int, device) -> AttentionFn:
-    from . import peers
+    from .benchmark import peers
 
     return peers.natten_attention(
         settings.window, L, settings.batch * settings.heads
@@ -457,7 +457,7 @@ def _natten(settings: Settings, L: int, device) -> AttentionFn:
 
 def _layout_peer(which: str):
     def make(settings: Settings, L: int, device) -> AttentionFn:
-        from . import peers
+        from .benchmark import peers
 
         build_peer = (
             peers.sdpa_layout_attention

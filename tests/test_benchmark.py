@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pathlib
 import time
 
 import numpy as np
@@ -14,7 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import efficient_attention as ea
-from efficient_attention import benchmark, benchmark_cli, masks, variants
+from efficient_attention import benchmark, masks, variants
+from efficient_attention.benchmark import cli as benchmark_cli
+from efficient_attention.benchmark import timing
 
 
 def test_time_callable_measures_a_known_duration():
@@ -435,8 +438,8 @@ def test_command_line_bad_arguments_are_usage_errors(
     def must_not_run(*args, **kwargs):
         raise AssertionError("nothing may run after a bad argument")
 
-    monkeypatch.setattr(benchmark, "sweep", must_not_run)
-    monkeypatch.setattr(benchmark, "hardware_summary", must_not_run)
+    monkeypatch.setattr(timing, "sweep", must_not_run)
+    monkeypatch.setattr(timing, "hardware_summary", must_not_run)
     with pytest.raises(SystemExit) as exit_info:
         benchmark_cli.main(argv.split())
     assert exit_info.value.code == 2
@@ -534,19 +537,19 @@ def test_bad_input_raises_a_clear_error(call, message):
         call()
 
 
-# The command line's newer options (benchmark_cli) and its result files
-# (benchmark_results).
+# The command line's newer options (benchmark.cli) and its result files
+# (benchmark.results).
 
-from efficient_attention import benchmark_results  # noqa: E402
+from efficient_attention.benchmark import results as benchmark_results  # noqa: E402
 
 
-def test_the_timing_module_does_not_import_the_command_line():
+def test_the_benchmark_package_has_no_import_cycle():
     import subprocess
     import sys
 
     code = (
         "import sys, efficient_attention.benchmark; "
-        "print('efficient_attention.benchmark_cli' in sys.modules)"
+        "print('efficient_attention.benchmark.cli' in sys.modules)"
     )
     run = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True
@@ -554,7 +557,10 @@ def test_the_timing_module_does_not_import_the_command_line():
     assert run.stdout.strip() == "False", run.stderr
     assert not hasattr(benchmark, "main")
     assert benchmark.format_records is benchmark_results.format_records
-    assert benchmark.load_results is benchmark_results.load_results
+    assert benchmark.compare is timing.compare
+    for module in ("timing", "results", "cli", "cost", "peers"):
+        source = pathlib.Path(benchmark.__file__).with_name(f"{module}.py")
+        assert "__getattr__" not in source.read_text(), module
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         benchmark.nothing
 
@@ -563,7 +569,7 @@ def test_the_provenance_is_taken_before_the_timings(tmp_path, monkeypatch):
     # a file edited while a long run times must not change its commit line
     events = []
     real_provenance = benchmark_results.provenance
-    real_sweep = benchmark.sweep
+    real_sweep = timing.sweep
 
     def provenance(argv=None):
         events.append("provenance")
@@ -574,7 +580,7 @@ def test_the_provenance_is_taken_before_the_timings(tmp_path, monkeypatch):
         return real_sweep(*args, **kwargs)
 
     monkeypatch.setattr(benchmark_results, "provenance", provenance)
-    monkeypatch.setattr(benchmark, "sweep", sweep)
+    monkeypatch.setattr(timing, "sweep", sweep)
     path = tmp_path / "run.json"
     benchmark_cli.main(
         f"--quick --head-dim 8 --no-progress --json {path}".split())
@@ -691,7 +697,7 @@ def test_list_names_every_variant_and_times_nothing(capsys, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("--list times nothing")
 
-    monkeypatch.setattr(benchmark, "sweep", must_not_run)
+    monkeypatch.setattr(timing, "sweep", must_not_run)
     benchmark_cli.main(["--list"])
     out = capsys.readouterr().out
     names = [line.split()[0] for line in out.splitlines()]
@@ -828,7 +834,7 @@ def must_not_time(*args, **kwargs):
 def test_settings_that_do_not_fit_a_length_are_usage_errors(
     argv, words, capsys, monkeypatch
 ):
-    monkeypatch.setattr(benchmark, "sweep", must_not_time)
+    monkeypatch.setattr(timing, "sweep", must_not_time)
     with pytest.raises(SystemExit) as exit_info:
         benchmark_cli.main(argv.split())
     assert exit_info.value.code == 2
@@ -839,7 +845,7 @@ def test_settings_that_do_not_fit_a_length_are_usage_errors(
 
 
 def test_output_paths_are_checked_before_timing(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(benchmark, "sweep", must_not_time)
+    monkeypatch.setattr(timing, "sweep", must_not_time)
     existing = tmp_path / "keep.csv"
     existing.write_text("kept")
     for argv, message in [
@@ -884,7 +890,6 @@ def test_a_variant_that_fails_mid_sweep_is_recorded_and_the_sweep_goes_on(
 def test_an_output_that_cannot_be_written_does_not_stop_the_others(
     tmp_path, capsys, monkeypatch
 ):
-    from efficient_attention import benchmark_results
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -1101,7 +1106,7 @@ def test_the_command_times_five_rounds_unless_quick_or_told(monkeypatch):
         seen.append(options["rounds"])
         raise Timed  # nothing needs timing: the rounds asked are all we want
 
-    monkeypatch.setattr(benchmark, "sweep", fake_sweep)
+    monkeypatch.setattr(timing, "sweep", fake_sweep)
     for line in ("--lengths 64 --no-progress", "--quick --no-progress",
                  "--quick --rounds 3 --no-progress"):
         with pytest.raises(Timed):

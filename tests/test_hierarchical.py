@@ -354,7 +354,7 @@ def test_never_builds_an_l_by_l_matrix():
 
 
 def test_benchmark_command_line_times_the_three_schemes(capsys):
-    from efficient_attention import benchmark_cli
+    from efficient_attention.benchmark import cli as benchmark_cli
 
     benchmark_cli.main(
         [

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from efficient_attention.static_explorer import (  # noqa: E402
+from efficient_attention.viz.static_explorer import (  # noqa: E402
     MAX_FRAMES,
     attention_map_explorer_page,
     explorer_html,
@@ -160,7 +160,7 @@ def test_chapter_pages_hold_one_frame_per_combination():
 def test_draw_attention_map_checks_its_indices():
     import torch
 
-    from efficient_attention.widgets import draw_attention_map
+    from efficient_attention.viz.widgets import draw_attention_map
 
     attentions = [torch.full((1, 2, 3, 3), 1 / 3)]
     fig = draw_attention_map(attentions, ["a", "b", "c"], 0, 1)
@@ -176,7 +176,9 @@ def test_draw_attention_map_checks_its_indices():
 
 def test_the_hierarchical_page_has_a_frame_per_setting(monkeypatch):
     from efficient_attention import widgets
-    from efficient_attention.static_explorer import hierarchical_explorer_page
+    from efficient_attention.viz.static_explorer import (
+        hierarchical_explorer_page,
+    )
 
     calls = []
 

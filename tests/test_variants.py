@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import efficient_attention as ea
-from efficient_attention import benchmark_cli, masks, variants, widgets
+from efficient_attention import masks, variants, widgets
+from efficient_attention.benchmark import cli as benchmark_cli
 
 BOOK = pathlib.Path(__file__).resolve().parents[1] / "book"
 

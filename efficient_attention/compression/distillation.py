@@ -27,8 +27,6 @@ import torch.nn.functional as F
 import transformers
 from torch import Tensor, nn
 
-from .. import data as mrpc_data
-from .. import training
 from .._validation import (
     check_int,
     check_int_list,
@@ -36,6 +34,8 @@ from .._validation import (
     check_positive_real,
     check_real,
 )
+from ..nlp import data as mrpc_data
+from ..nlp import training
 from .pruning import encoder_layers
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")

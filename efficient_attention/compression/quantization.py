@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .._validation import check_bool, check_non_negative_int, check_tensor
 from ..attention import analysis
-from ..training import serialized_megabytes
+from ..nlp.training import serialized_megabytes
 from .pruning import prunable_linears
 
 GRIDS = ("uniform", "kmeans", "log")

@@ -44,12 +44,9 @@ from strategies import (  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 import efficient_attention as ea  # noqa: E402
-from efficient_attention import (  # noqa: E402
-    benchmark_cli,
-    masks,
-    variants,
-)
+from efficient_attention import masks, variants  # noqa: E402
 from efficient_attention.attention import hierarchical  # noqa: E402
+from efficient_attention.benchmark import cli as benchmark_cli  # noqa: E402
 
 # -- the registry of attention variants -----------------------------------
 

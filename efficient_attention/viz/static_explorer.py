@@ -373,7 +373,7 @@ def image_frames(
 def mask_explorer_page(length: int = 32):
     """The page version of ``widgets.mask_explorer`` (chapter 1): the
     patterns of ``masks.example_patterns`` and their window."""
-    from . import masks
+    from .. import masks
     from .widgets import draw_pattern
 
     return static_explorer(
@@ -458,7 +458,7 @@ def quantization_explorer_page(
 ):
     """The page version of ``widgets.quantization_explorer`` (chapter
     "Quantization"): each grid at a few bit widths."""
-    from .compression.quantization import GRIDS
+    from ..compression.quantization import GRIDS
     from .widgets import draw_quantization_grid
 
     return static_explorer(

@@ -13,10 +13,9 @@ profiler's record of every CPU allocation on a CPU. Every
 chapter times its variant against ``F.scaled_dot_product_attention``, the
 fused baseline, in the same run; chapter 1 introduces the tools. What
 happens to the records next (the table, JSON, CSV, plots, loading) lives
-in ``benchmark_results``; the command line ``python -m
+in ``results``; the command line ``python -m
 efficient_attention.benchmark`` (``--help``, ``--list``, ``--quick``)
-lives in ``benchmark_cli`` (which imports this module, never the other way
-round). It implements no paper.
+lives in ``cli``, which imports both. It implements no paper.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from torch import Tensor
 from torch.utils import benchmark as torch_benchmark
 from tqdm import tqdm
 
-from ._validation import (
+from .._validation import (
     check_bool,
     check_dtype,
     check_positive_int,
@@ -47,8 +46,7 @@ from ._validation import (
 
 # re-exported: chapters and tests call benchmark.format_records and
 # benchmark.load_results
-from .benchmark_results import format_records, load_results  # noqa: F401
-from .notebook import pick_device
+from ..notebook import pick_device
 
 TIMED_DEVICES = ("cpu", "cuda")
 """The device types timed here: ``Timer`` synchronizes CUDA only, and peak
@@ -868,8 +866,3 @@ def loglog_fit(
     t = T_975[dof - 1] if dof <= len(T_975) else 2.0
     return slope, slope - t * error, slope + t * error
 
-
-if __name__ == "__main__":
-    from efficient_attention.benchmark_cli import main
-
-    main()

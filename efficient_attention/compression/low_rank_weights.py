@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_positive_int, check_real, check_tensor
+from .._validation import check_positive_int, check_real, check_tensor
 
 
 class LowRankLinear(nn.Module):

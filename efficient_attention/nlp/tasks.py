@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validation import check_positive_int, check_positive_real
+from .._validation import check_positive_int, check_positive_real
 from .encoder import AttentionFn, EncoderLayer
 
 IGNORE = -100  # the target where there is nothing to copy (cross_entropy)

@@ -30,7 +30,7 @@ import random
 
 import datasets
 
-from ._validation import check_positive_int, check_seed
+from .._validation import check_positive_int, check_seed
 
 SPLITS = ("train", "dev", "test")
 SOURCES = ("auto", "glue", "hub", "generated")

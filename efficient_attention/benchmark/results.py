@@ -1,6 +1,6 @@
 """The benchmark's results: the text table, JSON, CSV, a plot, and loading.
 
-This module holds what happens to the records of ``benchmark.sweep`` once
+This module holds what happens to the records of ``timing.sweep`` once
 they are measured: ``format_records`` prints them as a table of medians,
 spreads, peak memory and ratios to dense SDPA; ``write_json`` and
 ``write_csv`` save them (the JSON also keeps the hardware and the settings
@@ -11,7 +11,7 @@ pandas DataFrame, for the book's leaderboard; ``book_data_file`` and
 (``efficient_attention/book_data/``), so a chapter opened on its own (in
 Colab) finds them too. It implements no paper; the
 command line of ``python -m efficient_attention.benchmark`` (module
-``benchmark_cli``) writes these files, and chapter 1 introduces the table.
+``cli``) writes these files, and chapter 1 introduces the table.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import os
 import pathlib
 from collections.abc import Mapping, Sequence
 
-from ._validation import check_records
+from .._validation import check_records
 
 RESULTS_FORMAT = "efficient_attention.benchmark/1"
 """The ``format`` field of the JSON files: bumped when the layout changes."""
@@ -181,7 +181,7 @@ def provenance(argv: Sequence[str] | None = None) -> dict[str, object]:
 
     import torch
 
-    from . import __version__, cpu_kernels
+    from .. import __version__, cpu_kernels
 
     if argv is None:
         argv = sys.argv[1:]
@@ -246,8 +246,8 @@ def _version(distribution: str) -> str:
 
 def _cpu_description() -> dict[str, object]:
     """The CPU's model name and which of ``CPU_FLAGS`` it has."""
-    from . import cpu_kernels
-    from .benchmark import _cpu_model
+    from .. import cpu_kernels
+    from .timing import _cpu_model
 
     flags = set(cpu_kernels._cpu_flags().split())
     return {

@@ -27,7 +27,7 @@ import transformers
 from torch import Tensor, nn
 from transformers import AttentionInterface, AttentionMaskInterface
 
-from ._validation import check_fits_in_memory, check_int, check_positive_int
+from .._validation import check_fits_in_memory, check_int, check_positive_int
 
 PRETRAINED_ENCODER = "all-MiniLM-L6-v2"
 """The name ``load_encoder`` reads from the local package's files."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import (
+from .._validation import (
     check_dtype,
     check_heads_divide,
     check_int,

@@ -4,58 +4,51 @@ This module holds ring attention (``ring_attention``: each process keeps a
 contiguous shard of the sequence, the key/value shards travel around a ring
 of processes, and the partial results merge with an online softmax), its
 cost model (``ring_attention_cost``), the sharding rule used everywhere
-(``shard_sequence``), a launcher that runs a function on a group of local
-processes (``run_processes``), and data parallelism on a tiny model
-(``ddp_gradients``). It implements "Ring Attention with Blockwise
-Transformers for Near-Infinite Context" (Liu, Zaharia and Abbeel 2023,
-arXiv:2310.01889), the online softmax of "Online normalizer calculation for
-softmax" (Milakov and Gimelshein 2018, arXiv:1805.02867), and shows
-"PyTorch Distributed: Experiences on Accelerating Data Parallel Training"
-(Li et al. 2020, arXiv:2006.15704); the chapter on hardware acceleration
-teaches it. Everything is written on ``torch.distributed``, so the same code
-runs on CPU processes with the gloo backend (as the tests do) and on GPUs
-with NCCL. Across machines, start one process per device with ``torchrun``
-(``torchrun --nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d
+(``shard_sequence``) and data parallelism on a tiny model
+(``ddp_gradients``); ``run_processes``, which runs a function on a group of
+local processes, lives in ``launch``. It implements "Ring Attention with
+Blockwise Transformers for Near-Infinite Context" (Liu, Zaharia and Abbeel
+2023, arXiv:2310.01889), the online softmax of "Online normalizer
+calculation for softmax" (Milakov and Gimelshein 2018, arXiv:1805.02867),
+and shows "PyTorch Distributed: Experiences on Accelerating Data Parallel
+Training" (Li et al. 2020, arXiv:2006.15704); the chapter on hardware
+acceleration teaches it. Everything is written on ``torch.distributed``, so
+the same code runs on CPU processes with the gloo backend (as the tests do)
+and on GPUs with NCCL. Across machines, start one process per device with
+``torchrun`` (``torchrun --nnodes=2 --nproc-per-node=8 --rdzv-backend=c10d
 --rdzv-endpoint=HOST:29500 script.py`` on every machine), call
 ``torch.distributed.init_process_group("nccl")`` in the script, and give
 ``ring_attention`` each process's shard of the sequence. What limits it:
-every process sends ``2 (W - 1)`` shard-sized key/value blocks per
-attention call (``ring_attention_cost``), which hides behind the block's
-compute only while a block is large (the compute of a shard grows as
-``L_r^2 E``, its transfer as ``L_r E``); small blocks are latency-bound,
-each step paying a message's fixed latency (tens of microseconds on
-NVLink or InfiniBand, far more over TCP).
+every process sends ``2 (W - 1)`` shard-sized key/value blocks per attention
+call (``ring_attention_cost``), which hides behind the block's compute only
+while a block is large (the compute of a shard grows as ``L_r^2 E``, its
+transfer as ``L_r E``); small blocks are latency-bound, each step paying a
+message's fixed latency (tens of microseconds on NVLink or InfiniBand, far
+more over TCP).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import pickle
-import queue as queue_module
-import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.reduction import ForkingPickler
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import Tensor
 
-from ._validation import (
+from .._validation import (
     check_bool,
     check_int,
     check_non_negative_int,
     check_positive_int,
-    check_positive_real,
     check_qkv,
     check_scale,
     check_tensor,
     scores_not_finite,
 )
+from .launch import ProcessFailed, run_processes
 
 __all__ = [
     "ProcessFailed",
@@ -470,184 +463,6 @@ def ring_attention_cost(
     )
 
 
-class ProcessFailed(RuntimeError):
-    """A process of ``run_processes`` raised or died; the message holds its
-    traceback."""
-
-
-def _child(
-    rank: int,
-    world_size: int,
-    init_file: str,
-    backend: str,
-    results: object,
-    fn: Callable[..., object],
-    args: tuple,
-) -> None:
-    """The body of one process of ``run_processes``."""
-    torch.set_num_threads(1)
-    try:
-        dist.init_process_group(
-            backend,
-            init_method=f"file://{init_file}",
-            rank=rank,
-            world_size=world_size,
-        )
-        try:
-            result = fn(rank, world_size, *args)
-        finally:
-            dist.destroy_process_group()
-        results.put((rank, True, pickle.dumps(result)))
-    except BaseException:
-        results.put((rank, False, traceback.format_exc()))
-
-
-def run_processes(
-    fn: Callable[..., object],
-    world_size: int,
-    *args: object,
-    timeout_s: float = 300.0,
-    backend: str = "gloo",
-) -> list[object]:
-    """Run ``fn(rank, world_size, *args)`` in ``world_size`` new processes.
-
-    Each process (started with ``torch.multiprocessing``'s ``spawn``
-    method, one torch thread each) joins a process group of ``backend``
-    through a ``file://`` rendezvous in a temporary folder (no network
-    ports), runs ``fn`` and sends its result back pickled. For tests and
-    chapters on one machine; across machines use ``torchrun`` (see the
-    module's docstring).
-
-    Args:
-        fn: a picklable function (defined at module level), called as
-            ``fn(rank, world_size, *args)``.
-        world_size: the number of processes, an int >= 1.
-        args: picklable arguments passed to every process.
-        timeout_s: seconds to wait for all results before ending the
-            processes (a finite number > 0).
-        backend: ``"gloo"`` (CPU) or ``"nccl"`` (one GPU per process).
-
-    Returns:
-        the results of ranks ``0 .. world_size - 1``, in rank order.
-
-    Raises:
-        ValueError: ``fn`` not callable, ``fn`` or ``args`` not picklable
-            (a lambda), a bad ``world_size`` or ``timeout_s``.
-        ProcessFailed: a process raised; the message holds its traceback.
-            The other processes are ended.
-        TimeoutError: not every process finished within ``timeout_s``.
-
-    Complexity:
-        starting a process costs seconds (it imports torch): run many cases
-        in one call.
-    """
-    if not callable(fn):
-        raise ValueError(f"fn must be callable; got {type(fn).__name__}.")
-    for name, value in (("fn", fn), ("args", args)):
-        try:
-            ForkingPickler.dumps(value)
-        except Exception as error:  # pickle raises several types
-            raise ValueError(
-                f"{name} must be picklable, to reach the new processes: a "
-                f"function defined at module level, not a lambda or a "
-                f"function defined inside another; {error}"
-            ) from None
-    world_size = check_positive_int("world_size", world_size)
-    timeout_s = check_positive_real("timeout_s", timeout_s)
-    if backend not in ("gloo", "nccl"):
-        raise ValueError(f"backend must be 'gloo' or 'nccl'; got {backend!r}.")
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    with tempfile.TemporaryDirectory(prefix="ea-dist-") as folder:
-        init_file = os.path.join(folder, "rendezvous")
-        processes = [
-            context.Process(
-                target=_child,
-                args=(rank, world_size, init_file, backend, results, fn, args),
-                daemon=True,
-            )
-            for rank in range(world_size)
-        ]
-        for process in processes:
-            process.start()
-        try:
-            outputs = _collect(results, processes, world_size, timeout_s)
-        finally:
-            for process in processes:
-                if process.is_alive():
-                    process.terminate()
-            for process in processes:
-                process.join(timeout=10)
-    return outputs
-
-
-def _collect(
-    results: object, processes: list, world_size: int, timeout_s: float
-) -> list[object]:
-    """Read one result per rank from ``results``; raise on the first
-    failure, on a process that died without a word, or past the deadline."""
-    deadline = time.monotonic() + timeout_s
-    outputs: dict[int, object] = {}
-    while len(outputs) < world_size:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            missing = sorted(set(range(world_size)) - set(outputs))
-            raise TimeoutError(
-                f"run_processes: ranks {missing} did not finish within "
-                f"timeout_s; a hang (a collective some rank never reached?) "
-                f"or too small a timeout."
-            )
-        try:
-            rank, ok, payload = results.get(timeout=min(left, 1.0))
-        except queue_module.Empty:
-            dead = [
-                rank
-                for rank, p in enumerate(processes)
-                if rank not in outputs and p.exitcode not in (None, 0)
-            ]
-            if dead:
-                raise ProcessFailed(
-                    f"run_processes: ranks {dead} died without a result "
-                    f"(exit codes "
-                    f"{[processes[r].exitcode for r in dead]})."
-                ) from None
-            continue
-        if not ok:
-            failures = _other_failures(results, processes, {rank: payload})
-            raise ProcessFailed(
-                f"run_processes: ranks {sorted(failures)} raised (when one "
-                f"rank fails, its peers often fail too, waiting for it):\n"
-                + "\n".join(
-                    f"rank {r} raised:\n{failures[r]}"
-                    for r in sorted(failures)
-                )
-            )
-        outputs[rank] = pickle.loads(payload)
-    return [outputs[rank] for rank in range(world_size)]
-
-
-def _other_failures(
-    results: object,
-    processes: list,
-    failures: dict[int, str],
-    grace_s: float = 5.0,
-) -> dict[int, str]:
-    """After a first failure, gather the tracebacks other ranks send within
-    ``grace_s``: which rank failed first in the queue is a race, and the
-    cause is often a peer's error."""
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            rank, ok, payload = results.get(timeout=0.2)
-        except queue_module.Empty:
-            if not any(p.is_alive() for p in processes):
-                break  # nothing more can come
-            continue
-        if not ok:
-            failures[rank] = payload
-    return failures
-
-
 def _ddp_worker(
     rank: int,
     world_size: int,
@@ -790,7 +605,7 @@ def ring_attention_trial(
     Raises:
         ValueError: as ``ring_attention`` and ``time_callable``.
     """
-    from .benchmark import attention_inputs, peak_memory_bytes
+    from ..benchmark import attention_inputs, peak_memory_bytes
 
     repeats = check_positive_int("repeats", repeats)
 

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import Tensor
 
-from ._validation import check_positive_int, check_real, check_seed
+from .._validation import check_positive_int, check_real, check_seed
 
 METRICS = ("accuracy", "f1")
 

@@ -5,9 +5,9 @@ sweeps the chosen variants of the registry (``efficient_attention.
 variants``; ``--list`` prints them) over lengths, dtypes and devices
 against ``F.scaled_dot_product_attention`` (dense SDPA, the baseline), with
 a progress bar on stderr, prints the hardware line and the table of
-``benchmark_results.format_records``, and writes JSON, CSV and a PNG plot
+``results.format_records``, and writes JSON, CSV and a PNG plot
 when asked (``--json``, ``--csv``, ``--plot``). The measurements live in
-``benchmark``, the variants and their settings in ``variants``. Run it
+``timing``, the variants and their settings in ``variants``. Run it
 with ``--help``, or ``--quick`` for a sweep of a few seconds.
 """
 
@@ -23,12 +23,13 @@ from collections.abc import Sequence
 
 import torch
 
-from . import benchmark, benchmark_results, variants
-from ._validation import (
+from .. import variants
+from .._validation import (
     check_non_negative_int,
     check_positive_int,
     check_positive_real,
 )
+from . import results, timing
 
 DEFAULTS = variants.Settings()
 """The settings of an option not given (one set for every consumer)."""
@@ -347,7 +348,7 @@ def _check_arguments(
     devices = []
     for name in args.device or [None]:
         try:
-            devices.append(benchmark.timing_device(name))
+            devices.append(timing.timing_device(name))
         except ValueError as error:
             parser.error(f"argument --device: {error}")
     chosen = [variants.get(name) for name in args.variants]
@@ -391,7 +392,7 @@ def _check_sizes(
 ) -> str | None:
     """Whether the inputs of every length fit the memory of each device at
     all (query, key, value and the output; drawn in float32 first)."""
-    from ._validation import check_fits_in_memory
+    from .._validation import check_fits_in_memory
 
     for device in devices:
         for dtype_name in args.dtype:
@@ -498,26 +499,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     devices = _check_arguments(parser, args)
     # taken before timing: the code that runs is the code checked out now
-    origin = benchmark_results.provenance(args.command_line)
+    origin = results.provenance(args.command_line)
     records: list[dict[str, object]] = []
     hardware: list[dict[str, object]] = []
     for device in devices:
         for dtype_name in args.dtype:
             dtype = DTYPES[dtype_name]
-            summary = benchmark.hardware_summary(device, dtype)
+            summary = timing.hardware_summary(device, dtype)
             if records:
                 print()
             print(summary)
             _print_settings(args)
-            hardware.append(benchmark.describe_hardware(device, dtype))
-            found = benchmark.sweep(
+            hardware.append(timing.describe_hardware(device, dtype))
+            found = timing.sweep(
                 {
                     name: variants.build(name, settings_of(args))
                     for name in args.variants
                 },
                 args.lengths,
                 functools.partial(
-                    benchmark.attention_inputs,
+                    timing.attention_inputs,
                     batch=args.batch,
                     heads=args.heads,
                     head_dim=args.head_dim,
@@ -537,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "hardware": summary,
             }
             found = [{**record, **shape} for record in found]
-            print(benchmark_results.format_records(found))
+            print(results.format_records(found))
             records += found
     _write_outputs(args, records, hardware, origin)
 
@@ -560,15 +561,15 @@ def _write_outputs(
     }
     title = " / ".join(sorted({str(r["hardware"]) for r in records}))
     writers = {
-        "json": lambda path: benchmark_results.write_json(
+        "json": lambda path: results.write_json(
             records,
             path,
             hardware=hardware,
             settings=settings,
             provenance=origin,
         ),
-        "csv": lambda path: benchmark_results.write_csv(records, path),
-        "plot": lambda path: benchmark_results.plot_records(
+        "csv": lambda path: results.write_csv(records, path),
+        "plot": lambda path: results.plot_records(
             records, path, title=title
         ),
     }

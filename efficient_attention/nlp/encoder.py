@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validation import (
+from .._validation import (
     check_heads_divide,
     check_positive_int,
     check_positive_real,

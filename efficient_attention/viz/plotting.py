@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 from torch import Tensor
 
-from ._validation import check_bool, check_positive_int, check_records
+from .._validation import check_bool, check_positive_int, check_records
 
 BOOK_STYLE = {
     "figure.dpi": 100,

@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import masks
-from .attention import flex
+from .. import masks
+from ..attention import flex
 
 AttentionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 

@@ -39,9 +39,10 @@ from torch import Tensor
 from torch.utils import benchmark as torch_benchmark
 from tqdm.auto import tqdm
 
-from . import __version__, models
+from .. import __version__
+from .._validation import check_positive_int, check_real, check_seed
 from . import data as mrpc_data
-from ._validation import check_positive_int, check_real, check_seed
+from . import models
 
 
 @dataclasses.dataclass(frozen=True)

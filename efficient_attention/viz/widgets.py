@@ -26,10 +26,10 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from . import masks
-from ._validation import check_positive_int, check_positive_real
+from .. import masks
+from .._validation import check_positive_int, check_positive_real
+from ..variants import Settings
 from .plotting import plot_mask
-from .variants import Settings
 
 
 def draw_pattern(
@@ -333,7 +333,7 @@ def draw_quantization_grid(weights: Tensor, bits: int, grid: str) -> Figure:
     """A histogram of ``weights`` with the levels of a ``bits``-bit grid on
     top (``"uniform"``, ``"kmeans"`` or ``"log"``), titled with the relative
     error of rounding the weights onto it (chapter "Quantization")."""
-    from .compression import quantization
+    from ..compression import quantization
 
     values = weights.detach().flatten().float()
     rounded = quantization.quantize_values(values, bits, grid=grid)
@@ -391,7 +391,7 @@ def low_rank_approximation(
     (drawn with ``seed``). ``query (L, E)``, ``key (S, E)``, float64 is
     best for pictures.
     """
-    from .attention import (
+    from ..attention import (
         effective_attention,
         linformer_attention,
         make_linformer_projections,
@@ -508,7 +508,7 @@ def draw_hierarchical(
     """
     from matplotlib.colors import ListedColormap
 
-    from .attention import hierarchical
+    from ..attention import hierarchical
 
     length = check_positive_int("length", length)
     generator = torch.Generator().manual_seed(seed)
@@ -628,7 +628,7 @@ def draw_magnitude_pruning(
         ValueError: ``weight`` is not 2-D, ``amount`` is not in ``[0, 1]``
             or ``crop`` is not a positive int.
     """
-    from .compression import pruning
+    from ..compression import pruning
 
     crop = check_positive_int("crop", crop)
     if weight.dim() != 2:
