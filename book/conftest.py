@@ -14,5 +14,4 @@ from notebook_tools import NOTEBOOK_ENV
 for name, value in NOTEBOOK_ENV.items():
     os.environ[name] = value
 
-collect_ignore = ["notebook_tools.py"]
 collect_ignore_glob = ["**/.ipynb_checkpoints/*"]

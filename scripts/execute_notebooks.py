@@ -1,8 +1,9 @@
 """Re-execute the book notebooks in place, as `pytest --nbval book` runs them.
 
 Same kernel (nbval's "current environment" kernel), same working directory
-(the notebook's folder), same environment variables (book/notebook_tools.py),
-so the committed outputs are exactly what the test run reproduces.
+(the notebook's folder), same environment variables
+(scripts/notebook_tools.py), so the committed outputs are exactly what the
+test run reproduces.
 
 Usage: python scripts/execute_notebooks.py [NOTEBOOK.ipynb ...]
 (no argument: every notebook listed in _toc.yml, one after the other), e.g.
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import sys
 import time
 
 import nbformat
@@ -24,7 +24,6 @@ from nbclient import NotebookClient
 from nbval.kernel import CURRENT_ENV_KERNEL_NAME, NbvalKernelspecManager
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "book"))
 from notebook_tools import NOTEBOOK_ENV, toc_files  # noqa: E402
 
 

@@ -33,7 +33,6 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "book"))
 from notebook_tools import NOTEBOOK_ENV, toc_files  # noqa: E402
 
 EXECUTE = """

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import sys
 
 import nbformat
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "book"))
 from notebook_tools import LISTING_HEADER, listed_object  # noqa: E402
 
 from efficient_attention.notebook import source_markdown  # noqa: E402

@@ -6,7 +6,7 @@ at desktop and at phone width, in Debian's Chromium.
 
 Writes ``chapter-desktop.png``, ``chapter-phone.png``, ``explorer-desktop.png``
 and ``explorer-phone.png`` into ``--out``. Requests that leave the machine are
-answered as in the browser suite (tests/browser/site_tools.py): MathJax from
+answered as in the browser suite (scripts/site_tools.py): MathJax from
 the local copy of ``make mathjax`` when there is one, nothing else.
 """
 
@@ -17,7 +17,6 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "browser"))
 
 from site_tools import DESKTOP, PHONE, launch, offline, serve  # noqa: E402
 

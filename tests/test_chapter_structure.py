@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-import sys
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "book"))
 from notebook_tools import toc_files  # noqa: E402
 
 CHAPTERS = [

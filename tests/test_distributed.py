@@ -1,5 +1,5 @@
 """Ring attention, its cost, the process launcher and DDP of
-efficient_attention.distributed, on CPU processes with gloo.
+efficient_attention.parallel, on CPU processes with gloo.
 
 Starting a process group costs seconds, so each world size runs all its
 cases in one ``run_processes`` call (``ring_cases``) and the tests read the
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 import efficient_attention as ea
 from efficient_attention import distributed
+from efficient_attention.attention.online_softmax import merge_softmax
 
 CASES = [
     # (leading shape, L, E, Ev, causal, scale)
@@ -176,13 +177,14 @@ def test_ring_attention_cost_matches_a_hand_count():
     assert cost.shard_length == 4 and cost.steps == 4
     assert cost.transfer_bytes_per_step == block == 1024
     assert cost.bytes_sent == 3 * block == 3072
-    # q, k, v, 2 blocks of k and v, accumulator: 8E; max, sum: 2; scores: L_r
-    assert cost.peak_bytes == 8 * 2 * 4 * (8 * 8 + 2 + 4) == 4480
+    # q, k, v, 2 blocks of k and v, the output so far and the block's: 9E;
+    # their log-sum-exps: 2; scores: L_r
+    assert cost.peak_bytes == 8 * 2 * 4 * (9 * 8 + 2 + 4) == 4992
     one = distributed.ring_attention_cost(
         13, 8, 1, heads=2, bytes_per_element=8
     )
     assert one.bytes_sent == 0 and one.transfer_bytes_per_step == 0
-    assert one.peak_bytes == 8 * 2 * 13 * (4 * 8 + 2 + 13)
+    assert one.peak_bytes == 8 * 2 * 13 * (5 * 8 + 2 + 13)
     # more processes: less memory each, and the total sent grows ~ (W-1)/W
     costs = [
         distributed.ring_attention_cost(4096, 64, w) for w in (1, 2, 4, 8)
@@ -363,18 +365,18 @@ def test_merging_shards_in_ring_order_equals_dense_attention(problem):
         q_r = distributed.shard_sequence(q, W, rank) / math.sqrt(E)
         n = q_r.shape[-2]
         q_pos = torch.arange(n) + offsets[rank]
-        row_max = torch.full((heads, n, 1), -math.inf, dtype=torch.float64)
-        row_sum = torch.zeros_like(row_max)
-        acc = torch.zeros(heads, n, Ev, dtype=torch.float64)
+        out = torch.zeros(heads, n, Ev, dtype=torch.float64)
+        lse = torch.full((heads, n), -math.inf, dtype=torch.float64)
         for step in range(W):
             src = (rank - step) % W
             k_s = pad(distributed.shard_sequence(k, W, src), S_max)
             v_s = pad(distributed.shard_sequence(v, W, src), S_max)
-            distributed._merge_block(
-                q_r, k_s, v_s, q_pos, offsets[src], lengths[src], causal,
-                row_max, row_sum, acc,
-            )  # fmt: skip
-        rows.append(acc / row_sum.clamp_min(torch.finfo(torch.float64).tiny))
+            seen = distributed._block_attention(
+                q_r, k_s, v_s, q_pos, offsets[src], lengths[src], causal
+            )
+            if seen is not None:
+                out, lse = merge_softmax(out, lse, *seen[:2])
+        rows.append(out)
     out = torch.cat(rows, dim=-2)
     expected = ea.dense_attention(q, k, v, is_causal=causal)
     assert not out.isnan().any()

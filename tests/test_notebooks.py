@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-import sys
 import tomllib
 
 import nbformat
@@ -13,7 +12,6 @@ import pytest
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "book"))
 from notebook_tools import (  # noqa: E402
     LISTING_HEADER,
     listed_object,
@@ -244,7 +242,6 @@ def test_an_error_in_a_raises_exception_cell_is_allowed():
 
 
 def test_readme_figures_are_the_ones_the_chapters_drew():
-    sys.path.insert(0, str(ROOT / "scripts"))
     from readme_figures import readme_figures
 
     figures = readme_figures(ROOT / "book")

@@ -44,6 +44,7 @@ from .._validation import (
 )
 from . import block_sparse
 from .block_sparse import block_sparse_attention
+from .online_softmax import block_softmax, merge_softmax
 
 __all__ = [
     "SCHEMES",
@@ -162,37 +163,11 @@ def _partial_softmax(
     n, W, Ev)``, ``bias (n, W)`` added to the scores, ``allowed (n, G, W)``
     bool. Returns the normalised output ``(..., n, G, Ev)`` and the
     log-sum-exp of each row's allowed scores ``(..., n, G)`` (-inf where
-    none is allowed), which ``_merge`` needs.
+    none is allowed), which ``merge_softmax`` needs.
     """
     scores = q @ k.transpose(-2, -1) + bias[:, None, :]  # (..., n, G, W)
     scores = scores.masked_fill(~allowed, float("-inf"))
-    top = scores.amax(-1).detach()  # (..., n, G)
-    top = top.masked_fill(top == float("-inf"), 0.0)
-    weights = torch.exp(scores - top[..., None])  # (..., n, G, W)
-    total = weights.sum(-1)  # (..., n, G)
-    out = (weights @ v) / total.masked_fill(total == 0, 1.0)[..., None]
-    return out, top + total.log()
-
-
-def _merge(
-    out_a: Tensor, lse_a: Tensor, out_b: Tensor, lse_b: Tensor
-) -> tuple[Tensor, Tensor]:
-    """One softmax from two over disjoint sets of keys.
-
-    ``out_a (..., L, Ev)`` is normalised over its keys and ``lse_a (...,
-    L)`` is the log of their total weight (likewise ``b``): the joint
-    output weighs each by its share of the total (the merge of the online
-    softmax, Milakov and Gimelshein 2018, arXiv 1805.02867). A query with
-    no key in either gets zeros and ``-inf``.
-    """
-    top = torch.maximum(lse_a, lse_b).detach()  # (..., L)
-    top = top.masked_fill(top == float("-inf"), 0.0)
-    weight_a, weight_b = torch.exp(lse_a - top), torch.exp(lse_b - top)
-    total = weight_a + weight_b  # (..., L)
-    share_b = weight_b / total.masked_fill(total == 0, 1.0)
-    # out_a + share_b * (out_b - out_a), in one pass: (..., L, Ev)
-    out = torch.lerp(out_a, out_b, share_b[..., None])
-    return out, top + total.log()
+    return block_softmax(scores, v)
 
 
 def _level_mask(
@@ -369,7 +344,7 @@ def _multilevel(
     backend: str,
 ) -> Tensor:
     """Pyramid (``pool_queries=False``) or recursive attention: each level
-    is one softmax over its own keys, and ``_merge`` joins them."""
+    is one softmax over its own keys, and ``merge_softmax`` joins them."""
     L = query.shape[-2]
     half = query.dtype in (torch.float16, torch.bfloat16)
     q, k, v = (t.float() if half else t for t in (query, key, value))
@@ -412,7 +387,7 @@ def _multilevel(
         if pool_queries:
             out = out.repeat_interleave(2, dim=-2)[..., :n, :]
             lse = lse.repeat_interleave(2, dim=-1)[..., :n]
-        out, lse = _merge(out_l, lse_l, out, lse)
+        out, lse = merge_softmax(out_l, lse_l, out, lse)
     return out.to(query.dtype)
 
 

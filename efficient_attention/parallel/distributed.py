@@ -48,6 +48,7 @@ from .._validation import (
     check_tensor,
     scores_not_finite,
 )
+from ..attention.online_softmax import block_softmax, merge_softmax
 from .launch import ProcessFailed, run_processes
 
 __all__ = [
@@ -149,11 +150,11 @@ def ring_attention(
     travel around the ring: at step ``t`` process ``r`` attends its queries
     to the block of process ``(r - t) mod W`` while it sends the block it
     holds to ``r + 1`` and receives the next from ``r - 1`` (the transfer
-    overlaps the block's compute). Blocks merge with an online softmax: a
-    running maximum ``m`` and sum ``l`` of ``exp(score - m)`` per query row,
-    the output accumulator rescaled by ``exp(m_old - m_new)`` each time the
-    maximum grows; the log-sum-exp of the row is ``m + log l``. Scores and
-    the running statistics are computed in float32 for half-precision
+    overlaps the block's compute). Blocks merge with the online softmax
+    (``attention.online_softmax``): each block's output, normalised over
+    its own keys, joins the output so far weighted by the two log-sum-exps'
+    shares of the row's total weight. Scores and the running statistics are
+    computed in float32 for half-precision
     inputs (float64 for float64) and the output is cast back. Shards may
     differ in length (``L`` not divisible by ``W``): the lengths are
     exchanged once with ``all_gather``, blocks are padded to the longest and
@@ -246,13 +247,13 @@ def ring_attention(
     )
     q = query.to(compute) * scale  # (..., L_r, E)
     q_pos = torch.arange(L_r, device=query.device) + q_offset  # (L_r,)
-    row_max = torch.full(
-        (*lead, L_r, 1), -math.inf, dtype=compute, device=query.device
-    )  # (..., L_r, 1)
-    row_sum = torch.zeros_like(row_max)  # (..., L_r, 1)
-    acc = torch.zeros(
+    # the output so far and its log-sum-exp: no key yet
+    out = torch.zeros(
         (*lead, L_r, Ev), dtype=compute, device=query.device
     )  # (..., L_r, Ev)
+    lse = torch.full(
+        (*lead, L_r), -math.inf, dtype=compute, device=query.device
+    )  # (..., L_r)
     # the block in hand: key and value, padded to S_max, in one buffer
     block = torch.cat(
         [
@@ -271,7 +272,7 @@ def ring_attention(
         if step < world_size - 1:  # pass the block on while computing
             incoming = torch.empty_like(block)
             pending = _ring_exchange(block, incoming, rank, world_size, group)
-        finite &= _merge_block(
+        seen = _block_attention(
             q,
             block[..., :E],
             block[..., E:],
@@ -279,18 +280,18 @@ def ring_attention(
             k_offsets[source],
             k_lengths[source],
             causal,
-            row_max,
-            row_sum,
-            acc,
         )
+        if seen is not None:
+            out_block, lse_block, block_finite = seen
+            finite &= block_finite
+            out, lse = merge_softmax(out, lse, out_block, lse_block)
         if pending is not None:
             for request in pending:
                 request.wait()
             block = incoming
     if _any_process(not finite, world_size, group, query.device):
         raise scores_not_finite(scale, compute)
-    # rows with nothing to attend have row_sum 0 and acc 0: they stay 0
-    out = acc / row_sum.clamp_min(torch.finfo(compute).tiny)  # (..., L_r, Ev)
+    # rows with nothing to attend kept zeros
     return out.to(query.dtype)
 
 
@@ -331,7 +332,7 @@ def _ring_exchange(
     return dist.batch_isend_irecv(operations)
 
 
-def _merge_block(
+def _block_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -339,22 +340,21 @@ def _merge_block(
     k_offset: int,
     k_length: int,
     causal: bool,
-    row_max: Tensor,
-    row_sum: Tensor,
-    acc: Tensor,
-) -> bool:
-    """Fold one key/value block into the running softmax, in place.
+) -> tuple[Tensor, Tensor, bool] | None:
+    """The queries' softmax over one key/value block (``block_softmax``).
 
     ``q`` is already scaled; the block's keys sit at global positions
     ``k_offset ..``, and only its first ``k_length`` rows are real.
-    Returns whether the scores of the real keys are all finite (as
-    ``dense_attention`` checks them, causal or not).
+    Returns the block's output ``(..., L_r, Ev)``, its log-sum-exp ``(...,
+    L_r)`` and whether the scores of the real keys are all finite (as
+    ``dense_attention`` checks them, causal or not); None when no query
+    sees a key of the block.
     """
     S_max = k.shape[-2]
     if k_length == 0 or q.shape[-2] == 0:
-        return True
+        return None
     if causal and k_offset > int(q_pos[-1]):
-        return True  # every key of the block lies after every query
+        return None  # every key of the block lies after every query
     k_pos = torch.arange(S_max, device=q.device)  # (S_max,)
     hidden = k_pos >= k_length  # (S_max,): the padding rows of the block
     if causal:  # (L_r, S_max): and the keys after each query
@@ -365,15 +365,8 @@ def _merge_block(
         real.amin(-1).isfinite().all()
     )  # isfinite on the whole block would take three blocks of memory
     scores.masked_fill_(hidden, -math.inf)
-    new_max = torch.maximum(row_max, scores.amax(-1, keepdim=True))
-    # a row with no allowed key yet keeps max -inf: shift it by 0 instead
-    shift = torch.where(torch.isinf(new_max), 0.0, new_max)  # (..., L_r, 1)
-    rescale = torch.exp(row_max - shift)  # (..., L_r, 1); exp(-inf) = 0
-    weights = scores.sub_(shift).exp_()  # in place; masked -> 0
-    row_sum.mul_(rescale).add_(weights.sum(-1, keepdim=True))
-    acc.mul_(rescale).add_(weights @ v)  # (..., L_r, Ev)
-    row_max.copy_(new_max)
-    return finite
+    out, lse = block_softmax(scores, v, overwrite_scores=True)
+    return out, lse, finite
 
 
 @dataclass(frozen=True)
@@ -414,11 +407,12 @@ def ring_attention_cost(
       ``bytes_sent = 2 (W - 1) n L_r E b`` (0 for one process);
     - peak memory per process counts ``q, k, v`` (``3 n L_r E``), the block
       in hand and the one arriving (``2 * 2 n L_r E``, only when ``W > 1``),
-      the output accumulator (``n L_r E``), the running maximum and sum
-      (``2 n L_r``) and one block's scores, which become its weights in
-      place (``n L_r^2``): ``peak_bytes = b n L_r (8E + 2 + L_r)`` for
-      ``W > 1`` and ``b n L (4E + 2 + L)`` for one process. A causal call
-      also holds a boolean mask of the block (``n L_r^2`` bytes more).
+      the output so far and the block's output (``2 n L_r E``), their
+      log-sum-exps (``2 n L_r``) and one block's scores, which become its
+      weights in place (``n L_r^2``): ``peak_bytes = b n L_r (9E + 2 +
+      L_r)`` for ``W > 1`` and ``b n L (5E + 2 + L)`` for one process.
+      A causal call also holds a boolean mask of the block (``n L_r^2``
+      bytes more).
 
     Half-precision inputs keep these buffers in float32: pass
     ``bytes_per_element=4`` for them. Values are taken with ``Ev = E``.
@@ -451,9 +445,9 @@ def ring_attention_cost(
     L_r = -(-L // world_size)
     block = 2 * n * L_r * E * b
     if world_size == 1:
-        peak = b * n * L_r * (4 * E + 2 + L_r)
+        peak = b * n * L_r * (5 * E + 2 + L_r)
     else:
-        peak = b * n * L_r * (8 * E + 2 + L_r)
+        peak = b * n * L_r * (9 * E + 2 + L_r)
     return RingAttentionCost(
         shard_length=L_r,
         steps=world_size,

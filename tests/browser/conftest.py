@@ -1,5 +1,5 @@
 """Fixtures of the browser suite: the built site on localhost, Chromium, and
-each page opened once per viewport (see site_tools.py).
+each page opened once per viewport (see scripts/site_tools.py).
 
 Run it with ``make browser-test`` (it builds the site first), or
 ``pytest tests/browser`` on a site already built in ``_build/html``.
@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 import pytest
-
-from .site_tools import (
+from site_tools import (
     DESKTOP,
     PHONE,
     mathjax_available,
@@ -76,7 +75,7 @@ def base_url():
 
 @pytest.fixture(scope="session")
 def browser():
-    from .site_tools import launch
+    from site_tools import launch
 
     with playwright_api.sync_playwright() as playwright:
         browser = launch(playwright)

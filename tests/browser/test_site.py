@@ -14,8 +14,7 @@ from html.parser import HTMLParser
 from urllib.parse import unquote, urljoin, urlparse
 
 import pytest
-
-from .site_tools import SITE, mathjax_available, site_pages
+from site_tools import SITE, mathjax_available, site_pages
 
 
 def test_the_toc_has_pages():
@@ -237,8 +236,9 @@ def test_some_chapters_have_page_explorers():
     "explorer_page", EXPLORER_PAGES, ids=[p.entry for p in EXPLORER_PAGES]
 )
 def test_explorer_changes_its_picture(explorer_page, browser, base_url):
+    from site_tools import DESKTOP
+
     from .conftest import open_page
-    from .site_tools import DESKTOP
 
     visit = open_page(browser, base_url, explorer_page.path, DESKTOP)
     page = visit.page

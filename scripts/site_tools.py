@@ -24,17 +24,15 @@ import os
 import pathlib
 import re
 import shutil
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import yaml
+from notebook_tools import toc_files
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "book"))
-from notebook_tools import toc_files  # noqa: E402
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 SITE = pathlib.Path(os.environ.get("SITE_DIR", ROOT / "_build" / "html"))
 

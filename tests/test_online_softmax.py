@@ -1,0 +1,57 @@
+"""The online-softmax merge that hierarchical and ring attention share:
+parts of a row's keys merge into the softmax over all."""
+
+from __future__ import annotations
+
+import torch
+
+from efficient_attention.attention.online_softmax import (
+    block_softmax,
+    merge_softmax,
+)
+
+
+def scores_and_values(seed: int = 0, L: int = 5, S: int = 12, Ev: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(2, L, S, generator=g, dtype=torch.float64) * 4
+    value = torch.randn(2, S, Ev, generator=g, dtype=torch.float64)
+    return scores, value
+
+
+def test_parts_merged_one_at_a_time_are_the_softmax_over_all_keys():
+    scores, value = scores_and_values()
+    expected = torch.softmax(scores, -1) @ value
+    parts = [(0, 4), (4, 5), (5, 12)]  # uneven parts, one of one key
+    out, lse = block_softmax(scores[..., :0], value[..., :0, :])
+    assert (lse == float("-inf")).all() and (out == 0).all()  # no key yet
+    for start, stop in parts:
+        keys = slice(start, stop)
+        part = block_softmax(scores[..., keys], value[..., keys, :])
+        out, lse = merge_softmax(out, lse, *part)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(lse, torch.logsumexp(scores, -1))
+
+
+def test_a_row_with_no_allowed_key_gets_zeros_not_nan():
+    scores, value = scores_and_values()
+    scores[:, 1] = float("-inf")  # row 1 sees nothing
+    out, lse = block_softmax(scores, value)
+    assert not out.isnan().any() and (out[:, 1] == 0).all()
+    assert (lse[:, 1] == float("-inf")).all()
+    merged, merged_lse = merge_softmax(out, lse, out, lse)
+    assert (merged[:, 1] == 0).all()
+    assert (merged_lse[:, 1] == float("-inf")).all()
+    torch.testing.assert_close(merged[:, 0], out[:, 0])  # a part with itself
+
+
+def test_overwriting_the_scores_gives_the_same_result():
+    scores, value = scores_and_values(seed=1)
+    kept = scores.clone()
+    out, lse = block_softmax(kept, value)
+    out_in_place, lse_in_place = block_softmax(
+        kept, value, overwrite_scores=True
+    )
+    torch.testing.assert_close(out_in_place, out)
+    torch.testing.assert_close(lse_in_place, lse)
+    assert not torch.allclose(kept, scores)  # the buffer became the weights
+
