@@ -357,6 +357,40 @@ def test_command_line(capsys):
     ]
 
 
+def test_forward_backward_back_propagates_a_gradient_of_ones():
+    q, k, v = benchmark.attention_inputs(
+        12, head_dim=4, dtype=torch.float64, requires_grad=True
+    )
+    assert all(t.requires_grad and t.is_leaf for t in (q, k, v))
+    caught = {}
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        t.register_hook(lambda grad, name=name: caught.setdefault(name, grad))
+    benchmark.forward_backward(ea.dense_attention)(q, k, v)
+    assert q.grad is None  # dropped within the call
+    expected = torch.autograd.grad(
+        F.scaled_dot_product_attention(q, k, v).sum(), (q, k, v)
+    )
+    for name, grad in zip("qkv", expected):
+        torch.testing.assert_close(caught[name], grad)
+    with pytest.raises(ValueError, match="fn must be callable"):
+        benchmark.forward_backward("dense")
+
+
+def test_the_command_times_the_backward_pass_when_asked(tmp_path, capsys):
+    path = tmp_path / "backward.json"
+    benchmark_cli.main(
+        "--variants sdpa sliding-window block-sparse --window 4 "
+        "--block-size 8 --lengths 32 --head-dim 8 --min-run-time 0.01 "
+        f"--rounds 1 --backward --no-progress --json {path}".split()
+    )
+    out = capsys.readouterr().out
+    assert "timed: forward and backward passes (--backward)" in out
+    records = benchmark.load_results(path)
+    assert [r["status"] for r in records] == ["ok"] * 3
+    assert all(r["backward"] is True for r in records)
+    assert benchmark.load_document(path)["settings"]["backward"] is True
+
+
 def test_command_line_times_the_sparse_variants(capsys):
     benchmark_cli.main(
         "--variants sdpa block-sparse bigbird routing sdpa-layout "

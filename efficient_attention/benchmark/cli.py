@@ -245,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"{ROUNDS}; with --quick {QUICK_ROUNDS})",
     )
     parser.add_argument(
+        "--backward",
+        action="store_true",
+        help="time the forward and backward passes together (a training "
+        "step's attention; kernels that are forward-only run their "
+        "PyTorch path)",
+    )
+    parser.add_argument(
         "--no-memory",
         action="store_true",
         help="skip the peak-memory measurement",
@@ -458,6 +465,8 @@ def _print_settings(args: argparse.Namespace) -> None:
         f"{args.rounds} interleaved round(s) of {args.min_run_time} s per "
         "measurement, pooled"
     )
+    if args.backward:
+        print("timed: forward and backward passes (--backward)")
     settings = settings_of(args)
     readers: dict[str, list[str]] = {}
     for name in args.variants:
@@ -511,11 +520,17 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(summary)
             _print_settings(args)
             hardware.append(timing.describe_hardware(device, dtype))
+            timed = {
+                name: variants.build(name, settings_of(args))
+                for name in args.variants
+            }
+            if args.backward:
+                timed = {
+                    name: timing.forward_backward(fn)
+                    for name, fn in timed.items()
+                }
             found = timing.sweep(
-                {
-                    name: variants.build(name, settings_of(args))
-                    for name in args.variants
-                },
+                timed,
                 args.lengths,
                 functools.partial(
                     timing.attention_inputs,
@@ -524,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     head_dim=args.head_dim,
                     dtype=dtype,
                     device=device,
+                    requires_grad=args.backward,
                 ),
                 min_run_time=args.min_run_time,
                 measure_memory=not args.no_memory,
@@ -535,6 +551,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "heads": args.heads,
                 "head_dim": args.head_dim,
                 "causal": args.causal,
+                "backward": args.backward,
                 "hardware": summary,
             }
             found = [{**record, **shape} for record in found]

@@ -4,7 +4,8 @@ This module holds the measurements: ``time_callable`` and ``Timing``,
 ``compare`` (calls against a baseline in interleaved rounds, with FLOP
 rates), ``peak_memory_bytes``, the hardware line (``describe_hardware``,
 ``hardware_summary``), the CPU's fp32 peak (``cpu_peak``), seeded
-``attention_inputs``, ``sweep`` over lengths, ``loglog_slope`` and
+``attention_inputs``, ``forward_backward`` (a training step's attention),
+``sweep`` over lengths, ``loglog_slope`` and
 ``loglog_fit``. Times
 come from ``torch.utils.benchmark.Timer`` (it synchronizes CUDA, warms up
 and reports the median and the interquartile range); peak memory from
@@ -43,9 +44,6 @@ from .._validation import (
     check_real,
     check_seed,
 )
-
-# re-exported: chapters and tests call benchmark.format_records and
-# benchmark.load_results
 from ..notebook import pick_device
 
 TIMED_DEVICES = ("cpu", "cuda")
@@ -530,6 +528,7 @@ def attention_inputs(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     seed: int = 0,
+    requires_grad: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Random ``query, key, value`` of shape ``(batch, heads, L, head_dim)``.
 
@@ -540,6 +539,8 @@ def attention_inputs(
         dtype: a floating-point ``torch.dtype`` or its name ("bfloat16").
         device: as ``pick_device`` takes it (None: CUDA if any, else CPU).
         seed: an int in ``[0, 2**32)``.
+        requires_grad: make the three leaf tensors that collect gradients
+            (for ``forward_backward``).
 
     Raises:
         ValueError: a size that is not a positive int, a dtype that is not
@@ -556,11 +557,42 @@ def attention_inputs(
     )
     dtype = check_dtype("dtype", dtype, floating=True)
     seed = check_seed("seed", seed)
+    requires_grad = check_bool("requires_grad", requires_grad)
     device = pick_device(device)
     generator = torch.Generator().manual_seed(seed)
     shape = (batch, heads, L, head_dim)
     q, k, v = (torch.randn(shape, generator=generator) for _ in range(3))
-    return tuple(t.to(device=device, dtype=dtype) for t in (q, k, v))
+    return tuple(
+        t.to(device=device, dtype=dtype).requires_grad_(requires_grad)
+        for t in (q, k, v)
+    )
+
+
+def forward_backward(
+    fn: Callable[..., Tensor],
+) -> Callable[[Tensor, Tensor, Tensor], None]:
+    """A training step's attention: ``fn(q, k, v)``, then its backward pass.
+
+    The returned callable runs ``fn``, back-propagates an upstream gradient
+    of ones and drops the inputs' gradients, so timing it times the forward
+    and backward passes together (what training costs; give it
+    inputs from ``attention_inputs(..., requires_grad=True)``). A variant
+    whose fast path is forward-only takes its PyTorch path under autograd,
+    or raises ``NotImplementedError``, which ``sweep`` records as skipped.
+
+    Raises:
+        ValueError: ``fn`` not callable.
+    """
+    if not callable(fn):
+        raise ValueError(f"fn must be callable; got {type(fn).__name__}.")
+
+    def step(query: Tensor, key: Tensor, value: Tensor) -> None:
+        out = fn(query, key, value)  # (..., L, Ev)
+        out.backward(torch.ones_like(out))
+        for tensor in (query, key, value):
+            tensor.grad = None  # freed within the call, as its memory is
+
+    return step
 
 
 def sweep(

@@ -10,6 +10,8 @@ on. ``TaskModel``, ``train_on_task`` and ``task_accuracy`` are the small
 model, the training loop and the score those chapters share: token
 embeddings, ``EncoderLayer``s that run any attention function, and a
 linear readout at every position, trained with Adam on fresh batches.
+``SequenceClassifier`` reads one answer per sequence instead, for the
+classification tasks of ``long_range``.
 """
 
 from __future__ import annotations
@@ -203,6 +205,10 @@ class TaskModel(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         """``(B, L)`` token ids -> ``(B, L, classes)`` logits."""
+        return self.readout(self.encode(tokens))  # (B, L, classes)
+
+    def encode(self, tokens: Tensor) -> Tensor:
+        """``(B, L)`` token ids -> ``(B, L, d_model)`` hidden states."""
         if (
             not isinstance(tokens, Tensor)
             or tokens.dim() != 2
@@ -229,7 +235,32 @@ class TaskModel(nn.Module):
             hidden = hidden + self.positions.weight[:L]  # (B, L, d)
         for layer in self.layers:
             hidden = layer(hidden)  # (B, L, d)
-        return self.readout(hidden)  # (B, L, classes)
+        return hidden
+
+
+class SequenceClassifier(TaskModel):
+    """``TaskModel`` with one answer per sequence: the mean of the hidden
+    states over the tokens that are not padding (id ``pad``), then the
+    linear readout. The tasks of ``long_range`` train it, as the Long Range
+    Arena's classifiers pool.
+
+    Args:
+        as ``TaskModel``; pad: the padding token's id (0 in every task of
+            ``long_range``), left out of the mean.
+
+    Shape: ``tokens (B, L)`` int64 -> logits ``(B, classes)``.
+    """
+
+    def __init__(self, vocab: int, classes: int, *, pad: int = 0, **sizes):
+        super().__init__(vocab, classes, **sizes)
+        self.pad = pad
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """``(B, L)`` token ids -> ``(B, classes)`` logits."""
+        hidden = self.encode(tokens)  # (B, L, d)
+        kept = (tokens != self.pad).unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * kept).sum(1) / kept.sum(1).clamp_min(1.0)
+        return self.readout(pooled)  # (B, classes)
 
 
 class TaskRun(NamedTuple):
@@ -258,9 +289,10 @@ def train_on_task(
     Adam step.
 
     Args:
-        model: maps ``tokens (B, L)`` to logits ``(B, L, C)``.
+        model: maps ``tokens (B, L)`` to logits ``(B, L, C)``, or ``(B,
+            C)`` for one answer per sequence (``SequenceClassifier``).
         task: e.g. ``functools.partial(far_marker, length=128)``; returns
-            ``tokens (B, L)`` and ``targets (B, L)``.
+            ``tokens (B, L)`` and ``targets (B, L)``, or ``(B,)``.
         steps, batch: how many steps, of how many sequences.
         learning_rate: Adam's.
         seed: the data's generator (seed the model's initialisation with
@@ -312,7 +344,8 @@ def train_on_task(
 @torch.inference_mode()
 def task_accuracy(model: nn.Module, tokens: Tensor, targets: Tensor) -> float:
     """The share of positions with a target (not ``IGNORE``) where the
-    model's most likely class is the target.
+    model's most likely class is the target (one position per sequence for
+    ``(B, C)`` logits and ``(B,)`` targets).
 
     Raises:
         ValueError: logits and targets that do not line up, or no target.
