@@ -3,6 +3,7 @@ lengths and alphabets as documented, reproducible from a seed."""
 
 from __future__ import annotations
 
+import functools
 import statistics
 from collections import deque
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from efficient_attention.nlp import long_range as lr
+from efficient_attention.nlp import tasks
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -159,3 +161,21 @@ def test_a_seed_gives_the_same_task_and_another_seed_another(make):
 def test_bad_input_is_refused_with_its_name(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_a_small_classifier_learns_short_listops_above_the_majority():
+    task = functools.partial(
+        lr.listops, min_length=5, max_length=16, max_depth=2, max_args=3
+    )
+    torch.manual_seed(0)
+    model = tasks.SequenceClassifier(
+        len(lr.LISTOPS_VOCAB), 10, d_model=32, heads=2, layers=2,
+        max_length=16,
+    )  # fmt: skip
+    tasks.train_on_task(model, task, steps=300, batch=64, seed=0)
+    tokens, labels = task(1000, generator=seeded(99))
+    majority = labels.bincount().max().item() / len(labels)
+    accuracy = tasks.task_accuracy(model, tokens, labels)
+    assert accuracy > majority + 0.15, (accuracy, majority)
+    logits = model(torch.zeros(2, 16, dtype=torch.int64))  # all padding
+    assert logits.shape == (2, 10) and logits.isfinite().all()
