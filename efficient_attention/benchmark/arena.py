@@ -1,0 +1,335 @@
+"""A small Long Range Arena: what each attention costs in quality, trained.
+
+For every task of ``nlp.long_range``, attention variant of the registry and
+seed, ``train_and_score`` builds the same small ``SequenceClassifier``
+(the variant in every layer), trains it with the same budget, optimizer
+and data, and records its accuracy on a held-out set of the task (with the
+majority class beside it, the trivial model's score), its training
+throughput (sequences per second, forward and backward) and the peak
+memory of one training step. The command line
+
+    python -m efficient_attention.benchmark.arena --quick
+    python -m efficient_attention.benchmark.arena --tasks listops \\
+        --variants sdpa sliding-window nystrom --length 1024 --json arena.json
+
+writes one record per run to the JSON file as soon as it is done, with the
+run's provenance as the benchmark's files carry it; run again with the
+same file, it skips the runs already recorded (an interrupted run keeps
+what it finished). It implements the protocol of "Long Range Arena" (Tay et
+al. 2020, arXiv:2011.04006) at a laptop's scale, not its models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from .. import variants
+from ..nlp import long_range, tasks
+from . import results, timing
+
+__all__ = ["TASKS", "ArenaTask", "main", "train_and_score"]
+
+
+@dataclass(frozen=True)
+class ArenaTask:
+    """A task of the arena: ``make(L)`` returns the generator of sequences
+    of length ``L`` (called as ``task(batch, generator=g)``), ``vocab``
+    its token ids, ``classes`` its answers."""
+
+    make: Callable[[int], Callable[..., tuple]]
+    vocab: int
+    classes: int
+
+
+def _pathfinder(length: int) -> Callable[..., tuple]:
+    size = math.isqrt(length)
+    if size * size != length:
+        raise ValueError(
+            f"pathfinder needs a square length (an image of side "
+            f"sqrt(L)); got L = {length}: try {size * size} or "
+            f"{(size + 1) ** 2}."
+        )
+    # paths three quarters of the side long, as the default 24 steps at 32
+    return functools.partial(
+        long_range.pathfinder,
+        size=size,
+        path_steps=max(4, 3 * size // 4),
+        paths=3 if size >= 16 else 2,
+    )
+
+
+TASKS = {
+    "listops": ArenaTask(
+        lambda L: functools.partial(
+            long_range.listops, min_length=max(5, L // 4), max_length=L
+        ),
+        len(long_range.LISTOPS_VOCAB),
+        10,
+    ),
+    "matching-halves": ArenaTask(
+        lambda L: functools.partial(long_range.matching_halves, length=L),
+        2 + 16 + 8,  # separator and padding, noise, key symbols
+        2,
+    ),
+    "pathfinder": ArenaTask(
+        _pathfinder, len(long_range.PATHFINDER_VOCAB), 2
+    ),
+}
+
+MODEL = {"d_model": 64, "heads": 2, "layers": 2}
+"""The classifier every run trains: 2 layers of width 64, 2 heads of 32."""
+TEST_SIZE = 512
+"""Held-out sequences each run is scored on."""
+
+
+def train_and_score(
+    task: str,
+    variant: str,
+    length: int,
+    seed: int,
+    *,
+    settings: variants.Settings,
+    steps: int,
+    batch: int,
+    learning_rate: float = 1e-3,
+) -> dict[str, object]:
+    """Train one classifier with ``variant`` on ``task`` and score it.
+
+    The model's initialisation and the training data come from ``seed``;
+    the held-out set from ``10_000 + seed``, so runs of different variants
+    with one seed see the same data.
+
+    Returns:
+        a record: ``task, variant, L, seed, accuracy, majority`` (the
+        share of the held-out set's commonest answer), ``sequences_per_s``
+        (training), ``peak_bytes`` (one training step), ``steps, batch,
+        status`` ("ok").
+
+    Raises:
+        ValueError: an unknown task or variant, or settings the variant
+            cannot run at ``length`` (``variants.setting_problem``).
+    """
+    if task not in TASKS:
+        raise ValueError(f"no task {task!r}; the tasks: {', '.join(TASKS)}.")
+    problem = variants.setting_problem(variant, settings, length)
+    if problem is not None:
+        raise ValueError(f"{variant} at L = {length}: {problem}")
+    spec = TASKS[task]
+    make = spec.make(length)
+    torch.manual_seed(seed)
+    model = tasks.SequenceClassifier(
+        spec.vocab,
+        spec.classes,
+        attention=variants.build(variant, settings),
+        max_length=length,
+        **MODEL,
+    )
+    run = tasks.train_on_task(
+        model,
+        make,
+        steps=steps,
+        batch=batch,
+        learning_rate=learning_rate,
+        seed=seed,
+        threads=None,
+    )
+    tokens, labels = make(
+        TEST_SIZE, generator=torch.Generator().manual_seed(10_000 + seed)
+    )
+    accuracy = sum(
+        tasks.task_accuracy(model, t, y) * len(y)
+        for t, y in zip(tokens.split(64), labels.split(64))
+    ) / len(labels)
+    step_tokens, step_labels = make(
+        batch, generator=torch.Generator().manual_seed(seed)
+    )
+
+    def training_step() -> None:
+        loss = torch.nn.functional.cross_entropy(
+            model(step_tokens), step_labels
+        )
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    model.train()
+    peak = timing.peak_memory_bytes(training_step)
+    return {
+        "task": task,
+        "variant": variant,
+        "L": length,
+        "seed": seed,
+        "accuracy": accuracy,
+        "majority": labels.bincount().max().item() / len(labels),
+        "sequences_per_s": steps * batch / run.seconds,
+        "peak_bytes": peak,
+        "steps": steps,
+        "batch": batch,
+        "status": "ok",
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's arguments (see the module's docstring)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m efficient_attention.benchmark.arena",
+        description="Train one small classifier per task, attention "
+        "variant and seed; record accuracy, training throughput and peak "
+        "memory.",
+    )
+    parser.add_argument("--tasks", nargs="+", choices=list(TASKS))
+    parser.add_argument("--variants", nargs="+", choices=variants.names())
+    parser.add_argument("--length", type=int, help="tokens per sequence")
+    parser.add_argument("--seeds", nargs="+", type=int)
+    parser.add_argument("--steps", type=int, help="training steps per run")
+    parser.add_argument("--batch", type=int, help="sequences per step")
+    parser.add_argument(
+        "--window", type=int, default=32, help="keys each side (windows)"
+    )
+    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--json", metavar="PATH", help="records, resumed")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="two tasks at L = 256, 3 variants, one seed, 30 steps",
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+QUICK = {
+    "tasks": ["listops", "pathfinder"],
+    "variants": ["sdpa", "sliding-window", "nystrom"],
+    "length": 256,
+    "seeds": [0],
+    "steps": 30,
+    "batch": 8,
+}
+DEFAULTS = {
+    "tasks": list(TASKS),
+    "variants": ["sdpa", "sliding-window", "block-sparse", "nystrom"],
+    "length": 1024,
+    "seeds": [0, 1, 2],
+    "steps": 400,
+    "batch": 16,
+}
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """Defaults filled in; every run's settings checked before training."""
+    chosen = QUICK if args.quick else DEFAULTS
+    for key, value in chosen.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    for name in ("length", "steps", "batch", "window", "block_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1.")
+    if any(seed < 0 for seed in args.seeds):
+        parser.error(f"--seeds must be ints >= 0; got {args.seeds}.")
+    settings = variants.Settings(
+        window=args.window,
+        block_size=args.block_size,
+        landmarks=min(64, args.length),
+        rank=min(256, args.length),
+        heads=MODEL["heads"],
+        head_dim=MODEL["d_model"] // MODEL["heads"],
+    )
+    for task in args.tasks:
+        try:
+            TASKS[task].make(args.length)
+        except ValueError as error:
+            parser.error(str(error))
+    for variant in args.variants:
+        problem = variants.setting_problem(variant, settings, args.length)
+        if problem is not None:
+            parser.error(f"{variant} at --length {args.length}: {problem}")
+    if args.json is not None:
+        folder = pathlib.Path(args.json).resolve().parent
+        if not folder.is_dir():
+            parser.error(f"--json: no folder {folder} to write into.")
+    return settings
+
+
+def _done(path: pathlib.Path) -> tuple[dict, list[dict]]:
+    """The document of an earlier run of this file, or a new one."""
+    if path.exists():
+        document = json.loads(path.read_text())
+        return document, document["records"]
+    return {"provenance": results.provenance()}, []
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The command line: train and score every chosen run."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = _check(parser, args)
+    path = None if args.json is None else pathlib.Path(args.json)
+    document, records = _done(path) if path else ({}, [])
+    done = {(r["task"], r["variant"], r["L"], r["seed"]) for r in records}
+    runs = [
+        (task, variant, seed)
+        for task in args.tasks
+        for seed in args.seeds
+        for variant in args.variants
+        if (task, variant, args.length, seed) not in done
+    ]
+    print(timing.hardware_summary("cpu", torch.float32))
+    bar = tqdm(runs, disable=args.no_progress, file=sys.stderr)
+    for task, variant, seed in bar:
+        bar.set_description(f"{task} {variant} seed {seed}")
+        start = time.perf_counter()
+        try:
+            record = train_and_score(
+                task, variant, args.length, seed, settings=settings,
+                steps=args.steps, batch=args.batch,
+            )  # fmt: skip
+        except NotImplementedError as error:
+            record = {
+                "task": task, "variant": variant, "L": args.length,
+                "seed": seed, "status": f"skipped: {error}",
+            }  # fmt: skip
+        record["seconds"] = time.perf_counter() - start
+        records.append(record)
+        if path is not None:
+            document["records"] = records
+            path.write_text(json.dumps(document, indent=1))
+    print(format_arena(records))
+
+
+def format_arena(records: Sequence[dict]) -> str:
+    """Mean accuracy (and its range over seeds), the majority class,
+    sequences per second and peak MiB, one row per task and variant."""
+    rows = [
+        f"{'task':>16} {'variant':>16} {'L':>6} {'seeds':>5} "
+        f"{'accuracy':>8} {'range':>13} {'majority':>8} {'seq/s':>8} "
+        f"{'peak MiB':>8}"
+    ]
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r.get("status") == "ok":
+            groups.setdefault((r["task"], r["variant"], r["L"]), []).append(r)
+    for (task, variant, L), group in groups.items():
+        acc = [r["accuracy"] for r in group]
+        rows.append(
+            f"{task:>16} {variant:>16} {L:>6} {len(group):>5} "
+            f"{sum(acc) / len(acc):>8.3f} "
+            f"{f'[{min(acc):.3f}, {max(acc):.3f}]':>13} "
+            f"{group[0]['majority']:>8.3f} "
+            f"{sum(r['sequences_per_s'] for r in group) / len(group):>8.1f} "
+            f"{max(r['peak_bytes'] for r in group) / 2**20:>8.1f}"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()

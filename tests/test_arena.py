@@ -1,0 +1,63 @@
+"""The small Long Range Arena: one record per run, resumed from its file,
+and bad input refused before any training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from efficient_attention import variants
+from efficient_attention.benchmark import arena
+
+TINY = (
+    "--tasks listops --variants sdpa sliding-window --length 32 --steps 3 "
+    "--batch 4 --window 4 --no-progress"
+).split()
+
+
+def test_a_run_records_accuracy_throughput_and_memory():
+    record = arena.train_and_score(
+        "pathfinder", "sdpa", 64, 0,
+        settings=variants.Settings(heads=2, head_dim=32),
+        steps=3, batch=4,
+    )  # fmt: skip
+    assert record["status"] == "ok" and record["L"] == 64
+    assert 0 <= record["accuracy"] <= 1 and 0.5 <= record["majority"] <= 1
+    assert record["sequences_per_s"] > 0 and record["peak_bytes"] > 0
+
+
+def test_the_command_writes_each_run_and_resumes(tmp_path, capsys):
+    path = tmp_path / "arena.json"
+    arena.main([*TINY, "--seeds", "0", "--json", str(path)])
+    first = json.loads(path.read_text())
+    assert [(r["variant"], r["seed"]) for r in first["records"]] == [
+        ("sdpa", 0), ("sliding-window", 0),
+    ]  # fmt: skip
+    assert "git" in first["provenance"]
+    arena.main([*TINY, "--seeds", "0", "1", "--json", str(path)])
+    second = json.loads(path.read_text())["records"]
+    assert second[:2] == first["records"]  # the finished runs are kept
+    assert [(r["variant"], r["seed"]) for r in second[2:]] == [
+        ("sdpa", 1), ("sliding-window", 1),
+    ]  # fmt: skip
+    table = capsys.readouterr().out
+    assert "listops" in table and "sliding-window" in table
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--tasks", "pathfinder"], "square length"),
+        (["--variants", "no-such"], "invalid choice"),
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--seeds", "-1"], "--seeds must be ints >= 0"),
+        (["--json", "/no/such/folder/a.json"], "no folder"),
+        (["--length", "x"], "invalid int value"),
+    ],
+)
+def test_bad_input_is_a_usage_error_before_training(extra, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        arena.main([*TINY, *extra])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
