@@ -231,11 +231,15 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace):
     for key, value in chosen.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for name in ("length", "steps", "batch", "window", "block_size"):
+    for name in ("length", "steps", "batch", "block_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1.")
-    if any(seed < 0 for seed in args.seeds):
-        parser.error(f"--seeds must be ints >= 0; got {args.seeds}.")
+    if args.window < 0:
+        parser.error(f"--window must be at least 0; got {args.window}.")
+    if any(seed < 0 for seed in args.seeds) or len(set(args.seeds)) < len(
+        args.seeds
+    ):
+        parser.error(f"--seeds must be distinct ints >= 0; got {args.seeds}.")
     settings = variants.Settings(
         window=args.window,
         block_size=args.block_size,

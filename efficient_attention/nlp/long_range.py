@@ -147,7 +147,9 @@ def listops(
 
     Each expression's length is drawn uniformly from ``[min_length,
     max_length]`` (LRA: 500 to 2000), its operators take 2 to ``max_args``
-    arguments and nest at most ``max_depth`` deep (LRA: 10 and 10).
+    arguments and nest at most ``max_depth`` deep (LRA: 10 and 10); a
+    shallow, narrow tree (``max_depth`` 1 or 2) may hold fewer tokens than
+    drawn.
 
     Args:
         batch: expressions.
