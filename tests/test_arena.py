@@ -63,3 +63,29 @@ def test_bad_input_is_a_usage_error_before_training(extra, message, capsys):
         arena.main([*TINY, *extra])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variant", variants.names())
+def test_every_variant_trains_two_steps_or_says_why_not(variant):
+    settings = variants.Settings(
+        window=4, block_size=16, landmarks=16, rank=32, features=32,
+        heads=2, head_dim=32,
+    )  # fmt: skip
+    try:
+        record = arena.train_and_score(
+            "far-marker", variant, 64, 0, settings=settings, steps=2, batch=2
+        )
+    except NotImplementedError as error:  # the command records a skip
+        assert "backward" in str(error)
+        return
+    assert record["status"] == "ok" and 0 <= record["accuracy"] <= 1
+
+
+def test_a_per_token_task_scores_only_the_positions_with_an_answer():
+    record = arena.train_and_score(
+        "far-marker", "sdpa", 64, 0,
+        settings=variants.Settings(heads=2, head_dim=32),
+        steps=2, batch=4,
+    )  # fmt: skip
+    # far_marker answers in the last quarter only, with 4 classes
+    assert 0.25 <= record["majority"] < 0.5

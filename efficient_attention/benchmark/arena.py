@@ -45,11 +45,14 @@ __all__ = ["TASKS", "ArenaTask", "main", "train_and_score"]
 class ArenaTask:
     """A task of the arena: ``make(L)`` returns the generator of sequences
     of length ``L`` (called as ``task(batch, generator=g)``), ``vocab``
-    its token ids, ``classes`` its answers."""
+    its token ids, ``classes`` its answers; ``per_token``: an answer at
+    every position that has one (``TaskModel``), else one per sequence
+    (``SequenceClassifier``)."""
 
     make: Callable[[int], Callable[..., tuple]]
     vocab: int
     classes: int
+    per_token: bool = False
 
 
 def _pathfinder(length: int) -> Callable[..., tuple]:
@@ -84,6 +87,12 @@ TASKS = {
     ),
     "pathfinder": ArenaTask(
         _pathfinder, len(long_range.PATHFINDER_VOCAB), 2
+    ),
+    "far-marker": ArenaTask(
+        lambda L: functools.partial(tasks.far_marker, length=L, classes=4),
+        16,
+        4,
+        per_token=True,
     ),
 }
 
@@ -128,7 +137,10 @@ def train_and_score(
     spec = TASKS[task]
     make = spec.make(length)
     torch.manual_seed(seed)
-    model = tasks.SequenceClassifier(
+    model_class = (
+        tasks.TaskModel if spec.per_token else tasks.SequenceClassifier
+    )
+    model = model_class(
         spec.vocab,
         spec.classes,
         attention=variants.build(variant, settings),
@@ -147,19 +159,17 @@ def train_and_score(
     tokens, labels = make(
         TEST_SIZE, generator=torch.Generator().manual_seed(10_000 + seed)
     )
-    accuracy = sum(
-        tasks.task_accuracy(model, t, y) * len(y)
+    hits = sum(
+        tasks.task_accuracy(model, t, y) * int((y != tasks.IGNORE).sum())
         for t, y in zip(tokens.split(64), labels.split(64))
-    ) / len(labels)
+    )
+    accuracy = hits / int((labels != tasks.IGNORE).sum())
     step_tokens, step_labels = make(
         batch, generator=torch.Generator().manual_seed(seed)
     )
 
     def training_step() -> None:
-        loss = torch.nn.functional.cross_entropy(
-            model(step_tokens), step_labels
-        )
-        loss.backward()
+        tasks.task_loss(model(step_tokens), step_labels).backward()
         model.zero_grad(set_to_none=True)
 
     model.train()
@@ -170,13 +180,20 @@ def train_and_score(
         "L": length,
         "seed": seed,
         "accuracy": accuracy,
-        "majority": labels.bincount().max().item() / len(labels),
+        "majority": _majority_share(labels),
         "sequences_per_s": steps * batch / run.seconds,
         "peak_bytes": peak,
         "steps": steps,
         "batch": batch,
         "status": "ok",
     }
+
+
+def _majority_share(labels: torch.Tensor) -> float:
+    """The share of the commonest answer among the positions that have
+    one: the accuracy of always guessing it."""
+    known = labels[labels != tasks.IGNORE]
+    return known.bincount().max().item() / len(known)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -271,6 +271,18 @@ class TaskRun(NamedTuple):
     seconds: float
 
 
+def task_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """The mean cross-entropy of ``logits (..., C)`` against ``targets
+    (...)`` over the positions with a target (``IGNORE`` is skipped): one
+    per sequence (``(B, C)``, ``(B,)``) or one per token (``(B, L, C)``,
+    ``(B, L)``)."""
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),  # (positions, C)
+        targets.reshape(-1),
+        ignore_index=IGNORE,
+    )
+
+
 def train_on_task(
     model: nn.Module,
     task: Callable[..., tuple[Tensor, Tensor]],
@@ -324,12 +336,7 @@ def train_on_task(
             torch.set_num_threads(threads)
         for _ in range(steps):
             tokens, targets = task(batch, generator=generator)
-            logits = model(tokens)  # (B, L, C)
-            loss = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]),  # (B * L, C)
-                targets.reshape(-1),
-                ignore_index=IGNORE,
-            )
+            loss = task_loss(model(tokens), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
