@@ -35,6 +35,9 @@ def test_the_command_writes_each_run_and_resumes(tmp_path, capsys):
         ("sdpa", 0), ("sliding-window", 0),
     ]  # fmt: skip
     assert "git" in first["provenance"]
+    assert first["provenance"]["command"].startswith(
+        "python -m efficient_attention.benchmark.arena --tasks listops"
+    )
     arena.main([*TINY, "--seeds", "0", "1", "--json", str(path)])
     second = json.loads(path.read_text())["records"]
     assert second[:2] == first["records"]  # the finished runs are kept
@@ -89,3 +92,29 @@ def test_a_per_token_task_scores_only_the_positions_with_an_answer():
     )  # fmt: skip
     # far_marker answers in the last quarter only, with 4 classes
     assert 0.25 <= record["majority"] < 0.5
+
+
+def test_summarise_gives_the_mean_and_range_over_seeds_and_drops_skips():
+    def run(seed, accuracy, speed, status="ok"):
+        return {"task": "listops", "variant": "sdpa", "L": 64, "seed": seed,
+                "accuracy": accuracy, "majority": 0.2, "status": status,
+                "sequences_per_s": speed, "peak_bytes": 2**20 * seed}
+
+    rows = arena.summarise([
+        run(1, 0.3, 10.0), run(2, 0.5, 30.0), run(3, 0.9, 1.0, "skipped: x"),
+    ])  # fmt: skip
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["seeds"] == 2 and row["peak_MiB"] == 2
+    assert row["accuracy"] == pytest.approx(0.4)
+    assert (row["low"], row["high"]) == (0.3, 0.5)
+    assert row["sequences_per_s"] == pytest.approx(20.0)
+
+
+def test_the_pareto_front_keeps_what_nothing_beats_on_both_axes():
+    points = [(1.0, 0.9), (2.0, 0.5), (1.5, 0.4), (3.0, 0.5), (0.5, 0.9)]
+    # (2.0, 0.5) loses to (3.0, 0.5); (1.5, 0.4) to both; (0.5, 0.9) to
+    # (1.0, 0.9)
+    assert arena.pareto_front(points) == [0, 3]
+    assert arena.pareto_front([(1.0, 1.0), (1.0, 1.0)]) == [0, 1]
+    assert arena.pareto_front([]) == []

@@ -38,7 +38,16 @@ from .. import variants
 from ..nlp import long_range, tasks
 from . import results, timing
 
-__all__ = ["TASKS", "ArenaTask", "main", "train_and_score"]
+__all__ = [
+    "TASKS",
+    "ArenaTask",
+    "arena_settings",
+    "format_arena",
+    "main",
+    "pareto_front",
+    "summarise",
+    "train_and_score",
+]
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,23 @@ MODEL = {"d_model": 64, "heads": 2, "layers": 2}
 """The classifier every run trains: 2 layers of width 64, 2 heads of 32."""
 TEST_SIZE = 512
 """Held-out sequences each run is scored on."""
+
+
+def arena_settings(
+    length: int, *, window: int = 32, block_size: int = 16
+) -> variants.Settings:
+    """The variants' settings for ``MODEL`` at ``length``: ``window`` keys
+    each side, blocks of ``block_size``, 64 landmarks and a rank of 256
+    (at most ``length``), the model's heads and head width; the rest are
+    the registry's defaults."""
+    return variants.Settings(
+        window=window,
+        block_size=block_size,
+        landmarks=min(64, length),
+        rank=min(256, length),
+        heads=MODEL["heads"],
+        head_dim=MODEL["d_model"] // MODEL["heads"],
+    )
 
 
 def train_and_score(
@@ -196,10 +222,13 @@ def _majority_share(labels: torch.Tensor) -> float:
     return known.bincount().max().item() / len(known)
 
 
+PROGRAM = "python -m efficient_attention.benchmark.arena"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line's arguments (see the module's docstring)."""
     parser = argparse.ArgumentParser(
-        prog="python -m efficient_attention.benchmark.arena",
+        prog=PROGRAM,
         description="Train one small classifier per task, attention "
         "variant and seed; record accuracy, training throughput and peak "
         "memory.",
@@ -257,13 +286,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace):
         args.seeds
     ):
         parser.error(f"--seeds must be distinct ints >= 0; got {args.seeds}.")
-    settings = variants.Settings(
-        window=args.window,
-        block_size=args.block_size,
-        landmarks=min(64, args.length),
-        rank=min(256, args.length),
-        heads=MODEL["heads"],
-        head_dim=MODEL["d_model"] // MODEL["heads"],
+    settings = arena_settings(
+        args.length, window=args.window, block_size=args.block_size
     )
     for task in args.tasks:
         try:
@@ -281,12 +305,15 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace):
     return settings
 
 
-def _done(path: pathlib.Path) -> tuple[dict, list[dict]]:
+def _done(
+    path: pathlib.Path, argv: Sequence[str] | None
+) -> tuple[dict, list[dict]]:
     """The document of an earlier run of this file, or a new one."""
     if path.exists():
         document = json.loads(path.read_text())
         return document, document["records"]
-    return {"provenance": results.provenance()}, []
+    provenance = results.provenance(argv, program=PROGRAM)
+    return {"provenance": provenance}, []
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -295,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = _check(parser, args)
     path = None if args.json is None else pathlib.Path(args.json)
-    document, records = _done(path) if path else ({}, [])
+    document, records = _done(path, argv) if path else ({}, [])
     done = {(r["task"], r["variant"], r["L"], r["seed"]) for r in records}
     runs = [
         (task, variant, seed)
@@ -327,29 +354,61 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(format_arena(records))
 
 
-def format_arena(records: Sequence[dict]) -> str:
-    """Mean accuracy (and its range over seeds), the majority class,
-    sequences per second and peak MiB, one row per task and variant."""
-    rows = [
-        f"{'task':>16} {'variant':>16} {'L':>6} {'seeds':>5} "
-        f"{'accuracy':>8} {'range':>13} {'majority':>8} {'seq/s':>8} "
-        f"{'peak MiB':>8}"
-    ]
+def summarise(records: Sequence[dict]) -> list[dict]:
+    """One row per task, variant and length, over its seeds: ``task,
+    variant, L, seeds, accuracy`` (the mean), ``low, high`` (the range),
+    ``majority``, ``sequences_per_s`` (the mean) and ``peak_MiB`` (the
+    largest); skipped runs are left out."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         if r.get("status") == "ok":
             groups.setdefault((r["task"], r["variant"], r["L"]), []).append(r)
+    rows = []
     for (task, variant, L), group in groups.items():
-        acc = [r["accuracy"] for r in group]
-        rows.append(
-            f"{task:>16} {variant:>16} {L:>6} {len(group):>5} "
-            f"{sum(acc) / len(acc):>8.3f} "
-            f"{f'[{min(acc):.3f}, {max(acc):.3f}]':>13} "
-            f"{group[0]['majority']:>8.3f} "
-            f"{sum(r['sequences_per_s'] for r in group) / len(group):>8.1f} "
-            f"{max(r['peak_bytes'] for r in group) / 2**20:>8.1f}"
+        accuracy = [r["accuracy"] for r in group]
+        speed = [r["sequences_per_s"] for r in group]
+        rows.append({
+            "task": task, "variant": variant, "L": L, "seeds": len(group),
+            "accuracy": sum(accuracy) / len(accuracy),
+            "low": min(accuracy), "high": max(accuracy),
+            "majority": group[0]["majority"],
+            "sequences_per_s": sum(speed) / len(speed),
+            "peak_MiB": max(r["peak_bytes"] for r in group) / 2**20,
+        })  # fmt: skip
+    return rows
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """The indices of the points no other point beats on both axes (higher
+    is better on both: throughput, accuracy), by increasing first value.
+    A point equal to another on both axes is kept."""
+    front = [
+        i
+        for i, (x, y) in enumerate(points)
+        if not any(
+            (u >= x and v >= y) and (u > x or v > y) for u, v in points
         )
-    return "\n".join(rows)
+    ]
+    return sorted(front, key=lambda i: points[i])
+
+
+def format_arena(records: Sequence[dict]) -> str:
+    """Mean accuracy (and its range over seeds), the majority class,
+    sequences per second and peak MiB, one row per task and variant."""
+    lines = [
+        f"{'task':>16} {'variant':>16} {'L':>6} {'seeds':>5} "
+        f"{'accuracy':>8} {'range':>13} {'majority':>8} {'seq/s':>8} "
+        f"{'peak MiB':>8}"
+    ]
+    for row in summarise(records):
+        spread = f"[{row['low']:.3f}, {row['high']:.3f}]"
+        lines.append(
+            f"{row['task']:>16} {row['variant']:>16} {row['L']:>6} "
+            f"{row['seeds']:>5} {row['accuracy']:>8.3f} {spread:>13} "
+            f"{row['majority']:>8.3f} {row['sequences_per_s']:>8.1f} "
+            f"{row['peak_MiB']:>8.1f}"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

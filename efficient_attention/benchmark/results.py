@@ -166,13 +166,18 @@ CPU_FLAGS = (
 """The CPU features that decide which kernels run fast here."""
 
 
-def provenance(argv: Sequence[str] | None = None) -> dict[str, object]:
+def provenance(
+    argv: Sequence[str] | None = None,
+    *,
+    program: str = "python -m efficient_attention.benchmark",
+) -> dict[str, object]:
     """Where a run's numbers come from: the date and time (UTC, ISO 8601),
     the versions of efficient_attention, PyTorch, Python and the peers, the
     git commit of the package's checkout (``"-dirty"`` when it has
     uncommitted changes), the CPU's model and features, the package's C++
     kernels (ready, or why not) with their compiler flags, and the command
-    that was run (``argv``: its arguments; None: ``sys.argv[1:]``).
+    that was run (``program`` and ``argv``, its arguments; None:
+    ``sys.argv[1:]``).
     """
     import datetime
     import platform
@@ -185,7 +190,7 @@ def provenance(argv: Sequence[str] | None = None) -> dict[str, object]:
 
     if argv is None:
         argv = sys.argv[1:]
-    command = "python -m efficient_attention.benchmark"
+    command = program
     if argv:
         command += " " + shlex.join(str(a) for a in argv)
     return {
