@@ -79,7 +79,9 @@ def test_every_variant_trains_two_steps_or_says_why_not(variant):
             "far-marker", variant, 64, 0, settings=settings, steps=2, batch=2
         )
     except NotImplementedError as error:  # the command records a skip
-        assert "backward" in str(error)
+        # compiled FlexAttention: no CPU backward, or no CPU support at all
+        # (generic kernels, macOS)
+        assert "FlexAttention" in str(error)
         return
     assert record["status"] == "ok" and 0 <= record["accuracy"] <= 1
 

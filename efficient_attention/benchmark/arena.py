@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from .. import variants
+from .._validation import check_non_negative_int, check_positive_int
 from ..nlp import long_range, tasks
 from . import results, timing
 
@@ -117,7 +118,15 @@ def arena_settings(
     """The variants' settings for ``MODEL`` at ``length``: ``window`` keys
     each side, blocks of ``block_size``, 64 landmarks and a rank of 256
     (at most ``length``), the model's heads and head width; the rest are
-    the registry's defaults."""
+    the registry's defaults.
+
+    Raises:
+        ValueError: ``length``, ``window`` or ``block_size`` not an int of
+            at least 1 (``window`` at least 0).
+    """
+    length = check_positive_int("length", length)
+    window = check_non_negative_int("window", window)
+    block_size = check_positive_int("block_size", block_size)
     return variants.Settings(
         window=window,
         block_size=block_size,
@@ -386,7 +395,19 @@ def summarise(records: Sequence[dict]) -> list[dict]:
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """The indices of the points no other point beats on both axes (higher
     is better on both: throughput, accuracy), by increasing first value.
-    A point equal to another on both axes is kept."""
+    A point equal to another on both axes is kept.
+
+    Raises:
+        ValueError: a point that is not a pair of finite numbers.
+    """
+    for point in points:
+        if len(point) != 2 or not all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in point
+        ):
+            raise ValueError(
+                f"points must be (throughput, accuracy) pairs of finite "
+                f"numbers; got {point!r}."
+            )
     front = [
         i
         for i, (x, y) in enumerate(points)

@@ -105,3 +105,37 @@ def test_the_generators_name_a_bad_size(bad):
 @given(bad=st.one_of(st.none(), st.integers(), st.text(max_size=3)))
 def test_forward_backward_names_a_function_it_cannot_call(bad):
     raises_naming("fn", lambda: benchmark.forward_backward(bad))
+
+
+@given(
+    points=st.lists(
+        st.tuples(st.floats(0, 100), st.floats(0, 1)), max_size=12
+    )
+)
+def test_the_pareto_front_is_exactly_the_points_nothing_beats(points):
+    from efficient_attention.benchmark import arena
+
+    front = set(arena.pareto_front(points))
+
+    def beaten(i):
+        x, y = points[i]
+        return any(u >= x and v >= y and (u > x or v > y) for u, v in points)
+
+    assert front == {i for i in range(len(points)) if not beaten(i)}
+    if points:  # the fastest point and the most accurate one are on it
+        assert any(points[i][0] == max(p[0] for p in points) for i in front)
+        assert any(points[i][1] == max(p[1] for p in points) for i in front)
+
+
+@given(bad=st.sampled_from([(1.0,), (1.0, float("nan")), ("a", 0.5)]))
+def test_the_pareto_front_names_a_bad_point(bad):
+    from efficient_attention.benchmark import arena
+
+    raises_naming("points", lambda: arena.pareto_front([(1.0, 0.5), bad]))
+
+
+@given(length=not_positive_ints())
+def test_arena_settings_name_a_bad_length(length):
+    from efficient_attention.benchmark import arena
+
+    raises_naming("length", lambda: arena.arena_settings(length))
