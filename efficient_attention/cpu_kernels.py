@@ -11,8 +11,10 @@ of your choice, e.g. ``-march=x86-64`` for code any x86-64 CPU runs (the
 portability tests build the kernels that way too).
 Where there is no compiler (or the build fails), ``status`` says why, and
 the attention functions run their PyTorch version instead; ``use_kernel``
-is their one rule for when a kernel runs. The chapter
-"Local attention" explains the sliding-window kernel.
+is their one rule for when a kernel runs. Both kernels have a backward
+pass as well (``sliding_window_backward``, ``block_sparse_backward``), so
+training takes them too. The chapter "Local attention" explains the
+sliding-window kernel.
 
 The cache folder is ``$EFFICIENT_ATTENTION_CACHE/kernels`` when that
 variable is set, else ``~/.cache/efficient_attention/kernels``.
@@ -47,6 +49,15 @@ SIGNATURES: dict[str, dict[str, tuple[list, type]]] = {
             + [ctypes.c_int, ctypes.c_float, _SIZE, ctypes.c_int],
             _SIZE,
         ),
+        # q, k, v, dout, dq, dk, dv; BH, L, S, E, Ev; left, right,
+        # dilation (BH,); shift, scale, threads -> rows that overflowed
+        "sliding_window_backward": (
+            [_POINTER] * 7
+            + [_SIZE] * 5
+            + [_POINTER] * 3
+            + [ctypes.c_int, ctypes.c_float, ctypes.c_int],
+            _SIZE,
+        ),
     },
     "block_sparse": {
         # q, k, v, out, lse; BH, L, S, E, Ev, block, heads; row_ptr, cols,
@@ -57,6 +68,15 @@ SIGNATURES: dict[str, dict[str, tuple[list, type]]] = {
             + [_POINTER] * 4
             + [ctypes.c_float, ctypes.c_int],
             _SIZE,
+        ),
+        # q, k, v, dout, lse, delta, dq, dk, dv; BH, L, S, E, Ev, block,
+        # heads; row_ptr, cols, mask_index, element masks; scale, threads
+        "block_sparse_backward": (
+            [_POINTER] * 9
+            + [_SIZE] * 7
+            + [_POINTER] * 4
+            + [ctypes.c_float, ctypes.c_int],
+            None,
         ),
     },
 }
@@ -238,13 +258,21 @@ def status(name: str) -> str:
 
 
 def use_kernel(
-    name: str, backend: str, query, key, value, *, elsewhere: str = ""
+    name: str,
+    backend: str,
+    query,
+    key,
+    value,
+    *,
+    elsewhere: str = "",
+    backward: bool = False,
 ) -> bool:
     """Whether an attention call with ``backend`` runs kernel ``name``.
 
     ``"torch"`` and ``"flex"`` never do. ``"kernel"`` must: it raises
     ``NotImplementedError`` for a call the kernels cannot run (a gradient,
-    a tensor off the CPU, float64) and ``KernelUnavailable`` when the
+    unless the kernel has a ``backward`` pass, a tensor off the CPU,
+    float64) and ``KernelUnavailable`` when the
     kernel cannot be built. ``"auto"`` runs it when it can, says once why
     not when the kernel cannot be built, and, given ``elsewhere`` (what the
     caller does off the CPU), says once that a tensor on another device
@@ -256,7 +284,7 @@ def use_kernel(
         t.requires_grad for t in (query, key, value)
     )
     reason = None
-    if needs_grad:
+    if needs_grad and not backward:
         reason = "it computes no gradients"
     elif query.device.type != "cpu":
         reason = f"it runs on the CPU, not {query.device.type}"

@@ -120,3 +120,32 @@ def test_the_pareto_front_keeps_what_nothing_beats_on_both_axes():
     assert arena.pareto_front(points) == [0, 3]
     assert arena.pareto_front([(1.0, 1.0), (1.0, 1.0)]) == [0, 1]
     assert arena.pareto_front([]) == []
+
+
+def test_training_speeds_time_each_model_against_dense():
+    settings = arena.arena_settings(64, window=4, block_size=16)
+    records = arena.training_speeds(
+        "far-marker", 64, ["sdpa", "sliding-window"], settings=settings,
+        batch=2, rounds=2, min_run_time=0.01,
+    )  # fmt: skip
+    assert [r["name"] for r in records] == ["sdpa", "sliding-window"]
+    assert records[0]["speedup"] == 1.0  # the baseline against itself
+    for r in records:
+        assert r["rounds"] == 2 and r["sequences_per_s"] > 0
+        assert r["sequences_per_s"] == pytest.approx(2 / r["median_s"])
+
+
+@pytest.mark.parametrize(
+    "names,extra,message",
+    [
+        (["sliding-window"], {}, "must include 'sdpa'"),
+        (["sdpa"], {"batch": 0}, "batch"),
+        (["sdpa", "no-such"], {}, "no-such"),
+    ],
+)
+def test_training_speeds_refuse_bad_input(names, extra, message):
+    with pytest.raises(ValueError, match=message):
+        arena.training_speeds(
+            "far-marker", 64, names, settings=arena.arena_settings(64),
+            **extra,
+        )  # fmt: skip

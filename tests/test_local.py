@@ -224,34 +224,89 @@ def test_gradients_equal_dense_and_pass_gradcheck():
     )
 
 
-def test_auto_picks_the_kernel_only_without_gradients():
+def test_use_kernel_refuses_gradients_unless_the_kernel_has_a_backward():
     if not cpu_kernels.status("sliding_window").startswith("ready"):
         pytest.skip(cpu_kernels.status("sliding_window"))
     q, k, v = random_qkv(L=20, S=20, dtype=torch.float32)
     assert cpu_kernels.use_kernel("sliding_window", "auto", q, k, v)
-    assert not cpu_kernels.use_kernel(
-        "sliding_window", "auto", q.requires_grad_(True), k, v
+    trains = q.clone().requires_grad_(True)
+    assert not cpu_kernels.use_kernel("sliding_window", "auto", trains, k, v)
+    assert cpu_kernels.use_kernel(
+        "sliding_window", "auto", trains, k, v, backward=True
     )
+    with pytest.raises(NotImplementedError, match="computes no gradients"):
+        cpu_kernels.use_kernel("sliding_window", "kernel", trains, k, v)
     with torch.no_grad():
-        assert cpu_kernels.use_kernel("sliding_window", "auto", q, k, v)
+        assert cpu_kernels.use_kernel("sliding_window", "auto", trains, k, v)
     assert not cpu_kernels.use_kernel(
         "sliding_window", "auto", q.double(), k.double(), v.double()
     )
 
 
-@pytest.mark.parametrize(
-    "make,message",
-    [
-        (lambda q: q.requires_grad_(True), "computes no gradients"),
-        (lambda q: q.double(), "float64"),
-    ],
-)
-def test_kernel_backend_says_what_it_cannot_do(make, message):
-    q, k, v = random_qkv(L=8, S=8, dtype=torch.float32)
-    q = make(q)
-    k, v = k.to(q.dtype), v.to(q.dtype)
-    with pytest.raises(NotImplementedError, match=message):
+def test_kernel_backend_says_what_it_cannot_do():
+    q, k, v = random_qkv(L=8, S=8, dtype=torch.float64)
+    with pytest.raises(NotImplementedError, match="float64"):
         ea.sliding_window_attention(q, k, v, window=1, backend="kernel")
+
+
+KERNEL_GRADIENT_CASES = {
+    # name: (L, S, E, Ev, keyword arguments)
+    "clip, uneven sides": (100, 100, 16, 16, dict(window=(5, 3))),
+    "window of 257 keys": (300, 300, 64, 64, dict(window=128)),
+    "more queries than keys": (70, 50, 8, 12, dict(window=(3, 0))),
+    "dilation": (50, 70, 8, 12, dict(window=(0, 7), dilation=3)),
+    "per-head windows and dilations": (
+        90, 90, 20, 9,
+        dict(window=[(1, 2), (4, 0)], dilation=[1, 3]),
+    ),
+    "shift, L > S": (90, 60, 20, 9, dict(window=(4, 2), border="shift")),
+    "shift, dilated": (
+        60, 90, 20, 9, dict(window=(4, 2), dilation=2, border="shift")
+    ),
+    "window wider than the keys": (33, 33, 5, 3, dict(window=40)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", KERNEL_GRADIENT_CASES)
+def test_kernel_gradients_equal_the_torch_version(case):
+    # The kernel recomputes the band's weights in its backward pass; the
+    # PyTorch version (float64, autograd) is the reference.
+    if not cpu_kernels.status("sliding_window").startswith("ready"):
+        pytest.skip(cpu_kernels.status("sliding_window"))
+    L, S, E, Ev, kw = KERNEL_GRADIENT_CASES[case]
+    q, k, v = random_qkv(2, 2, L=L, S=S, E=E, Ev=Ev)
+    grad = torch.randn(2, 2, L, Ev, dtype=torch.float64)
+    inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+    reference = ea.sliding_window_attention(*inputs, backend="torch", **kw)
+    expected = (reference, *torch.autograd.grad(reference, inputs, grad))
+    inputs = [t.float().requires_grad_() for t in (q, k, v)]
+    out = ea.sliding_window_attention(*inputs, backend="kernel", **kw)
+    got = (out, *torch.autograd.grad(out, inputs, grad.float()))
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, expected):
+        # float32 sums over at most 257 keys: ~1e-6 of the largest value
+        scale = b.abs().max().item()
+        assert (a.double() - b).abs().max().item() <= 1e-5 * scale, name
+
+
+def test_training_takes_the_kernel_and_keeps_the_input_dtype(monkeypatch):
+    if not cpu_kernels.status("sliding_window").startswith("ready"):
+        pytest.skip(cpu_kernels.status("sliding_window"))
+    calls = []
+    real = local._sliding_window_kernel_backward
+    monkeypatch.setattr(
+        local,
+        "_sliding_window_kernel_backward",
+        lambda *a: calls.append(1) or real(*a),
+    )
+    q, k, v = (
+        t.to(torch.bfloat16).requires_grad_()
+        for t in random_qkv(L=40, S=40, dtype=torch.float32)
+    )
+    out = ea.sliding_window_attention(q, k, v, window=(4, 4))
+    out.float().sum().backward()
+    assert calls == [1]
+    assert all(t.grad.dtype == torch.bfloat16 for t in (q, k, v))
+    assert all(t.grad.abs().sum() > 0 for t in (q, k, v))
 
 
 @pytest.fixture

@@ -127,11 +127,13 @@ def test_the_kernel_and_the_torch_version_agree_on_long_rows():
 
 
 def test_auto_runs_the_kernel_only_where_it_applies(monkeypatch):
+    if not cpu_kernels.status("block_sparse").startswith("ready"):
+        pytest.skip(cpu_kernels.status("block_sparse"))
     calls = []
-    real = block_sparse._block_sparse_kernel
+    real = block_sparse.block_sparse_kernel_lse
     monkeypatch.setattr(
         block_sparse,
-        "_block_sparse_kernel",
+        "block_sparse_kernel_lse",
         lambda *a: calls.append(1) or real(*a),
     )
     q, k, v = random_qkv(1, L=16, S=16, dtype=torch.float32)
@@ -140,13 +142,99 @@ def test_auto_runs_the_kernel_only_where_it_applies(monkeypatch):
     assert calls == [1]
     ea.block_sparse_attention(q.double(), k.double(), v.double(),
                               layout=layout, block_size=8)  # fmt: skip
+    assert calls == [1]  # float64 takes the PyTorch version
     q.requires_grad_()
     ea.block_sparse_attention(q, k, v, layout=layout, block_size=8)
-    assert calls == [1]
-    with pytest.raises(NotImplementedError, match="gradient"):
+    assert calls == [1, 1]  # the kernel has a backward pass
+    with pytest.raises(NotImplementedError, match="float64"):
         ea.block_sparse_attention(
-            q, k, v, layout=layout, block_size=8, backend="kernel"
+            q.double(), k.double(), v.double(), layout=layout,
+            block_size=8, backend="kernel",
+        )  # fmt: skip
+
+
+KERNEL_GRADIENT_CASES = {
+    # name: (B, H, L, S, E, Ev, block size, layout density, layout seed)
+    "one chunk, uneven ends": (1, 2, 70, 90, 16, 8, 16, 0.4, 1),
+    "blocks narrower than a lane group": (1, 2, 80, 80, 16, 16, 8, 0.5, 2),
+    "batch, rectangular heads": (2, 3, 150, 160, 32, 24, 64, 0.6, 3),
+    "rows of several chunks": (1, 2, 300, 2600, 16, 16, 64, 0.9, 4),
+}
+
+
+def _float32_gradients(fn, q, k, v, grad):
+    """Output and gradients of ``fn`` run in float32 on copies of q, k, v."""
+    inputs = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    out = fn(*inputs)
+    return (out, *torch.autograd.grad(out, inputs, grad.float()))
+
+
+@pytest.mark.parametrize("case", KERNEL_GRADIENT_CASES)
+def test_kernel_gradients_equal_the_torch_version(case):
+    # The kernel recomputes each kept tile from the rows' log-sum-exp; the
+    # PyTorch version (float64, autograd) is the reference.
+    if not cpu_kernels.status("block_sparse").startswith("ready"):
+        pytest.skip(cpu_kernels.status("block_sparse"))
+    B, H, L, S, E, Ev, bs, density, seed = KERNEL_GRADIENT_CASES[case]
+    q, k, v = random_qkv(B, H, L=L, S=S, E=E, Ev=Ev)
+    nq, nk = -(-L // bs), -(-S // bs)
+    layout = random_layout(H, nq, nk, density=density, seed=seed)
+    layout[0, nq // 2] = False  # a query block with no key block
+    grad = torch.randn(B, H, L, Ev, dtype=torch.float64)
+
+    def run(backend):
+        return lambda q, k, v: ea.block_sparse_attention(
+            q, k, v, layout=layout, block_size=bs, backend=backend
         )
+
+    inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+    reference = run("torch")(*inputs)
+    expected = (reference, *torch.autograd.grad(reference, inputs, grad))
+    got = _float32_gradients(run("kernel"), q, k, v, grad)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, expected):
+        # float32 sums over up to 2600 keys: relative error ~1e-6 of the
+        # largest gradient, far below any mistake in the formulas
+        scale = b.abs().max().item()
+        assert (a.double() - b).abs().max().item() <= 1e-5 * scale, name
+
+
+def test_kernel_gradients_of_partly_kept_blocks():
+    # a mask function keeps some blocks only in part: their element masks
+    # must hold in the backward pass as in the forward one
+    if not cpu_kernels.status("block_sparse").startswith("ready"):
+        pytest.skip(cpu_kernels.status("block_sparse"))
+    q, k, v = random_qkv(1, 2, L=61, S=61, E=16, Ev=16)
+    window = masks.sliding_window((5, 2))
+    grad = torch.randn(1, 2, 61, 16, dtype=torch.float64)
+    dense = [t.clone().requires_grad_() for t in (q, k, v)]
+    mask = masks.create_mask(window, 61, 61)
+    reference = ea.dense_attention(*dense, attn_mask=mask)
+    expected = torch.autograd.grad(reference, dense, grad)
+    for bs in (8, 64):
+        got = _float32_gradients(
+            lambda q, k, v: ea.sparse_attention(
+                q, k, v, pattern=window, block_size=bs, backend="kernel"
+            ),
+            q, k, v, grad,
+        )  # fmt: skip
+        for a, b in zip(got[1:], expected):
+            torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_gradients_keep_the_input_dtype():
+    if not cpu_kernels.status("block_sparse").startswith("ready"):
+        pytest.skip(cpu_kernels.status("block_sparse"))
+    q, k, v = (
+        t.to(torch.bfloat16).requires_grad_()
+        for t in random_qkv(1, L=32, S=32, dtype=torch.float32)
+    )
+    layout = torch.tensor([[True, False], [True, True]])
+    out = ea.block_sparse_attention(
+        q, k, v, layout=layout, block_size=16, backend="kernel"
+    )
+    out.float().sum().backward()
+    assert all(t.grad.dtype == torch.bfloat16 for t in (q, k, v))
+    assert all(t.grad.abs().sum() > 0 for t in (q, k, v))
 
 
 def test_gradcheck_on_tiny_float64_inputs():

@@ -17,7 +17,9 @@ Two implementations compute block-sparse attention: ``_block_sparse_torch``,
 a readable PyTorch version (autograd, any device and dtype) that gathers
 the kept tiles and merges each row's softmax with scatter operations, and a
 C++ kernel for CPUs (``csrc/block_sparse.cpp``, built on first use by
-``cpu_kernels``) with an online softmax over the kept key blocks.
+``cpu_kernels``) with an online softmax over the kept key blocks, and a
+backward pass that recomputes each kept tile from its rows' log-sum-exp (so
+training stores no tiles of scores).
 """
 
 from __future__ import annotations
@@ -238,8 +240,8 @@ def block_sparse_attention(
             FlexAttention with the layout as its block mask (any device; on
             a CPU forward only, compiling for seconds at each new shape),
             ``"torch"`` the PyTorch version, ``"auto"`` the kernel where it
-            applies (CPU, not float64, no gradient needed, a compiler here),
-            FlexAttention on CUDA, else PyTorch.
+            applies (CPU, not float64, a compiler here; with or without
+            gradients), FlexAttention on CUDA, else PyTorch.
 
     Returns:
         ``(..., L, Ev)`` in the query's dtype; a query whose block row keeps
@@ -251,7 +253,7 @@ def block_sparse_attention(
             is not a positive int or does not fit the layout; an unknown
             backend; scores that overflow.
         NotImplementedError: ``backend="kernel"`` where it cannot run (a
-            gradient, a GPU tensor or float64); ``backend="flex"`` where
+            GPU tensor or float64); ``backend="flex"`` where
             FlexAttention cannot (a gradient on a CPU, no AVX2).
 
     Shape:
@@ -496,12 +498,13 @@ def run_pattern(
     Hl = pattern.heads
     if math.prod(lead) * L * S * Ev == 0 or pattern.cols.numel() == 0:
         if backend == "kernel":
-            use_kernel(backend, query, key, value)  # refuse as it would
+            # refuse as it would
+            use_kernel(backend, query, key, value, backward=True)
         zeros = query.new_zeros(*lead, L, Ev)
         # still in the autograd graph of the inputs
         return zeros + 0 * (query.sum() + key.sum() + value.sum())
-    if use_kernel(backend, query, key, value):
-        return _block_sparse_kernel(query, key, value, pattern, scale)
+    if use_kernel(backend, query, key, value, backward=True):
+        return _BlockSparseKernel.apply(query, key, value, pattern, scale)
     # (..., L, E) -> (N, Hl, L, E)
     q, k, v = (t.reshape(-1, Hl, *t.shape[-2:]) for t in (query, key, value))
     half = query.dtype in (torch.float16, torch.bfloat16)
@@ -568,25 +571,96 @@ def _block_sparse_torch(
     return out.reshape(N, Hl, nq * bs, Ev)[:, :, :L]  # (N, Hl, L, Ev)
 
 
-def use_kernel(backend: str, query: Tensor, key: Tensor, value: Tensor):
+def use_kernel(
+    backend: str,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    backward: bool = False,
+):
     """Whether to run the block-sparse C++ kernel (see ``backend``); the
-    hierarchical families share it."""
+    hierarchical families share it (forward only: ``backward=False``)."""
     return cpu_kernels.use_kernel(
         "block_sparse", backend, query, key, value,
         elsewhere="there block_sparse_attention and sparse_attention take "
         "FlexAttention; the other families have no fast path yet",
+        backward=backward,
     )  # fmt: skip
 
 
-def _block_sparse_kernel(
+class _BlockSparseKernel(torch.autograd.Function):
+    """The C++ kernel's forward and backward passes as one autograd step.
+
+    The backward pass recomputes each kept tile from the rows' log-sum-exp
+    instead of storing the tiles, so training keeps the kernel's memory."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, pattern, scale):
+        out, lse = block_sparse_kernel_lse(query, key, value, pattern, scale)
+        ctx.save_for_backward(query, key, value, out, lse)
+        ctx.settings = (pattern, scale)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        query, key, value, out, lse = ctx.saved_tensors
+        grads = _block_sparse_kernel_backward(
+            grad_out, query, key, value, out, lse, *ctx.settings
+        )
+        dq, dk, dv = (
+            g.to(t.dtype) for g, t in zip(grads, (query, key, value))
+        )
+        return dq, dk, dv, None, None
+
+
+def _block_sparse_kernel_backward(
+    grad_out: Tensor,
     query: Tensor,
     key: Tensor,
     value: Tensor,
+    out: Tensor,
+    lse: Tensor,
     pattern: BlockPattern,
     scale: float,
-) -> Tensor:
-    """Run ``csrc/block_sparse.cpp`` on contiguous float32 copies."""
-    return block_sparse_kernel_lse(query, key, value, pattern, scale)[0]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the kernel's backward pass: the gradients of the query, key and
+    value (float32, the inputs' shapes) for ``grad_out`` ``(..., L, Ev)``,
+    given the forward pass's ``out`` and ``lse``."""
+    library = cpu_kernels.load("block_sparse")
+    *lead, L, E = query.shape
+    S, Ev = key.shape[-2], value.shape[-1]
+    BH = math.prod(lead)
+    q, k, v, dout, out = (
+        t.reshape(BH, t.shape[-2], t.shape[-1]).to(torch.float32).contiguous()
+        for t in (query, key, value, grad_out, out)
+    )
+    delta = (dout * out).sum(-1).contiguous()  # (BH, L): dO . out per row
+    lse = lse.reshape(BH, L).contiguous()
+    dq, dk, dv = (torch.zeros(t.shape) for t in (q, k, v))
+    library.block_sparse_backward(
+        *(t.data_ptr() for t in (q, k, v, dout, lse, delta, dq, dk, dv)),
+        BH,
+        L,
+        S,
+        E,
+        Ev,
+        pattern.block_size,
+        pattern.heads,
+        pattern.row_ptr.data_ptr(),
+        pattern.cols.data_ptr(),
+        pattern.mask_index.data_ptr(),
+        pattern.kernel_masks().data_ptr(),
+        scale,
+        cpu_kernels.threads_for(  # five products per kept pair
+            5
+            * (BH // pattern.heads)
+            * int(pattern.row_ptr[-1])
+            * pattern.block_size**2
+            * (E + Ev)
+        ),
+    )
+    return dq.view(query.shape), dk.view(key.shape), dv.view(value.shape)
 
 
 def block_sparse_kernel_lse(

@@ -16,7 +16,9 @@ lets query ``i`` attend key ``j`` iff ``i - left <= j <= i + right``; an int
 Three implementations compute the same numbers: ``_sliding_window_torch``,
 a readable blocked version in PyTorch (autograd, any device and dtype); a
 C++ kernel for CPUs (``csrc/sliding_window.cpp``, built on first use by
-``cpu_kernels``) that skips everything outside the band; and compiled
+``cpu_kernels``) that skips everything outside the band, with a backward
+pass that recomputes the band's weights (FlashAttention's way, so training
+stores no scores); and compiled
 FlexAttention with the window as its mask function (``flex.py``), PyTorch's
 fused kernel on a GPU.
 """
@@ -86,8 +88,8 @@ def sliding_window_attention(
             FlexAttention (any device; on a CPU forward only, and the first
             call at each shape compiles for tens of seconds), ``"torch"``
             the PyTorch version, ``"auto"`` the kernel where it applies
-            (CPU, float32, bfloat16 or float16, no gradient needed, a
-            compiler here), FlexAttention on CUDA, else PyTorch (with a
+            (CPU, float32, bfloat16 or float16, a compiler here; with or
+            without gradients), FlexAttention on CUDA, else PyTorch (with a
             warning, once, saying why the fast path was not taken).
 
     Returns:
@@ -104,8 +106,8 @@ def sliding_window_attention(
             whose count is not the number of heads; an unknown border or
             backend; scores inside a window that are not finite (inf or
             NaN in the query or key, or an overflow).
-        NotImplementedError: ``backend="kernel"`` for a tensor that needs a
-            gradient, is not on the CPU or is float64; ``backend="flex"``
+        NotImplementedError: ``backend="kernel"`` for a tensor that is not
+            on the CPU or is float64; ``backend="flex"``
             where FlexAttention cannot run (a gradient on a CPU, no AVX2).
         cpu_kernels.KernelUnavailable: ``backend="kernel"`` where the kernel
             cannot be built (the message says why).
@@ -116,7 +118,8 @@ def sliding_window_attention(
 
     Complexity:
         time ``O(L * w * (E + Ev))`` for ``w = left + right + 1`` keys per
-        query, memory ``O(L * Ev)`` for the kernel; the PyTorch version
+        query (about 2.5 times that for the backward pass), memory ``O(L *
+        Ev)`` for the kernel, also when training; the PyTorch version
         stores ``O(L * (w + 64))`` scores.
 
     Equivalent to:
@@ -144,8 +147,10 @@ def sliding_window_attention(
     shift = border == "shift"
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1]) if query.shape[-1] else 1.0
-    if cpu_kernels.use_kernel("sliding_window", backend, query, key, value):
-        return _sliding_window_kernel(
+    if cpu_kernels.use_kernel(
+        "sliding_window", backend, query, key, value, backward=True
+    ):
+        return _SlidingWindowKernel.apply(
             query, key, value, left, right, dilation, shift, scale
         )
     if flex.use_flex(backend, query, key, value, "sliding_window_attention"):
@@ -529,6 +534,80 @@ def _sliding_window_kernel(
     if not_finite:  # the kernel counts rows whose scores were not finite
         raise scores_not_finite(scale, torch.float32)
     return out.view(*lead, L, Ev).to(query.dtype)
+
+
+def _sliding_window_kernel_backward(
+    grad_out: Tensor,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    left: Tensor,
+    right: Tensor,
+    dilation: Tensor,
+    shift: bool,
+    scale: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the kernel's backward pass: the gradients of the query, key and
+    value (float32, the inputs' shapes) for ``grad_out`` ``(..., L, Ev)``."""
+    library = cpu_kernels.load("sliding_window")
+    *lead, L, E = query.shape
+    S, Ev = key.shape[-2], value.shape[-1]
+    BH = math.prod(lead)
+    q, k, v, dout = (
+        t.reshape(BH, t.shape[-2], t.shape[-1]).to(torch.float32).contiguous()
+        for t in (query, key, value, grad_out)
+    )
+    dq, dk, dv = (torch.zeros(t.shape) for t in (q, k, v))
+    if BH * L * S * (E + Ev) == 0:
+        return dq.view(query.shape), dk.view(key.shape), dv.view(value.shape)
+    per_head = [
+        torch.broadcast_to(s, lead).reshape(BH).contiguous()
+        for s in (left, right, dilation)
+    ]
+    not_finite = library.sliding_window_backward(
+        *(t.data_ptr() for t in (q, k, v, dout, dq, dk, dv)),
+        BH,
+        L,
+        S,
+        E,
+        Ev,
+        *(s.data_ptr() for s in per_head),
+        int(shift),
+        scale,
+        cpu_kernels.threads_for(  # five products per pair in the band
+            5 * BH * L * min(S, int((left + right).max()) + 1) * (E + Ev)
+        ),
+    )
+    if not_finite:
+        raise scores_not_finite(scale, torch.float32)
+    return dq.view(query.shape), dk.view(key.shape), dv.view(value.shape)
+
+
+class _SlidingWindowKernel(torch.autograd.Function):
+    """The C++ kernel's forward and backward passes as one autograd step.
+
+    The backward pass recomputes the band's weights instead of storing
+    them, so training keeps the kernel's ``O(L * Ev)`` memory."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, left, right, dilation, shift, scale):
+        ctx.save_for_backward(query, key, value)
+        ctx.settings = (left, right, dilation, shift, scale)
+        return _sliding_window_kernel(
+            query, key, value, left, right, dilation, shift, scale
+        )
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        query, key, value = ctx.saved_tensors
+        grads = _sliding_window_kernel_backward(
+            grad_out, query, key, value, *ctx.settings
+        )
+        dq, dk, dv = (
+            g.to(t.dtype) for g, t in zip(grads, (query, key, value))
+        )
+        return dq, dk, dv, None, None, None, None, None
 
 
 class AdaptiveSpanAttention(nn.Module):

@@ -48,6 +48,7 @@ __all__ = [
     "pareto_front",
     "summarise",
     "train_and_score",
+    "training_speeds",
 ]
 
 
@@ -164,24 +165,7 @@ def train_and_score(
         ValueError: an unknown task or variant, or settings the variant
             cannot run at ``length`` (``variants.setting_problem``).
     """
-    if task not in TASKS:
-        raise ValueError(f"no task {task!r}; the tasks: {', '.join(TASKS)}.")
-    problem = variants.setting_problem(variant, settings, length)
-    if problem is not None:
-        raise ValueError(f"{variant} at L = {length}: {problem}")
-    spec = TASKS[task]
-    make = spec.make(length)
-    torch.manual_seed(seed)
-    model_class = (
-        tasks.TaskModel if spec.per_token else tasks.SequenceClassifier
-    )
-    model = model_class(
-        spec.vocab,
-        spec.classes,
-        attention=variants.build(variant, settings),
-        max_length=length,
-        **MODEL,
-    )
+    model, make = _model_and_task(task, variant, length, seed, settings)
     run = tasks.train_on_task(
         model,
         make,
@@ -199,16 +183,8 @@ def train_and_score(
         for t, y in zip(tokens.split(64), labels.split(64))
     )
     accuracy = hits / int((labels != tasks.IGNORE).sum())
-    step_tokens, step_labels = make(
-        batch, generator=torch.Generator().manual_seed(seed)
-    )
-
-    def training_step() -> None:
-        tasks.task_loss(model(step_tokens), step_labels).backward()
-        model.zero_grad(set_to_none=True)
-
     model.train()
-    peak = timing.peak_memory_bytes(training_step)
+    peak = timing.peak_memory_bytes(_training_step(model, make, batch, seed))
     return {
         "task": task,
         "variant": variant,
@@ -222,6 +198,98 @@ def train_and_score(
         "batch": batch,
         "status": "ok",
     }
+
+
+def _model_and_task(
+    task: str,
+    variant: str,
+    length: int,
+    seed: int,
+    settings: variants.Settings,
+) -> tuple[torch.nn.Module, Callable[..., tuple]]:
+    """``MODEL`` with ``variant`` in every layer, initialised from
+    ``seed``, and the task's generator at ``length``; a ValueError names
+    an unknown task or variant, or settings the variant cannot run."""
+    if task not in TASKS:
+        raise ValueError(f"no task {task!r}; the tasks: {', '.join(TASKS)}.")
+    if variant not in variants.REGISTRY:
+        raise ValueError(
+            f"no variant {variant!r}; the variants: "
+            f"{', '.join(variants.REGISTRY)}."
+        )
+    problem = variants.setting_problem(variant, settings, length)
+    if problem is not None:
+        raise ValueError(f"{variant} at L = {length}: {problem}")
+    spec = TASKS[task]
+    torch.manual_seed(seed)
+    model_class = (
+        tasks.TaskModel if spec.per_token else tasks.SequenceClassifier
+    )
+    model = model_class(
+        spec.vocab,
+        spec.classes,
+        attention=variants.build(variant, settings),
+        max_length=length,
+        **MODEL,
+    )
+    return model, spec.make(length)
+
+
+def _training_step(
+    model: torch.nn.Module, make: Callable[..., tuple], batch: int, seed: int
+) -> Callable[[], None]:
+    """One training step's work on a fixed batch: forward, loss, backward
+    (no optimizer step, so repeating it leaves the model as it is)."""
+    tokens, labels = make(batch, generator=torch.Generator().manual_seed(seed))
+
+    def step() -> None:
+        tasks.task_loss(model(tokens), labels).backward()
+        model.zero_grad(set_to_none=True)
+
+    return step
+
+
+def training_speeds(
+    task: str,
+    length: int,
+    names: Sequence[str],
+    *,
+    settings: variants.Settings,
+    batch: int = 16,
+    rounds: int = 5,
+    min_run_time: float = 0.2,
+) -> list[dict[str, object]]:
+    """Time one training step of ``MODEL`` per variant against dense SDPA's.
+
+    Each variant's model (seed 0, untrained: a step costs the same before
+    and after training) runs forward, loss and backward on one batch of
+    ``task`` at ``length``; ``timing.compare`` interleaves the rounds.
+
+    Returns:
+        ``timing.compare``'s records, in the order of ``names``, each with
+        ``sequences_per_s`` (``batch`` over the median step) added.
+
+    Raises:
+        ValueError: ``"sdpa"`` not among ``names``, an unknown task or
+            variant, settings a variant cannot run at ``length``, or bad
+            ``batch``, ``rounds`` or ``min_run_time``.
+    """
+    if "sdpa" not in names:
+        raise ValueError(
+            f"names must include 'sdpa', the baseline; got {list(names)}."
+        )
+    batch = check_positive_int("batch", batch)
+    calls = {}
+    for name in names:
+        model, make = _model_and_task(task, name, length, 0, settings)
+        model.train()
+        calls[name] = (_training_step(model, make, batch, 0),)
+    records = timing.compare(
+        calls, baseline="sdpa", rounds=rounds, min_run_time=min_run_time
+    )
+    for record in records:
+        record["sequences_per_s"] = batch / record["median_s"]
+    return records
 
 
 def _majority_share(labels: torch.Tensor) -> float:

@@ -291,3 +291,175 @@ extern "C" int64_t block_sparse_forward(
                                   layout_heads, row_ptr, cols, mask_index,
                                   masks, scale, threads);
 }
+
+// ---------------------------------------------------------------------------
+// Backward: the gradients of the kept tiles, recomputed chunk by chunk from
+// each row's log-sum-exp (as FlashAttention does: no nnz x bs x bs scores
+// are stored). With P = exp(score - lse) over a row's kept keys and
+// D = dO . out for that row,
+//   dS = P * (dO . v_j - D),
+//   dq += scale * dS k_j,   dk_j += scale * dS q,   dv_j += P dO.
+// One task is one batch-head: its query blocks run one after another, so
+// no two threads add into the same key's gradient.
+
+struct BackwardProblem {
+  Problem pb;
+  const float *dout, *lse, *delta;  // (BH, L, Ev), (BH, L), (BH, L)
+  float *dq, *dk, *dv;
+};
+
+struct BackwardWorkspace {  // one per thread
+  std::vector<float> qt, qr, dot, dor, P, dS, dqt;
+  std::vector<const float*> krows, vrows;
+  std::vector<const uint8_t*> mrows;
+  std::vector<float*> dkrows, dvrows;
+};
+
+// Rows lane0 .. lane0 + count - 1 of a query block starting at row i0,
+// packed as rows (LANES, F) and, times c, transposed (F, LANES); lanes past
+// count repeat the last row (their weights are set to zero).
+static void pack_block_lanes(const float* base, int64_t i0, int count,
+                             int64_t F, float c, float* rows, float* cols) {
+  for (int r = 0; r < LANES; ++r) {
+    const float* x = base + (i0 + std::min(r, count - 1)) * F;
+    for (int64_t e = 0; e < F; ++e) {
+      rows[r * F + e] = x[e];
+      cols[e * LANES + r] = x[e] * c;
+    }
+  }
+}
+
+// One lane group against one chunk of n keys: adds into its dq tile (dqt)
+// and into the chunk's dk and dv rows.
+static void lane_group_chunk_backward(const BackwardProblem& bp, int64_t n,
+                                      int64_t lane0, int count,
+                                      const vec* lse2, const vec* delta,
+                                      BackwardWorkspace& ws) {
+  const Problem& pb = bp.pb;
+  const int64_t E = pb.E, Ev = pb.Ev, bs = pb.bs;
+  float *P = ws.P.data(), *dS = ws.dS.data();
+  tiles<ScoreStep>(n, (const float* const*)ws.krows.data(),
+                   (const float*)ws.qt.data(), E, P);
+  ivec live[2];  // lanes that hold a query of the block
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < VW; ++l) live[h][l] = h * VW + l < count ? -1 : 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const uint8_t* m = ws.mrows[j];
+    for (int h = 0; h < 2; ++h) {
+      ivec keep = live[h];
+      if (m) {
+        for (int l = 0; l < VW; ++l) {
+          const int64_t r = std::min<int64_t>(h * VW + l, count - 1);
+          keep[l] &= m[lane0 + r] ? -1 : 0;
+        }
+      }
+      float* s = P + j * LANES + h * VW;
+      const vec w = exp2_negative(load(s) - lse2[h]);
+      store(s, keep ? w : (vec){});
+    }
+  }
+  tiles<ScoreStep>(n, (const float* const*)ws.vrows.data(),
+                   (const float*)ws.dot.data(), Ev, dS);
+  for (int64_t j = 0; j < n; ++j)
+    for (int h = 0; h < 2; ++h) {
+      float* s = dS + j * LANES + h * VW;
+      store(s, load(P + j * LANES + h * VW) * (load(s) - delta[h]));
+    }
+  tiles<ValueStep>(E, (const float*)dS, (const float* const*)ws.krows.data(),
+                   n, ws.dqt.data());
+  tiles<LaneSumStep>(n, (const float*)dS, (const float*)ws.qr.data(), E,
+                     pb.scale, (float* const*)ws.dkrows.data());
+  tiles<LaneSumStep>(n, (const float*)P, (const float*)ws.dor.data(), Ev,
+                     1.f, (float* const*)ws.dvrows.data());
+}
+
+static void batch_head_backward(const BackwardProblem& bp, int64_t bh,
+                                BackwardWorkspace& ws) {
+  const Problem& pb = bp.pb;
+  const int64_t E = pb.E, Ev = pb.Ev, bs = pb.bs;
+  const int64_t nq = (pb.L + bs - 1) / bs;
+  const float c = pb.scale * 1.44269504088896341f;
+  for (int64_t qb = 0; qb < nq; ++qb) {
+    const int64_t row = (bh % pb.layout_heads) * nq + qb;
+    const int64_t begin = pb.row_ptr[row], end = pb.row_ptr[row + 1];
+    const int64_t q_first = qb * bs, queries = std::min(bs, pb.L - q_first);
+    for (int64_t lane0 = 0; lane0 < queries; lane0 += LANES) {
+      const int count = (int)std::min<int64_t>(LANES, queries - lane0);
+      const int64_t i0 = bh * pb.L + q_first + lane0;
+      pack_block_lanes(pb.q, i0, count, E, c, ws.qr.data(), ws.qt.data());
+      pack_block_lanes(bp.dout, i0, count, Ev, 1.f, ws.dor.data(),
+                       ws.dot.data());
+      vec lse2[2], delta[2];
+      for (int r = 0; r < LANES; ++r) {
+        const int64_t i = i0 + std::min(r, count - 1);
+        const float l = bp.lse[i] * 1.44269504088896341f;  // base 2
+        lse2[r / VW][r % VW] = std::isfinite(l) ? l : 0.f;
+        delta[r / VW][r % VW] = bp.delta[i];
+      }
+      std::fill(ws.dqt.begin(), ws.dqt.end(), 0.f);
+      int64_t p = begin, within = 0;
+      while (p < end) {  // the kept keys, CHUNK at a time
+        int64_t n = 0;
+        while (p < end && n < CHUNK) {
+          const int64_t first = pb.cols[p] * bs;
+          const int64_t keys = std::min(bs, pb.S - first);
+          const int64_t m = pb.mask_index[p];
+          const uint8_t* mask = m < 0 ? nullptr : pb.masks + m * bs * bs;
+          const int64_t take = std::min(keys - within, CHUNK - n);
+          for (int64_t j = within; j < within + take; ++j, ++n) {
+            const int64_t key = bh * pb.S + first + j;
+            ws.krows[n] = pb.k + key * E;
+            ws.vrows[n] = pb.v + key * Ev;
+            ws.dkrows[n] = bp.dk + key * E;
+            ws.dvrows[n] = bp.dv + key * Ev;
+            ws.mrows[n] = mask ? mask + j * bs : nullptr;
+          }
+          within += take;
+          if (within == keys) {
+            within = 0;
+            ++p;
+          }
+        }
+        lane_group_chunk_backward(bp, n, lane0, count, lse2, delta, ws);
+      }
+      for (int r = 0; r < count; ++r) {
+        float* dq = bp.dq + (i0 + r) * E;
+        for (int64_t e = 0; e < E; ++e)
+          dq[e] = pb.scale * ws.dqt[e * LANES + r];
+      }
+    }
+  }
+}
+
+// The gradients of block_sparse_forward_lse (same layout arguments), given
+// its out's gradient dout (BH, L, Ev), its lse (BH, L) and delta (BH, L),
+// each row's dout . out: writes dq (BH, L, E) and adds into dk (BH, S, E)
+// and dv (BH, S, Ev), which the caller zeroes.
+extern "C" void block_sparse_backward(
+    const float* q, const float* k, const float* v, const float* dout,
+    const float* lse, const float* delta, float* dq, float* dk, float* dv,
+    int64_t BH, int64_t L, int64_t S, int64_t E, int64_t Ev, int64_t bs,
+    int64_t layout_heads, const int64_t* row_ptr, const int64_t* cols,
+    const int64_t* mask_index, const uint8_t* masks, float scale,
+    int threads) {
+  const BackwardProblem bp{
+      {q, k, v, nullptr, nullptr, L, S, E, Ev, bs, layout_heads, row_ptr,
+       cols, mask_index, masks, scale},
+      dout, lse, delta, dq, dk, dv};
+#pragma omp parallel num_threads(threads)
+  {
+    BackwardWorkspace ws;
+    ws.qt.resize(E * LANES);
+    ws.qr.resize(E * LANES);
+    ws.dot.resize(Ev * LANES);
+    ws.dor.resize(Ev * LANES);
+    ws.P.resize((CHUNK + TILE) * LANES);
+    ws.dS.resize((CHUNK + TILE) * LANES);
+    ws.dqt.resize((E + TILE) * LANES);
+    for (auto* rows : {&ws.krows, &ws.vrows}) rows->resize(CHUNK + TILE);
+    for (auto* rows : {&ws.dkrows, &ws.dvrows}) rows->resize(CHUNK + TILE);
+    ws.mrows.resize(CHUNK + TILE);
+#pragma omp for schedule(dynamic)
+    for (int64_t bh = 0; bh < BH; ++bh) batch_head_backward(bp, bh, ws);
+  }
+}

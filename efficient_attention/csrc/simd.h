@@ -1,7 +1,8 @@
 // What the CPU kernels share: SIMD vector types of the CPU's width, the
-// exp2 they use for softmax weights, and the micro-tile that computes a
-// tile of scores. Included by sliding_window.cpp and block_sparse.cpp;
-// cpu_kernels.py rebuilds both when it changes.
+// exp2 they use for softmax weights, the micro-tile that computes a tile
+// of scores, and the one that sums over a lane group's queries (for the
+// gradients of keys and values). Included by sliding_window.cpp and
+// block_sparse.cpp; cpu_kernels.py rebuilds both when it changes.
 //
 // Plain C++ with GCC/Clang vector extensions (no intrinsics), so the same
 // source compiles to AVX2, AVX-512 or NEON.
@@ -90,3 +91,34 @@ struct ScoreStep {
   }
 };
 
+// grad[j][0, F) += factor * sum_r weights[j][r] * rows[r][0, F) for KEYS
+// keys: rows is (LANES, F), packed; weights (KEYS, LANES).
+template <int KEYS>
+static inline void lane_sum_tile(const float* weights, const float* rows,
+                                 int64_t F, float factor, float* const* grad) {
+  int64_t f = 0;
+  for (; f + VW <= F; f += VW) {
+    vec acc[KEYS] = {};
+    for (int r = 0; r < LANES; ++r) {
+      const vec x = load(rows + r * F + f);
+      for (int j = 0; j < KEYS; ++j) acc[j] += weights[j * LANES + r] * x;
+    }
+    for (int j = 0; j < KEYS; ++j)
+      store(grad[j] + f, load(grad[j] + f) + factor * acc[j]);
+  }
+  for (; f < F; ++f)
+    for (int j = 0; j < KEYS; ++j) {
+      float acc = 0.f;
+      for (int r = 0; r < LANES; ++r)
+        acc += weights[j * LANES + r] * rows[r * F + f];
+      grad[j][f] += factor * acc;
+    }
+}
+
+template <int N>
+struct LaneSumStep {
+  static void run(int64_t j, const float* weights, const float* rows,
+                  int64_t F, float factor, float* const* grad) {
+    lane_sum_tile<N>(weights + j * LANES, rows, F, factor, grad + j);
+  }
+};

@@ -229,3 +229,204 @@ extern "C" int64_t sliding_window_forward(
   }
   return not_finite;
 }
+
+// ---------------------------------------------------------------------------
+// Backward: the gradients of the same band, recomputed lane group by lane
+// group (as FlashAttention does, nothing of size L x S is stored).
+//
+// For one query i with weights P[j] = softmax(S)[j] over its window,
+// dO = the gradient of its output row and D = sum_j P[j] (dO . v_j):
+//   dS[j] = P[j] * (dO . v_j - D)
+//   dq_i  = scale * sum_j dS[j] k_j,   dk_j += scale * dS[j] q_i,
+//   dv_j += P[j] dO.
+// dO . v_j is a column of FMAs exactly like a score (dO in the lanes), and
+// dq_i like an output row; dk_j and dv_j sum over the group's lanes.
+
+struct Gradients {
+  const float* dout;
+  float *dq, *dk, *dv;
+};
+
+struct BackwardWorkspace {  // one per thread
+  std::vector<float> qt, qr, dot, dor, scores, dp, dqt;
+  std::vector<const float*> rows;
+  std::vector<float*> grad_rows;
+};
+
+// Packs `count` rows of width F (query positions res + d * (t0 + r)) into
+// rows (LANES, F) and, scaled by c, transposed into cols (F, LANES); the
+// lanes past count repeat the last row (their weights are zero).
+static void pack_lanes(const float* base, int64_t bh, int64_t L, int64_t F,
+                       int64_t res, int64_t d, int64_t t0, int count, float c,
+                       float* rows, float* cols) {
+  for (int r = 0; r < LANES; ++r) {
+    const int64_t t = t0 + std::min(r, count - 1);
+    const float* x = base + (bh * L + res + d * t) * F;
+    for (int64_t e = 0; e < F; ++e) {
+      rows[r * F + e] = x[e];
+      cols[e * LANES + r] = x[e] * c;
+    }
+  }
+}
+
+static int64_t lane_group_backward(const Problem& pb, const Gradients& g,
+                                   int64_t bh, int64_t res, int64_t d,
+                                   int64_t left, int64_t right, int64_t t0,
+                                   int count, BackwardWorkspace& ws) {
+  const int64_t E = pb.E, Ev = pb.Ev;
+  const int64_t n_keys = res < pb.S ? ceil_div(pb.S - res, d) : 0;
+  int32_t lo[LANES], hi[LANES];
+  int64_t first = INT64_MAX, last = INT64_MIN;
+  for (int r = 0; r < LANES; ++r) {
+    int64_t a = 0, b = 0;
+    if (r < count) key_range(t0 + r, left, right, n_keys, pb.shift, &a, &b);
+    if (b <= a) a = b = 0;
+    lo[r] = (int32_t)a;
+    hi[r] = (int32_t)b;
+    if (b > a) {
+      first = std::min(first, a);
+      last = std::max(last, b);
+    }
+  }
+  if (last <= first) return 0;  // no keys: dq stays zero
+  const int64_t n = last - first;
+
+  // Scores again, as in the forward pass, then the normalised weights P.
+  pack_lanes(pb.q, bh, pb.L, E, res, d, t0, count,
+             pb.scale * 1.44269504088896341f, ws.qr.data(), ws.qt.data());
+  const float** rows = ws.rows.data();
+  for (int64_t j = 0; j < n; ++j)
+    rows[j] = pb.k + (bh * pb.S + res + d * (first + j)) * E;
+  float* P = ws.scores.data();
+  tiles<ScoreStep>(n, (const float* const*)rows, (const float*)ws.qt.data(),
+                   E, P);
+  ivec lo_v[2], hi_v[2];
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < VW; ++l) {
+      lo_v[h][l] = lo[h * VW + l];
+      hi_v[h][l] = hi[h * VW + l];
+    }
+  const vec minus_inf = splat(-INFINITY), plus_inf = splat(INFINITY);
+  vec max[2] = {minus_inf, minus_inf};
+  ivec overflow[2] = {};
+  for (int64_t j = 0; j < n; ++j) {
+    const ivec key = isplat((int32_t)(first + j));
+    for (int h = 0; h < 2; ++h) {
+      float* s = P + j * LANES + h * VW;
+      const vec score = load(s);
+      const ivec in_window = (key >= lo_v[h]) & (key < hi_v[h]);
+      overflow[h] |= in_window & ~((score < plus_inf) & (score > minus_inf));
+      const vec masked = in_window ? score : minus_inf;
+      store(s, masked);
+      max[h] = max[h] > masked ? max[h] : masked;
+    }
+  }
+  vec sum[2] = {};
+  for (int h = 0; h < 2; ++h) max[h] = max[h] == minus_inf ? (vec){} : max[h];
+  for (int64_t j = 0; j < n; ++j)
+    for (int h = 0; h < 2; ++h) {
+      float* s = P + j * LANES + h * VW;
+      const vec p = exp2_negative(load(s) - max[h]);
+      store(s, p);
+      sum[h] += p;
+    }
+  vec inv[2];
+  for (int h = 0; h < 2; ++h)
+    inv[h] = sum[h] > 0.f ? splat(1.f) / sum[h] : (vec){};
+  for (int64_t j = 0; j < n; ++j)
+    for (int h = 0; h < 2; ++h) {
+      float* s = P + j * LANES + h * VW;
+      store(s, load(s) * inv[h]);
+    }
+
+  // dp[j][lanes] = v_j . dO_lane, D = sum_j P dp, then dS = P (dp - D).
+  pack_lanes(g.dout, bh, pb.L, Ev, res, d, t0, count, 1.f, ws.dor.data(),
+             ws.dot.data());
+  for (int64_t j = 0; j < n; ++j)
+    rows[j] = pb.v + (bh * pb.S + res + d * (first + j)) * Ev;
+  float* dS = ws.dp.data();
+  tiles<ScoreStep>(n, (const float* const*)rows, (const float*)ws.dot.data(),
+                   Ev, dS);
+  vec D[2] = {};
+  for (int64_t j = 0; j < n; ++j)
+    for (int h = 0; h < 2; ++h)
+      D[h] += load(P + j * LANES + h * VW) * load(dS + j * LANES + h * VW);
+  for (int64_t j = 0; j < n; ++j)
+    for (int h = 0; h < 2; ++h) {
+      float* s = dS + j * LANES + h * VW;
+      store(s, load(P + j * LANES + h * VW) * (load(s) - D[h]));
+    }
+
+  // dq rows = scale * dS^T K (through the transposed (E, LANES) tile).
+  for (int64_t j = 0; j < n; ++j)
+    rows[j] = pb.k + (bh * pb.S + res + d * (first + j)) * E;
+  float* dqt = ws.dqt.data();
+  tiles<ValueStep>(E, (const float*)dS, (const float* const*)rows, n, dqt);
+  for (int r = 0; r < count; ++r) {
+    float* dq = g.dq + (bh * pb.L + res + d * (t0 + r)) * E;
+    for (int64_t e = 0; e < E; ++e) dq[e] = pb.scale * dqt[e * LANES + r];
+  }
+
+  // dk_j += scale * sum_lanes dS q, dv_j += sum_lanes P dO.
+  float** grad = ws.grad_rows.data();
+  for (int64_t j = 0; j < n; ++j)
+    grad[j] = g.dk + (bh * pb.S + res + d * (first + j)) * E;
+  tiles<LaneSumStep>(n, (const float*)dS, (const float*)ws.qr.data(), E,
+                     pb.scale, (float* const*)grad);
+  for (int64_t j = 0; j < n; ++j)
+    grad[j] = g.dv + (bh * pb.S + res + d * (first + j)) * Ev;
+  tiles<LaneSumStep>(n, (const float*)P, (const float*)ws.dor.data(), Ev,
+                     1.f, (float* const*)grad);
+
+  int64_t not_finite = 0;
+  for (int r = 0; r < count; ++r) not_finite += overflow[r / VW][r % VW] != 0;
+  return not_finite;
+}
+
+// The gradients of sliding_window_forward (same arguments), given dout
+// (BH, L, Ev): writes dq (BH, L, E) and adds into dk (BH, S, E) and dv
+// (BH, S, Ev), which the caller zeroes. A thread takes one residue class
+// of one batch-head at a time, so no two threads add into the same key.
+// Returns the number of queries whose scores held inf or NaN.
+extern "C" int64_t sliding_window_backward(
+    const float* q, const float* k, const float* v, const float* dout,
+    float* dq, float* dk, float* dv, int64_t BH, int64_t L, int64_t S,
+    int64_t E, int64_t Ev, const int64_t* left, const int64_t* right,
+    const int64_t* dilation, int shift, float scale, int threads) {
+  const Problem pb{q, k, v, nullptr, L, S, E, Ev, shift != 0, scale};
+  const Gradients g{dout, dq, dk, dv};
+  std::vector<Task> tasks;
+  int64_t widest = 1;
+  for (int64_t bh = 0; bh < BH; ++bh) {
+    const int64_t d = dilation[bh];
+    for (int64_t res = 0; res < std::min(d, L); ++res)
+      tasks.push_back({bh, res, 0, ceil_div(L - res, d)});
+    widest = std::max(widest, std::min(LANES + left[bh] + right[bh],
+                                       ceil_div(S, d)));
+  }
+  int64_t not_finite = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : not_finite)
+  {
+    BackwardWorkspace ws;
+    ws.qt.resize(E * LANES);
+    ws.qr.resize(E * LANES);
+    ws.dot.resize(Ev * LANES);
+    ws.dor.resize(Ev * LANES);
+    ws.scores.resize((widest + TILE) * LANES);
+    ws.dp.resize((widest + TILE) * LANES);
+    ws.dqt.resize((E + TILE) * LANES);
+    ws.rows.resize(widest + TILE);
+    ws.grad_rows.resize(widest + TILE);
+#pragma omp for schedule(dynamic)
+    for (int64_t i = 0; i < (int64_t)tasks.size(); ++i) {
+      const Task& task = tasks[i];
+      for (int64_t t0 = 0; t0 < task.rows; t0 += LANES) {
+        const int count = (int)std::min<int64_t>(LANES, task.rows - t0);
+        not_finite += lane_group_backward(
+            pb, g, task.bh, task.res, dilation[task.bh], left[task.bh],
+            right[task.bh], t0, count, ws);
+      }
+    }
+  }
+  return not_finite;
+}

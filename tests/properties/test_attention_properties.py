@@ -616,6 +616,61 @@ def test_variant_equals_the_float64_reference(variant, data):
     torch.testing.assert_close(out.double(), expected, **tolerance(p.dtype, v))
 
 
+KERNEL_GRADIENTS = {
+    # the two attentions whose C++ kernel has a backward pass
+    "sliding_window": (ea.sliding_window_attention, local_kwargs),
+    "block_sparse": (ea.block_sparse_attention, block_sparse_kwargs),
+}
+
+
+@pytest.mark.parametrize("kernel", KERNEL_GRADIENTS)
+@given(data=st.data())
+def test_kernel_gradients_equal_the_float64_torch_version(kernel, data):
+    from efficient_attention import cpu_kernels
+
+    if not cpu_kernels.status(kernel).startswith("ready"):
+        pytest.skip(cpu_kernels.status(kernel))
+    fn, make_kwargs = KERNEL_GRADIENTS[kernel]
+    p = data.draw(problems, label="problem")
+    # a gradient multiplies two inputs, so float32 overflows long before
+    # the forward pass does: draw values of ordinary size
+    p = dataclasses.replace(p, dtype=torch.float64,
+                            magnitude=min(p.magnitude, 3.0))  # fmt: skip
+    kwargs = data.draw(make_kwargs(p), label="kwargs")
+    q, k, v = p.qkv()
+    assume(not may_overflow(q.float(), k.float(), kwargs.get("scale")))
+    generator = torch.Generator().manual_seed(p.seed)
+    grad = torch.randn(*p.lead, p.L, p.Ev, generator=generator,
+                       dtype=torch.float64)  # fmt: skip
+
+    def gradients(backend, dtype):
+        inputs = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        out = fn(*inputs, **{**kwargs, "backend": backend})
+        return torch.autograd.grad(out, inputs, grad.to(dtype))
+
+    expected = gradients("torch", torch.float64)
+    got = gradients("kernel", torch.float32)
+    # Float32 rounds each score by about 1e-7 of its size, and a weight
+    # exp(score) inherits that error times the score: tolerances grow with
+    # the largest score and with each gradient's natural size (dq sums
+    # scale * dS * k with dS up to |dO| |v|, dk likewise with q).
+    scale = kwargs.get("scale")
+    scale = abs(1 / math.sqrt(p.E) if scale is None else float(scale))
+    largest = lambda t: t.abs().max().item() if t.numel() else 0.0  # noqa: E731
+    scores = largest((q * scale) @ k.transpose(-2, -1)) if p.L * p.S else 0
+    product = scale * largest(grad) * largest(v) * max(p.Ev, 1)
+    natural = {
+        "query": product * largest(k),
+        "key": product * largest(q),
+        "value": largest(grad),
+    }
+    for a, b, name in zip(got, expected, natural):
+        assert a.shape == b.shape, name
+        atol = 1e-6 * (1 + scores) * max(natural[name], 1.0) * max(p.S, 1)
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=atol,
+                                   msg=name)  # fmt: skip
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=by_name)
 @given(data=st.data())
 def test_effective_attention_is_the_matrix_each_variant_applies(variant, data):
