@@ -225,6 +225,17 @@ def _build(
     return target
 
 
+def batch_heads_float32(BH: int, *tensors):
+    """Each ``(..., N, F)`` tensor as the kernels read it: contiguous
+    float32 of shape ``(BH, N, F)``, its ``BH`` leading entries flattened."""
+    import torch
+
+    return tuple(
+        t.reshape(BH, t.shape[-2], t.shape[-1]).to(torch.float32).contiguous()
+        for t in tensors
+    )
+
+
 PARALLEL_MIN_FLOPS = 2**21
 """Below about this many FLOPs a kernel call runs on one thread: waking a
 second thread costs more than it saves (tens of microseconds), and on a

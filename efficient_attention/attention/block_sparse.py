@@ -631,9 +631,8 @@ def _block_sparse_kernel_backward(
     *lead, L, E = query.shape
     S, Ev = key.shape[-2], value.shape[-1]
     BH = math.prod(lead)
-    q, k, v, dout, out = (
-        t.reshape(BH, t.shape[-2], t.shape[-1]).to(torch.float32).contiguous()
-        for t in (query, key, value, grad_out, out)
+    q, k, v, dout, out = cpu_kernels.batch_heads_float32(
+        BH, query, key, value, grad_out, out
     )
     delta = (dout * out).sum(-1).contiguous()  # (BH, L): dO . out per row
     lse = lse.reshape(BH, L).contiguous()
@@ -683,10 +682,7 @@ def block_sparse_kernel_lse(
     BH = math.prod(lead)
     out = torch.empty(BH, L, Ev)  # the kernel writes every row
     lse = torch.empty(BH, L)
-    q, k, v = (
-        t.reshape(BH, t.shape[-2], t.shape[-1]).to(torch.float32).contiguous()
-        for t in (query, key, value)
-    )
+    q, k, v = cpu_kernels.batch_heads_float32(BH, query, key, value)
     element = pattern.kernel_masks()
     function = library.block_sparse_forward_lse
     not_finite = function(

@@ -486,6 +486,16 @@ def _window_softmax(
     return (weights @ v).masked_fill(no_key, 0.0)  # (..., rows, Ev)
 
 
+def _per_batch_head(lead: list[int], *sides: Tensor) -> list[Tensor]:
+    """Each of ``left``, ``right``, ``dilation`` (shape ``()`` or
+    ``(H,)``) as one value per batch-head, ``(BH,)``, as the kernels read
+    them."""
+    return [
+        torch.broadcast_to(s, lead).reshape(math.prod(lead)).contiguous()
+        for s in sides
+    ]
+
+
 def _sliding_window_kernel(
     query: Tensor,
     key: Tensor,
@@ -504,14 +514,8 @@ def _sliding_window_kernel(
     if BH * L * Ev == 0 or S == 0:
         return query.new_zeros(*lead, L, Ev)
     out = torch.empty(BH, L, Ev)  # the kernel writes every row
-    q, k, v = (
-        t.reshape(BH, t.shape[-2], t.shape[-1]).to(torch.float32).contiguous()
-        for t in (query, key, value)
-    )
-    per_head = [  # one value per batch-head: (BH,)
-        torch.broadcast_to(s, lead).reshape(BH).contiguous()
-        for s in (left, right, dilation)
-    ]
+    q, k, v = cpu_kernels.batch_heads_float32(BH, query, key, value)
+    per_head = _per_batch_head(lead, left, right, dilation)
     function = library.sliding_window_forward
     not_finite = function(
         q.data_ptr(),
@@ -553,17 +557,13 @@ def _sliding_window_kernel_backward(
     *lead, L, E = query.shape
     S, Ev = key.shape[-2], value.shape[-1]
     BH = math.prod(lead)
-    q, k, v, dout = (
-        t.reshape(BH, t.shape[-2], t.shape[-1]).to(torch.float32).contiguous()
-        for t in (query, key, value, grad_out)
+    q, k, v, dout = cpu_kernels.batch_heads_float32(
+        BH, query, key, value, grad_out
     )
     dq, dk, dv = (torch.zeros(t.shape) for t in (q, k, v))
     if BH * L * S * (E + Ev) == 0:
         return dq.view(query.shape), dk.view(key.shape), dv.view(value.shape)
-    per_head = [
-        torch.broadcast_to(s, lead).reshape(BH).contiguous()
-        for s in (left, right, dilation)
-    ]
+    per_head = _per_batch_head(lead, left, right, dilation)
     not_finite = library.sliding_window_backward(
         *(t.data_ptr() for t in (q, k, v, dout, dq, dk, dv)),
         BH,

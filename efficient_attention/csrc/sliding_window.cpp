@@ -77,6 +77,68 @@ struct Problem {
   float scale;
 };
 
+// The keys [lo[r], hi[r]) of each lane r of a lane group (queries res + d
+// * (t0 + r), r < count; empty for the rest and for rows with no key), and
+// [first, last), the keys of the whole group (first >= last: none).
+static void group_keys(const Problem& pb, int64_t res, int64_t d,
+                       int64_t left, int64_t right, int64_t t0, int count,
+                       int32_t* lo, int32_t* hi, int64_t* first,
+                       int64_t* last) {
+  const int64_t n_keys = res < pb.S ? ceil_div(pb.S - res, d) : 0;
+  *first = INT64_MAX;
+  *last = INT64_MIN;
+  for (int r = 0; r < LANES; ++r) {
+    int64_t a = 0, b = 0;
+    if (r < count) key_range(t0 + r, left, right, n_keys, pb.shift, &a, &b);
+    if (b <= a) a = b = 0;  // nothing to attend: the row gets zeros
+    lo[r] = (int32_t)a;
+    hi[r] = (int32_t)b;
+    if (b > a) {
+      *first = std::min(*first, a);
+      *last = std::max(*last, b);
+    }
+  }
+}
+
+// Scores (n keys from key first, LANES) in base 2 become the numerators of
+// each lane's softmax over its own window: 2^(score - lane maximum), 0
+// outside [lo, hi). sum gets each lane's total, overflow the lanes whose
+// window held a score that is inf or NaN.
+static void window_exponentials(float* scores, int64_t n, int64_t first,
+                                const int32_t* lo, const int32_t* hi,
+                                vec* sum, ivec* overflow) {
+  ivec lo_v[2], hi_v[2];
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < VW; ++l) {
+      lo_v[h][l] = lo[h * VW + l];
+      hi_v[h][l] = hi[h * VW + l];
+    }
+  const vec minus_inf = splat(-INFINITY), plus_inf = splat(INFINITY);
+  vec max[2] = {minus_inf, minus_inf};
+  overflow[0] = overflow[1] = (ivec){};
+  for (int64_t j = 0; j < n; ++j) {
+    const ivec key = isplat((int32_t)(first + j));
+    for (int h = 0; h < 2; ++h) {
+      float* s = scores + j * LANES + h * VW;
+      const vec score = load(s);
+      const ivec in_window = (key >= lo_v[h]) & (key < hi_v[h]);
+      overflow[h] |= in_window & ~((score < plus_inf) & (score > minus_inf));
+      const vec masked = in_window ? score : minus_inf;
+      store(s, masked);
+      max[h] = max[h] > masked ? max[h] : masked;
+    }
+  }
+  sum[0] = sum[1] = (vec){};
+  for (int h = 0; h < 2; ++h) max[h] = max[h] == minus_inf ? (vec){} : max[h];
+  for (int64_t j = 0; j < n; ++j)
+    for (int h = 0; h < 2; ++h) {
+      float* s = scores + j * LANES + h * VW;
+      const vec p = exp2_negative(load(s) - max[h]);
+      store(s, p);
+      sum[h] += p;
+    }
+}
+
 struct Workspace {  // one per thread
   std::vector<float> qt, scores, ot;
   std::vector<const float*> rows;
@@ -90,20 +152,9 @@ static int64_t lane_group(const Problem& pb, int64_t bh, int64_t res,
                           int64_t d, int64_t left, int64_t right, int64_t t0,
                           int count, Workspace& ws) {
   const int64_t E = pb.E, Ev = pb.Ev;
-  const int64_t n_keys = res < pb.S ? ceil_div(pb.S - res, d) : 0;
   int32_t lo[LANES], hi[LANES];
-  int64_t first = INT64_MAX, last = INT64_MIN;  // the group's keys
-  for (int r = 0; r < LANES; ++r) {
-    int64_t a = 0, b = 0;
-    if (r < count) key_range(t0 + r, left, right, n_keys, pb.shift, &a, &b);
-    if (b <= a) a = b = 0;  // nothing to attend: the row gets zeros
-    lo[r] = (int32_t)a;
-    hi[r] = (int32_t)b;
-    if (b > a) {
-      first = std::min(first, a);
-      last = std::max(last, b);
-    }
-  }
+  int64_t first, last;  // the group's keys: [first, last)
+  group_keys(pb, res, d, left, right, t0, count, lo, hi, &first, &last);
   float* out_rows[LANES];
   for (int r = 0; r < count; ++r)
     out_rows[r] = pb.out + (bh * pb.L + res + d * (t0 + r)) * Ev;
@@ -132,36 +183,9 @@ static int64_t lane_group(const Problem& pb, int64_t bh, int64_t res,
   tiles<ScoreStep>(n, (const float* const*)rows, (const float*)qt, E, scores);
 
   // Softmax down the keys, each lane its own window.
-  ivec lo_v[2], hi_v[2];
-  for (int h = 0; h < 2; ++h)
-    for (int l = 0; l < VW; ++l) {
-      lo_v[h][l] = lo[h * VW + l];
-      hi_v[h][l] = hi[h * VW + l];
-    }
-  const vec minus_inf = splat(-INFINITY), plus_inf = splat(INFINITY);
-  vec max[2] = {minus_inf, minus_inf};
-  ivec overflow[2] = {};  // lanes with a score that is inf or NaN
-  for (int64_t j = 0; j < n; ++j) {
-    const ivec key = isplat((int32_t)(first + j));
-    for (int h = 0; h < 2; ++h) {
-      float* s = scores + j * LANES + h * VW;
-      const vec score = load(s);
-      const ivec in_window = (key >= lo_v[h]) & (key < hi_v[h]);
-      overflow[h] |= in_window & ~((score < plus_inf) & (score > minus_inf));
-      const vec masked = in_window ? score : minus_inf;
-      store(s, masked);
-      max[h] = max[h] > masked ? max[h] : masked;
-    }
-  }
-  vec sum[2] = {};
-  for (int h = 0; h < 2; ++h) max[h] = max[h] == minus_inf ? (vec){} : max[h];
-  for (int64_t j = 0; j < n; ++j)
-    for (int h = 0; h < 2; ++h) {
-      float* s = scores + j * LANES + h * VW;
-      const vec p = exp2_negative(load(s) - max[h]);
-      store(s, p);
-      sum[h] += p;
-    }
+  vec sum[2];
+  ivec overflow[2];  // lanes with a score that is inf or NaN
+  window_exponentials(scores, n, first, lo, hi, sum, overflow);
 
   // Weighted sum of the values: (Ev, LANES), then normalised rows.
   for (int64_t j = 0; j < n; ++j)
@@ -274,20 +298,9 @@ static int64_t lane_group_backward(const Problem& pb, const Gradients& g,
                                    int64_t left, int64_t right, int64_t t0,
                                    int count, BackwardWorkspace& ws) {
   const int64_t E = pb.E, Ev = pb.Ev;
-  const int64_t n_keys = res < pb.S ? ceil_div(pb.S - res, d) : 0;
   int32_t lo[LANES], hi[LANES];
-  int64_t first = INT64_MAX, last = INT64_MIN;
-  for (int r = 0; r < LANES; ++r) {
-    int64_t a = 0, b = 0;
-    if (r < count) key_range(t0 + r, left, right, n_keys, pb.shift, &a, &b);
-    if (b <= a) a = b = 0;
-    lo[r] = (int32_t)a;
-    hi[r] = (int32_t)b;
-    if (b > a) {
-      first = std::min(first, a);
-      last = std::max(last, b);
-    }
-  }
+  int64_t first, last;  // the group's keys: [first, last)
+  group_keys(pb, res, d, left, right, t0, count, lo, hi, &first, &last);
   if (last <= first) return 0;  // no keys: dq stays zero
   const int64_t n = last - first;
 
@@ -300,36 +313,9 @@ static int64_t lane_group_backward(const Problem& pb, const Gradients& g,
   float* P = ws.scores.data();
   tiles<ScoreStep>(n, (const float* const*)rows, (const float*)ws.qt.data(),
                    E, P);
-  ivec lo_v[2], hi_v[2];
-  for (int h = 0; h < 2; ++h)
-    for (int l = 0; l < VW; ++l) {
-      lo_v[h][l] = lo[h * VW + l];
-      hi_v[h][l] = hi[h * VW + l];
-    }
-  const vec minus_inf = splat(-INFINITY), plus_inf = splat(INFINITY);
-  vec max[2] = {minus_inf, minus_inf};
-  ivec overflow[2] = {};
-  for (int64_t j = 0; j < n; ++j) {
-    const ivec key = isplat((int32_t)(first + j));
-    for (int h = 0; h < 2; ++h) {
-      float* s = P + j * LANES + h * VW;
-      const vec score = load(s);
-      const ivec in_window = (key >= lo_v[h]) & (key < hi_v[h]);
-      overflow[h] |= in_window & ~((score < plus_inf) & (score > minus_inf));
-      const vec masked = in_window ? score : minus_inf;
-      store(s, masked);
-      max[h] = max[h] > masked ? max[h] : masked;
-    }
-  }
-  vec sum[2] = {};
-  for (int h = 0; h < 2; ++h) max[h] = max[h] == minus_inf ? (vec){} : max[h];
-  for (int64_t j = 0; j < n; ++j)
-    for (int h = 0; h < 2; ++h) {
-      float* s = P + j * LANES + h * VW;
-      const vec p = exp2_negative(load(s) - max[h]);
-      store(s, p);
-      sum[h] += p;
-    }
+  vec sum[2];
+  ivec overflow[2];
+  window_exponentials(P, n, first, lo, hi, sum, overflow);
   vec inv[2];
   for (int h = 0; h < 2; ++h)
     inv[h] = sum[h] > 0.f ? splat(1.f) / sum[h] : (vec){};
