@@ -1,5 +1,5 @@
-"""The online-softmax merge that hierarchical and ring attention share:
-parts of a row's keys merge into the softmax over all."""
+"""The online softmax that hierarchical, ring and block-sparse attention
+share: parts of a row's keys merge into the softmax over all."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import torch
 
 from efficient_attention.attention.online_softmax import (
     block_softmax,
+    merge_parts,
     merge_softmax,
+    part_softmax,
 )
 
 
@@ -55,3 +57,38 @@ def test_overwriting_the_scores_gives_the_same_result():
     torch.testing.assert_close(lse_in_place, lse)
     assert not torch.allclose(kept, scores)  # the buffer became the weights
 
+
+def parts_of_rows(scores, value, parts):
+    """``part_softmax`` of each ``(row, start, stop)``, stacked as parts."""
+    found = [part_softmax(scores[:, row, None, start:stop],
+                          value[:, start:stop])
+             for row, start, stop in parts]  # fmt: skip
+    numerator, top, total = (torch.stack([f[i][:, 0] for f in found], 1)
+                             for i in range(3))  # fmt: skip
+    rows = torch.tensor([row for row, _, _ in parts])
+    return numerator, top, total, rows
+
+
+def test_many_parts_merged_by_row_are_the_softmax_over_all_keys():
+    scores, value = scores_and_values(L=3)
+    scores[:, 1] -= 200  # exp(-200) underflows: only the rescale saves it
+    scores[:, 2] = float("-inf")  # row 2 sees nothing
+    # uneven parts in any order, an empty one, and row 1 split four ways
+    parts = [(1, 0, 3), (0, 5, 12), (1, 3, 3), (0, 0, 5), (1, 3, 4),
+             (2, 0, 12), (1, 4, 12)]  # fmt: skip
+    out = merge_parts(*parts_of_rows(scores, value, parts), n_rows=3)
+    expected = torch.softmax(scores[:, :2], -1) @ value
+    torch.testing.assert_close(out[:, :2], expected, rtol=1e-12, atol=1e-12)
+    assert not out.isnan().any() and (out[:, 2] == 0).all()
+
+
+def test_merging_by_row_passes_gradients_to_every_part():
+    scores, value = scores_and_values(seed=2, L=2, S=6)
+    scores.requires_grad_()
+    parts = [(0, 0, 2), (0, 2, 6), (1, 0, 6)]
+    out = merge_parts(*parts_of_rows(scores, value, parts), n_rows=2)
+    got = torch.autograd.grad(out.sum(), scores)[0]
+    expected = torch.autograd.grad(
+        (torch.softmax(scores, -1) @ value).sum(), scores
+    )[0]
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)

@@ -41,6 +41,7 @@ from .._validation import (
     scores_not_finite,
 )
 from . import flex
+from .online_softmax import merge_parts, part_softmax
 
 BACKENDS = ("auto", "kernel", "torch")
 # block_sparse_attention and sparse_attention also run FlexAttention
@@ -521,9 +522,9 @@ def _block_sparse_torch(
 
     ``q (N, Hl, L, E)``, ``k (N, Hl, S, E)``, ``v (N, Hl, S, Ev)``. Every
     kept block ``p`` (layout row ``rows[p]``, key block ``cols[p]``) is one
-    ``bs x bs`` tile of scores; a row's softmax spans all its tiles, so its
-    maximum and sum are gathered with ``scatter_reduce`` and ``index_add``
-    over the tiles of the same row.
+    ``bs x bs`` tile of scores; a row's softmax spans all its tiles, which
+    ``online_softmax.merge_parts`` merges (its maximum by ``scatter_reduce``,
+    its sums by ``index_add``).
     """
     N, Hl, L, E = q.shape
     S, Ev, bs = k.shape[-2], v.shape[-1], pattern.block_size
@@ -555,19 +556,9 @@ def _block_sparse_torch(
     check_finite_scores(scores.masked_fill(~allowed, 0.0), scale)
     scores = scores.masked_fill(~allowed, float("-inf"))
 
-    # Row maxima over all tiles of a row: (N, Hl * nq, bs).
-    tile_max = scores.amax(-1).detach()  # (N, nnz, bs)
-    row_max = tile_max.new_full((N, Hl * nq, bs), float("-inf"))
-    row_max = row_max.scatter_reduce(
-        1, rows.view(1, -1, 1).expand_as(tile_max), tile_max, "amax"
-    )
-    row_max = row_max.masked_fill(row_max == float("-inf"), 0.0)
-    weights = torch.exp(scores - row_max[:, rows, :, None])  # (N, nnz, bs, bs)
-    total = scores.new_zeros(N, Hl * nq, bs).index_add(
-        1, rows, weights.sum(-1)
-    )
-    out = scores.new_zeros(N, Hl * nq, bs, Ev).index_add(1, rows, weights @ vg)
-    out = out / total.unsqueeze(-1).masked_fill(total.unsqueeze(-1) == 0, 1.0)
+    # Each tile's softmax, unnormalised, then merged over a row's tiles.
+    parts = part_softmax(scores, vg)  # (N, nnz, bs, Ev), 2 x (N, nnz, bs)
+    out = merge_parts(*parts, rows, Hl * nq)  # (N, Hl * nq, bs, Ev)
     return out.reshape(N, Hl, nq * bs, Ev)[:, :, :L]  # (N, Hl, L, Ev)
 
 

@@ -9,11 +9,13 @@ arXiv:1805.02867). ``block_softmax`` computes one part and ``merge_softmax``
 merges two. The hierarchical families merge their levels with it and ring
 attention (``parallel/distributed.py``) the blocks that travel round the
 ring; chapter "Hierarchical attention" shows the merge on a worked example.
-The block-sparse PyTorch path (``block_sparse._block_sparse_torch``) does
-the same sum in one pass instead: it gathers the row maximum over all of a
-row's tiles first (``scatter_reduce``), so each tile's weighted values are
-held once, unnormalised, rather than normalised and then reweighted (twice
-the memory, gigabytes for the identity values that draw attention maps).
+Where a row's keys come in many small parts at once (the kept tiles of the
+block-sparse PyTorch path, ``block_sparse._block_sparse_torch``),
+``merge_parts`` merges them all by row in one scatter. Its parts come from
+``part_softmax``, the unnormalised core that ``block_softmax`` also uses:
+each part's weighted values are held once, unnormalised, and rescaled in
+place, rather than normalised and then reweighted (twice the memory,
+gigabytes for the identity values that draw attention maps).
 """
 
 from __future__ import annotations
@@ -21,7 +23,34 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["block_softmax", "merge_softmax"]
+__all__ = ["block_softmax", "merge_parts", "merge_softmax", "part_softmax"]
+
+
+def part_softmax(
+    scores: Tensor, value: Tensor, *, overwrite_scores: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Unnormalised softmax attention over one part of the keys.
+
+    ``scores (..., L, S)`` hold ``-inf`` where a key is hidden; ``value
+    (..., S, Ev)``. Returns ``(numerator, top, total)``: the weighted
+    values ``exp(scores - top) @ value (..., L, Ev)``, each row's largest
+    score ``top (..., L)`` (``-inf`` for a row with no allowed key,
+    detached) and its weights' sum ``total (..., L)``. The softmax is
+    ``numerator / total``. With ``overwrite_scores`` the weights are
+    computed in the scores' buffer (a block of memory saved; not for
+    autograd).
+    """
+    if scores.shape[-1] == 0:  # no key at all
+        numerator = value.new_zeros(*scores.shape[:-1], value.shape[-1])
+        top = scores.new_full(scores.shape[:-1], float("-inf"))
+        return numerator, top, scores.new_zeros(scores.shape[:-1])
+    top = scores.amax(-1).detach()  # (..., L)
+    shift = top.masked_fill(top == float("-inf"), 0.0)[..., None]
+    if overwrite_scores:
+        weights = scores.sub_(shift).exp_()  # hidden -> 0
+    else:
+        weights = torch.exp(scores - shift)  # (..., L, S)
+    return weights @ value, top, weights.sum(-1)
 
 
 def block_softmax(
@@ -36,19 +65,40 @@ def block_softmax(
     none). With ``overwrite_scores`` the weights are computed in the
     scores' buffer (a block of memory saved; not for autograd).
     """
-    if scores.shape[-1] == 0:  # no key at all
-        out = value.new_zeros(*scores.shape[:-1], value.shape[-1])
-        return out, scores.new_full(scores.shape[:-1], float("-inf"))
-    top = scores.amax(-1).detach()  # (..., L)
-    top = top.masked_fill(top == float("-inf"), 0.0)
-    if overwrite_scores:
-        weights = scores.sub_(top[..., None]).exp_()  # hidden -> 0
-    else:
-        weights = torch.exp(scores - top[..., None])  # (..., L, S)
-    total = weights.sum(-1)  # (..., L)
+    numerator, top, total = part_softmax(
+        scores, value, overwrite_scores=overwrite_scores
+    )
     norm = total.masked_fill(total == 0, 1.0)[..., None]  # (..., L, 1)
-    out = (weights @ value).div_(norm)  # (..., L, Ev)
-    return out, top + total.log()
+    top = top.masked_fill(top == float("-inf"), 0.0)
+    return numerator.div_(norm), top + total.log()
+
+
+def merge_parts(
+    numerator: Tensor, top: Tensor, total: Tensor, rows: Tensor, n_rows: int
+) -> Tensor:
+    """One softmax per row from many parts, each part one row's keys.
+
+    ``numerator (N, P, ..., Ev)``, ``top`` and ``total (N, P, ...)`` are
+    ``part_softmax``'s outputs for ``P`` parts; part ``p`` holds keys of
+    row ``rows[p]`` (``rows (P,)`` int64, values below ``n_rows``). Each
+    part is rescaled to its row's largest score, in place (the numerators
+    are overwritten), and the parts of a row are summed. Returns the
+    softmax ``(N, n_rows, ..., Ev)``, zeros for a row with no key.
+    """
+    index = rows.view(1, -1, *([1] * (top.dim() - 2))).expand_as(top)
+    row_top = top.new_full(
+        (top.shape[0], n_rows, *top.shape[2:]), float("-inf")
+    )
+    row_top = row_top.scatter_reduce(1, index, top, "amax")
+    row_top = row_top.masked_fill(row_top == float("-inf"), 0.0)
+    rescale = torch.exp(top - row_top[:, rows])  # (N, P, ...), 0 if empty
+    numerator = numerator.mul_(rescale[..., None])
+    row_total = total.new_zeros(row_top.shape).index_add(
+        1, rows, total * rescale
+    )
+    out = numerator.new_zeros(*row_top.shape, numerator.shape[-1])
+    out = out.index_add(1, rows, numerator)
+    return out / row_total.masked_fill(row_total == 0, 1.0)[..., None]
 
 
 def merge_softmax(
@@ -69,4 +119,3 @@ def merge_softmax(
     # out_a + share_b * (out_b - out_a), in one pass: (..., L, Ev)
     out = torch.lerp(out_a, out_b, share_b[..., None])
     return out, top + total.log()
-
