@@ -3,6 +3,7 @@ share: parts of a row's keys merge into the softmax over all."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from efficient_attention.attention.online_softmax import (
@@ -92,3 +93,32 @@ def test_merging_by_row_passes_gradients_to_every_part():
         (torch.softmax(scores, -1) @ value).sum(), scores
     )[0]
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("rows", "n_rows", "message"),
+    [
+        (torch.tensor([0, 3, 1]), 3, r"rows must lie in \[0, n_rows = 3\)"),
+        (torch.tensor([0, -1, 1]), 3, "got values from -1 to 1"),
+        (torch.tensor([0, 1]), 3, "rows has 2 entries for 3 parts"),
+        (torch.tensor([0.0, 1.0, 2.0]), 3, "1-D int64 tensor"),
+        (torch.tensor([0, 1, 2]), -1, "n_rows"),
+    ],
+)
+def test_merging_by_row_rejects_rows_that_do_not_fit(rows, n_rows, message):
+    scores, value = scores_and_values(L=3)
+    parts = [(0, 0, 6), (1, 0, 6), (2, 6, 12)]
+    numerator, top, total, _ = parts_of_rows(scores, value, parts)
+    with pytest.raises(ValueError, match=message):
+        merge_parts(numerator, top, total, rows, n_rows)
+
+
+def test_merging_by_row_rejects_parts_of_different_shapes():
+    scores, value = scores_and_values(L=2)
+    numerator, top, total, rows = parts_of_rows(
+        scores, value, [(0, 0, 6), (1, 0, 6)]
+    )
+    with pytest.raises(ValueError, match="top and total must share"):
+        merge_parts(numerator, top, total[:, :1], rows, 2)
+    with pytest.raises(ValueError, match="numerator must be shaped"):
+        merge_parts(numerator[:, :1], top, total, rows, 2)

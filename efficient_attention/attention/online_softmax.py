@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._validation import check_non_negative_int, check_tensor
+
 __all__ = ["block_softmax", "merge_parts", "merge_softmax", "part_softmax"]
 
 
@@ -85,6 +87,7 @@ def merge_parts(
     are overwritten), and the parts of a row are summed. Returns the
     softmax ``(N, n_rows, ..., Ev)``, zeros for a row with no key.
     """
+    _check_parts(numerator, top, total, rows, n_rows)
     index = rows.view(1, -1, *([1] * (top.dim() - 2))).expand_as(top)
     row_top = top.new_full(
         (top.shape[0], n_rows, *top.shape[2:]), float("-inf")
@@ -99,6 +102,47 @@ def merge_parts(
     out = numerator.new_zeros(*row_top.shape, numerator.shape[-1])
     out = out.index_add(1, rows, numerator)
     return out / row_total.masked_fill(row_total == 0, 1.0)[..., None]
+
+
+def _check_parts(
+    numerator: object, top: object, total: object, rows: object, n_rows: int
+) -> None:
+    """Raise a ValueError unless ``merge_parts``'s arguments fit together."""
+    for name, tensor in (
+        ("numerator", numerator),
+        ("top", top),
+        ("total", total),
+        ("rows", rows),
+    ):
+        check_tensor(name, tensor)
+    n_rows = check_non_negative_int("n_rows", n_rows)
+    if top.dim() < 2 or total.shape != top.shape:
+        raise ValueError(
+            "top and total must share one shape (N, P, ...), as "
+            f"part_softmax returns them; got {tuple(top.shape)} and "
+            f"{tuple(total.shape)}."
+        )
+    if numerator.shape[:-1] != top.shape:
+        raise ValueError(
+            f"numerator must be shaped {(*top.shape, 'Ev')} (top's shape "
+            f"and the values' features); got {tuple(numerator.shape)}."
+        )
+    if rows.dim() != 1 or rows.dtype != torch.int64:
+        raise ValueError(
+            "rows must be a 1-D int64 tensor, one row index per part; got "
+            f"shape {tuple(rows.shape)} and dtype {rows.dtype}."
+        )
+    if rows.numel() != top.shape[1]:
+        raise ValueError(
+            f"rows has {rows.numel()} entries for {top.shape[1]} parts "
+            "(top.shape[1]): give one row index per part."
+        )
+    if rows.numel() and not 0 <= int(rows.min()) <= int(rows.max()) < n_rows:
+        raise ValueError(
+            f"rows must lie in [0, n_rows = {n_rows}); got values from "
+            f"{int(rows.min())} to {int(rows.max())}. Raise n_rows to the "
+            "number of output rows."
+        )
 
 
 def merge_softmax(
