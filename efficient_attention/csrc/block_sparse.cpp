@@ -143,13 +143,7 @@ static void lane_group_chunk(const Problem& pb, int64_t n, int64_t lane0,
       store(o, load(o) * alpha);
     }
   }
-  for (int64_t j = 0; j < n; ++j)
-    for (int h = 0; h < 2; ++h) {
-      float* s = scores + j * LANES + h * VW;
-      const vec w = exp2_negative(load(s) - shift[h]);
-      store(s, w);
-      sum[h] += w;
-    }
+  exponentiate_and_sum(scores, n, shift, sum);
   tiles<ValueStep>(Ev, (const float*)scores,
                    (const float* const*)ws.vrows.data(), n, ot);
 }

@@ -1,5 +1,6 @@
 // What the CPU kernels share: SIMD vector types of the CPU's width, the
-// exp2 they use for softmax weights, the micro-tile that computes a tile
+// exp2 they use for softmax weights (and the loop that turns a lane
+// group's scores into weights), the micro-tile that computes a tile
 // of scores, and the one that sums over a lane group's queries (for the
 // gradients of keys and values). Included by sliding_window.cpp and
 // block_sparse.cpp; cpu_kernels.py rebuilds both when it changes.
@@ -48,6 +49,19 @@ static inline vec exp2_negative(vec x) {
   p = p * r + 1.0f;
   const ivec exponent = (__builtin_convertvector(n, ivec) + 127) << 23;
   return tiny ? (vec){} : p * (vec)exponent;
+}
+
+// A lane group's softmax weights over n keys, in place: each score s
+// becomes 2^(s - shift) of its lane's half, and is added to that half's sum.
+static inline void exponentiate_and_sum(float* scores, int64_t n,
+                                        const vec shift[2], vec sum[2]) {
+  for (int64_t j = 0; j < n; ++j)
+    for (int h = 0; h < 2; ++h) {
+      float* s = scores + j * LANES + h * VW;
+      const vec w = exp2_negative(load(s) - shift[h]);
+      store(s, w);
+      sum[h] += w;
+    }
 }
 
 // scores[j][lanes] = sum_e keys[j][e] * qt[e][lanes], for KEYS keys.

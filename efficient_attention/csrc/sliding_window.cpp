@@ -130,13 +130,7 @@ static void window_exponentials(float* scores, int64_t n, int64_t first,
   }
   sum[0] = sum[1] = (vec){};
   for (int h = 0; h < 2; ++h) max[h] = max[h] == minus_inf ? (vec){} : max[h];
-  for (int64_t j = 0; j < n; ++j)
-    for (int h = 0; h < 2; ++h) {
-      float* s = scores + j * LANES + h * VW;
-      const vec p = exp2_negative(load(s) - max[h]);
-      store(s, p);
-      sum[h] += p;
-    }
+  exponentiate_and_sum(scores, n, max, sum);
 }
 
 struct Workspace {  // one per thread
