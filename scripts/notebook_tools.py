@@ -25,6 +25,12 @@ NOTEBOOK_ENV = {
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # PyTorch's OpenMP threads spin for a while before they sleep. When
+    # another process holds a core, a spinning thread takes the time slice
+    # its partner needs: small operations ran 5.7 times slower with one of
+    # two cores busy (an encoder layer, 4 x 128 tokens, Intel Xeon), 1.9
+    # times with a short spin; on an idle machine the two are the same.
+    "GOMP_SPINCOUNT": "1000",
 }
 
 ABSOLUTE_PATH = re.compile(
