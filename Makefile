@@ -72,8 +72,14 @@ unit-tests: $(INSTALLED)
 # and FMA and nothing newer, the oldest the book's timings are written for:
 # their asserts compare speeds, and PyTorch's generic kernels are scalar code
 # that no reader's CPU runs.
+# Each with its own torch.compile cache: a kernel that Inductor compiled and
+# cached under this CPU's best capability, loaded again under
+# ATEN_CPU_CAPABILITY=avx2, gave wrong results (every element of a fused
+# softmax off, up to 0.03, in torch 2.13).
 PORTABLE := ATEN_CPU_CAPABILITY=default
+PORTABLE += TORCHINDUCTOR_CACHE_DIR=$(abspath .cache/inductor-generic)
 NOTEBOOK_PORTABLE := ATEN_CPU_CAPABILITY=avx2
+NOTEBOOK_PORTABLE += TORCHINDUCTOR_CACHE_DIR=$(abspath .cache/inductor-avx2)
 ifeq ($(shell uname -m),x86_64)
 PORTABLE += ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 PORTABLE += EFFICIENT_ATTENTION_KERNEL_FLAGS=-march=x86-64

@@ -965,7 +965,11 @@ def test_cpu_peak_counts_cores_not_hyperthreads(tmp_path):
     assert one.cores == 1  # one thread uses one core's units
 
 
-def test_cpu_peak_takes_the_maximum_clock_where_sysfs_lists_it(tmp_path):
+def test_cpu_peak_takes_the_maximum_clock_where_sysfs_lists_it(
+    tmp_path, monkeypatch
+):
+    for name in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(name, raising=False)  # make portability sets them
     info = _cpuinfo(tmp_path, 1, 1, 2000.0, "avx512f fma amx_tile")
     for cpu, khz in (("cpu0", "3500000"), ("cpu1", "3700000")):
         folder = tmp_path / "sys" / cpu / "cpufreq"
@@ -974,6 +978,24 @@ def test_cpu_peak_takes_the_maximum_clock_where_sysfs_lists_it(tmp_path):
     peak = benchmark.cpu_peak(1, cpuinfo=info, sysfs=str(tmp_path / "sys"))
     assert peak.ghz == pytest.approx(3.7) and "sysfs" in peak.clock
     assert peak.fp32_lanes == 16 and peak.amx and not peak.avx512_bf16
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "capped"),
+    [("ONEDNN_MAX_CPU_ISA", "AVX2", True),
+     ("MKL_ENABLE_INSTRUCTIONS", "avx2", True),
+     ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX", False)],
+)  # fmt: skip
+def test_cpu_peak_counts_only_the_units_the_libraries_may_use(
+    tmp_path, monkeypatch, name, value, capped
+):
+    for other in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(name, value)
+    info = _cpuinfo(tmp_path, 1, 1, 2000.0, "avx2 avx512f fma amx_tile")
+    peak = benchmark.cpu_peak(1, cpuinfo=info, sysfs=str(tmp_path / "none"))
+    assert peak.fp32_lanes == (8 if capped else 16)
+    assert peak.amx is not capped
 
 
 def test_cpu_peak_is_none_where_the_cpu_is_not_described(tmp_path):

@@ -491,6 +491,7 @@ def cpu_peak(
             mhz.append(float(fields["cpu MHz"]))
     if "fma" not in flags or not mhz:
         return None
+    flags = usable_cpu_flags(flags)
     ghz, clock = max(mhz) / 1000, "cpu MHz of /proc/cpuinfo (may be base)"
     most = _max_frequency_khz(sysfs)
     if most:
@@ -504,6 +505,26 @@ def cpu_peak(
         amx="amx_tile" in flags,
         avx512_bf16="avx512_bf16" in flags,
     )
+
+
+_BELOW_AVX512 = {"SSE41", "SSE4_2", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2"}
+
+
+def usable_cpu_flags(flags: Iterable[str]) -> set[str]:
+    """``flags`` less AVX-512 and AMX where the environment keeps PyTorch's
+    matrix libraries below them.
+
+    ``ONEDNN_MAX_CPU_ISA`` or ``MKL_ENABLE_INSTRUCTIONS`` at AVX2 or lower
+    (as ``make notebook-portability`` sets, to run as on an AVX2 CPU) stops
+    oneDNN and MKL from using those units, though the CPU lists them.
+    """
+    caps = {
+        os.environ.get(name, "").upper()
+        for name in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+    }
+    if caps & _BELOW_AVX512:
+        return {f for f in flags if not f.startswith(("avx512", "amx"))}
+    return set(flags)
 
 
 def _max_frequency_khz(sysfs: str) -> int | None:
