@@ -26,6 +26,39 @@ def test_time_callable_measures_a_known_duration():
     assert timing.runs >= 3 and timing.iqr_s >= 0
 
 
+
+def test_time_callable_with_a_block_size_times_without_a_warm_up():
+    calls = []
+
+    def slow():  # longer than min_run_time: one block is enough
+        calls.append(1)
+        time.sleep(0.02)
+
+    first = benchmark.time_callable(slow, min_run_time=0.01)
+    assert first.calls_per_block == 1 and first.runs == 1
+    assert len(calls) == 2  # blocked_autorange's estimate warmed it up
+    calls.clear()
+    later = benchmark.time_callable(
+        slow, min_run_time=0.01, calls_per_block=first.calls_per_block
+    )
+    assert len(calls) == 1 and later.runs == 1
+    assert 0.019 < later.median_s < 0.1
+
+
+def test_time_callable_blocks_hold_the_calls_asked_for():
+    calls = []
+    timing = benchmark.time_callable(
+        lambda: calls.append(time.sleep(0.001)),
+        min_run_time=0.02,
+        calls_per_block=4,
+    )
+    assert len(calls) == timing.runs == 4 * len(timing.block_times_s)
+    assert timing.calls_per_block == 4
+    assert 4 * sum(timing.block_times_s) >= 0.02
+    assert 0.0009 < timing.min_s <= timing.median_s < 0.02
+    with pytest.raises(ValueError, match="calls_per_block must be a positive"):
+        benchmark.time_callable(print, calls_per_block=0)
+
 def test_time_callable_uses_all_threads():
     # Timer runs on 1 thread unless told otherwise: with 3 torch threads set
     # here (more than 1 on any machine), the timed call must see 3.
@@ -204,6 +237,21 @@ def test_sweep_rounds_go_over_every_length_and_variant_in_turn():
     assert 0 < records[0]["runs"] < calls.count((4, "a"))  # warm-up not timed
     for record in records:
         assert 0 < record["min_s"] <= record["median_s"]
+
+
+
+def test_sweep_warms_up_in_the_first_round_only():
+    calls = []
+
+    def slow(L):  # longer than min_run_time: one call per block
+        calls.append(L)
+        time.sleep(0.02)
+
+    (record,) = benchmark.sweep(
+        {"slow": slow}, [4], lambda L: (L,), min_run_time=0.01,
+        measure_memory=False, rounds=3,
+    )  # fmt: skip
+    assert len(calls) == 2 + 2 and record["runs"] == 3
 
 
 def test_sweep_stops_timing_a_variant_once_it_runs_out_of_memory():
@@ -1072,6 +1120,20 @@ def test_compare_interleaves_the_rounds():
         min_run_time=0.01,
     )
     assert order == ["a", "b"] * 3
+
+
+def test_compare_warms_up_in_the_first_round_only():
+    calls = []
+
+    def slow():  # longer than min_run_time: one call per block
+        calls.append(1)
+        time.sleep(0.02)
+
+    (record,) = benchmark.compare(
+        {"slow": (slow,)}, baseline="slow", rounds=4, min_run_time=0.01
+    )
+    assert len(calls) == 2 + 3  # warm-up and one call, then one a round
+    assert 0.019 < record["median_s"] < 0.1
 
 
 @pytest.mark.parametrize(

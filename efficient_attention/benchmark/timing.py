@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -55,14 +56,15 @@ memory is read on these two."""
 class Timing:
     """Median and interquartile range of one call, in seconds.
 
-    Measured over ``runs`` calls, timed in blocks; ``block_times_s`` holds the
-    time of one call in each block.
+    Measured over ``runs`` calls, timed in blocks of ``calls_per_block``;
+    ``block_times_s`` holds the time of one call in each block.
     """
 
     median_s: float
     iqr_s: float
     runs: int
     block_times_s: tuple[float, ...] = ()
+    calls_per_block: int = 1
 
     @property
     def min_s(self) -> float:
@@ -79,11 +81,20 @@ class Timing:
             raise ValueError("pooled needs timings with block_times_s.")
         q1, median, q3 = np.percentile(times, [25, 50, 75])
         runs = sum(timing.runs for timing in timings)
-        return cls(float(median), float(q3 - q1), runs, tuple(times))
+        return cls(
+            float(median),
+            float(q3 - q1),
+            runs,
+            tuple(times),
+            timings[0].calls_per_block,
+        )
 
 
 def time_callable(
-    fn: Callable[..., object], *args: object, min_run_time: float = 0.2
+    fn: Callable[..., object],
+    *args: object,
+    min_run_time: float = 0.2,
+    calls_per_block: int | None = None,
 ) -> Timing:
     """Time ``fn(*args)`` with ``torch.utils.benchmark`` on all torch threads.
 
@@ -91,18 +102,29 @@ def time_callable(
         fn: the callable to time. args: its arguments.
         min_run_time: keep measuring for at least this many seconds (a
             finite real number > 0).
+        calls_per_block: calls in each timed block. None (the default)
+            lets ``Timer.blocked_autorange`` choose, after calls that also
+            warm ``fn`` up; a later round of the same call passes the first
+            round's ``Timing.calls_per_block`` and skips that warm-up, which
+            for a call longer than ``min_run_time`` halves the time spent.
 
     Returns:
         a ``Timing``: median and interquartile range of one call, and how
         many calls.
 
     Raises:
-        ValueError: ``fn`` not callable or ``min_run_time`` not a finite
-            positive number of seconds (``inf`` would never stop).
+        ValueError: ``fn`` not callable, ``min_run_time`` not a finite
+            positive number of seconds (``inf`` would never stop), or
+            ``calls_per_block`` not a positive int.
     """
     if not callable(fn):
         raise ValueError(f"fn must be callable; got {type(fn).__name__}.")
     min_run_time = _check_min_run_time(min_run_time)
+    if calls_per_block is not None:
+        calls_per_block = check_positive_int(
+            "calls_per_block", calls_per_block
+        )
+        return _time_blocks(fn, args, calls_per_block, min_run_time)
     timer = torch_benchmark.Timer(
         stmt="fn(*args)",
         globals={"fn": fn, "args": args},
@@ -114,7 +136,40 @@ def time_callable(
         iqr_s=measurement.iqr,
         runs=len(measurement.times) * measurement.number_per_run,
         block_times_s=tuple(measurement.times),
+        calls_per_block=measurement.number_per_run,
     )
+
+
+def _time_blocks(
+    fn: Callable[..., object],
+    args: tuple,
+    calls_per_block: int,
+    min_run_time: float,
+) -> Timing:
+    """Blocks of ``calls_per_block`` calls, no warm-up, until
+    ``min_run_time`` seconds are spent; CUDA is synchronized around each
+    block, as ``torch.utils.benchmark.Timer`` does."""
+    times: list[float] = []
+    while calls_per_block * sum(times) < min_run_time:
+        _synchronize()
+        start = time.perf_counter()
+        for _ in range(calls_per_block):
+            fn(*args)
+        _synchronize()
+        times.append((time.perf_counter() - start) / calls_per_block)
+    q1, median, q3 = np.percentile(times, [25, 50, 75])
+    return Timing(
+        median_s=float(median),
+        iqr_s=float(q3 - q1),
+        runs=len(times) * calls_per_block,
+        block_times_s=tuple(times),
+        calls_per_block=calls_per_block,
+    )
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def compare(
@@ -184,8 +239,14 @@ def compare(
     timings: dict[str, list[Timing]] = {name: [] for name in calls}
     for _ in range(rounds):
         for name, (fn, *args) in calls.items():
+            first = timings[name][0] if timings[name] else None
             timings[name].append(
-                time_callable(fn, *args, min_run_time=min_run_time)
+                time_callable(
+                    fn,
+                    *args,
+                    min_run_time=min_run_time,
+                    calls_per_block=first and first.calls_per_block,
+                )
             )
     base = [t.median_s for t in timings[baseline]]
     records = []
@@ -641,7 +702,9 @@ def sweep(
         measure_memory: also record the peak memory of one call.
         rounds: sweep all lengths and variants this many times and pool the
             blocks of each: a burst of load on a shared machine then spoils
-            one round of a few measurements rather than all of one.
+            one round of a few measurements rather than all of one. The
+            first round also warms each call up; later rounds reuse its
+            block size and time without a warm-up.
         progress: show a progress bar (tqdm) on stderr, one step per
             measurement.
 
@@ -707,8 +770,12 @@ def sweep(
                 if round_index == 0:
                     record.update(_context(inputs))
                 memory = measure_memory and round_index == 0
+                earlier = timings[L, name]
+                block = earlier[0].calls_per_block if earlier else None
                 try:
-                    timing, peak = _measure(fn, inputs, min_run_time, memory)
+                    timing, peak = _measure(
+                        fn, inputs, min_run_time, memory, block
+                    )
                 except NotImplementedError as error:
                     record["status"] = f"skipped: {error}"
                     continue
@@ -805,22 +872,35 @@ def _context(inputs: tuple) -> dict[str, object]:
 
 
 def _measure(
-    fn: Callable[..., object], inputs: tuple, min_run_time: float, memory: bool
+    fn: Callable[..., object],
+    inputs: tuple,
+    min_run_time: float,
+    memory: bool,
+    calls_per_block: int | None,
 ) -> tuple[Timing | None, int | None]:
     """The timing of ``fn(*inputs)`` (None: out of memory) and, with
-    ``memory``, its peak memory."""
-    timing = _time_or_none(fn, inputs, min_run_time)
+    ``memory``, its peak memory; ``calls_per_block`` as in
+    ``time_callable`` (None in the first round: warm up)."""
+    timing = _time_or_none(fn, inputs, min_run_time, calls_per_block)
     if timing is None or not memory:
         return timing, None
     return timing, peak_memory_bytes(fn, *inputs)
 
 
 def _time_or_none(
-    fn: Callable[..., object], inputs: tuple, min_run_time: float
+    fn: Callable[..., object],
+    inputs: tuple,
+    min_run_time: float,
+    calls_per_block: int | None = None,
 ) -> Timing | None:
     """``time_callable(fn, *inputs)``, or None when it runs out of memory."""
     try:
-        return time_callable(fn, *inputs, min_run_time=min_run_time)
+        return time_callable(
+            fn,
+            *inputs,
+            min_run_time=min_run_time,
+            calls_per_block=calls_per_block,
+        )
     except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
         if not _is_out_of_memory(error):
             raise

@@ -36,11 +36,11 @@ import safetensors.torch
 import torch
 import transformers
 from torch import Tensor
-from torch.utils import benchmark as torch_benchmark
 from tqdm.auto import tqdm
 
 from .. import __version__
 from .._validation import check_positive_int, check_real, check_seed
+from ..benchmark.timing import time_callable
 from . import data as mrpc_data
 from . import models
 
@@ -448,16 +448,20 @@ def measure_latency(
     max_length: int = 128,
     pad_to_max_length: bool = False,
     autocast: torch.dtype | None = None,
+    calls_per_block: int | None = None,
 ) -> dict[str, float]:
     """Seconds for one forward pass over the first ``batch_size`` pairs.
 
     The batch is padded to its longest pair, or to ``max_length`` tokens
     with ``pad_to_max_length`` (a fixed ``batch_size x max_length`` shape);
     ``autocast`` runs the pass under ``torch.autocast`` with that dtype.
+    ``calls_per_block``: as in ``benchmark.time_callable`` (None: warm up
+    and choose; a later round passes the first round's to skip the
+    warm-up).
 
     Returns:
-        ``median`` and ``iqr`` in seconds (``torch.utils.benchmark``), and
-        ``tokens``: the padded batch's ``B * L``.
+        ``median`` and ``iqr`` in seconds (``benchmark.time_callable``),
+        ``tokens``: the padded batch's ``B * L``, and ``calls_per_block``.
     """
     _check_autocast(autocast)
     examples = encode_pairs(
@@ -476,25 +480,24 @@ def measure_latency(
     model.eval()
     device = next(model.parameters(), torch.empty(0)).device
     inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-    timer = torch_benchmark.Timer(
-        stmt=(
-            "with torch.inference_mode(), torch.autocast(device, dtype=dtype,"
-            " enabled=dtype is not None): model(**inputs)"
-        ),
-        globals={
-            "model": model,
-            "inputs": inputs,
-            "torch": torch,
-            "device": device.type,
-            "dtype": autocast,
-        },
-        num_threads=torch.get_num_threads(),
+
+    def forward() -> None:
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                device.type, dtype=autocast, enabled=autocast is not None
+            ),
+        ):
+            model(**inputs)
+
+    timing = time_callable(
+        forward, min_run_time=min_run_time, calls_per_block=calls_per_block
     )
-    measurement = timer.blocked_autorange(min_run_time=min_run_time)
     return {
-        "median": measurement.median,
-        "iqr": measurement.iqr,
+        "median": timing.median_s,
+        "iqr": timing.iqr_s,
         "tokens": int(inputs["input_ids"].numel()),
+        "calls_per_block": timing.calls_per_block,
     }
 
 
@@ -512,7 +515,8 @@ def model_report(
 
     Latency is measured in ``rounds`` rounds that visit every model in turn,
     and the median over rounds is kept, so a machine that gets busier or
-    quieter during the run shifts every model alike.
+    quieter during the run shifts every model alike. The first round also
+    warms each model up; the later ones time without a warm-up.
 
     Args:
         models: ``{name: model}``; the first is the reference.
@@ -547,6 +551,7 @@ def model_report(
             )
         rows[name] = {**quality, "MiB": serialized_megabytes(model)}
     times: dict[tuple[str, int], list[float]] = {}
+    blocks: dict[tuple[str, int], int] = {}
     for _ in range(rounds):
         for name, model in models.items():
             for batch in (1, 32):
@@ -558,7 +563,9 @@ def model_report(
                     min_run_time=min_run_time,
                     pad_to_max_length=batch > 1,
                     autocast=autocast.get(name),
+                    calls_per_block=blocks.get((name, batch)),
                 )
+                blocks[name, batch] = timing["calls_per_block"]
                 times.setdefault((name, batch), []).append(timing["median"])
     reference = statistics.median(times[next(iter(models)), 32])
     for name, row in rows.items():
