@@ -8,7 +8,9 @@ rates), ``peak_memory_bytes``, the hardware line (``describe_hardware``,
 ``sweep`` over lengths, ``loglog_slope`` and
 ``loglog_fit``. Times
 come from ``torch.utils.benchmark.Timer`` (it synchronizes CUDA, warms up
-and reports the median and the interquartile range); peak memory from
+and reports the median and the interquartile range); in interleaved rounds
+only the first round does, and later rounds time blocks of the size it
+chose, CUDA synchronized, without warming up again. Peak memory comes from
 ``torch.cuda.max_memory_allocated`` on a GPU and from the PyTorch
 profiler's record of every CPU allocation on a CPU. Every
 chapter times its variant against ``F.scaled_dot_product_attention``, the
