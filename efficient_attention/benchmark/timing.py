@@ -153,11 +153,11 @@ def _time_blocks(
     block, as ``torch.utils.benchmark.Timer`` does."""
     times: list[float] = []
     while calls_per_block * sum(times) < min_run_time:
-        _synchronize()
+        synchronize()
         start = time.perf_counter()
         for _ in range(calls_per_block):
             fn(*args)
-        _synchronize()
+        synchronize()
         times.append((time.perf_counter() - start) / calls_per_block)
     q1, median, q3 = np.percentile(times, [25, 50, 75])
     return Timing(
@@ -169,9 +169,14 @@ def _time_blocks(
     )
 
 
-def _synchronize() -> None:
+def synchronize(device: torch.device | None = None) -> None:
+    """Wait for the work CUDA has queued (on ``device``, or on every
+    device): CUDA runs asynchronously, and a timer read without this
+    measures only the launch. Nothing to wait for on a CPU."""
+    if device is not None and device.type != "cuda":
+        return
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def compare(

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from transformers import AttentionInterface, AttentionMaskInterface
 
 from .._validation import check_fits_in_memory, check_int, check_positive_int
+from ..benchmark.timing import synchronize
 
 PRETRAINED_ENCODER = "all-MiniLM-L6-v2"
 """The name ``load_encoder`` reads from the local package's files."""
@@ -587,10 +588,10 @@ def compare_attention(
                     model.set_attn_implementation("sdpa")
                 else:
                     use_attention(model, choice[0], **choice[1])
-                _synchronize(device)
+                synchronize(device)
                 start = time.perf_counter()
                 out = base(**inputs).last_hidden_state  # (B, L, D)
-                _synchronize(device)
+                synchronize(device)
                 seconds[name].append(time.perf_counter() - start)
                 hidden[name] = out
     finally:
@@ -612,10 +613,3 @@ def compare_attention(
         }
         for name in variants
     }
-
-
-def _synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (CUDA runs asynchronously; a
-    timer read without this measures only the launch)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
