@@ -349,8 +349,8 @@ DEFAULTS = {
     "steps": 1000,
     "batch": 16,
 }
-"""The committed run (``book_data/arena-cpu.json``): about ninety minutes
-on two cores. 1000 steps: in 500 at L = 512, dense SDPA itself left two
+"""The committed run (``book_data/arena-cpu.json``): 70 minutes on a 2-core
+Intel Xeon. 1000 steps: in 500 at L = 512, dense SDPA itself left two
 seeds of three short of the far marker (0.78 and 0.53)."""
 
 
