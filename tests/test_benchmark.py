@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import pathlib
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -105,6 +108,29 @@ def test_cpu_peak_memory_counts_what_is_alive_at_once():
     triple = benchmark.peak_memory_bytes(three_at_once)
     assert 4 * n <= single < 4.5 * n
     assert 12 * n <= triple < 12.5 * n
+
+
+def test_native_stderr_without_drops_only_the_named_lines(capfd):
+    with timing.native_stderr_without("known caveat"):
+        os.write(2, b"a known caveat, twice\nsomething else\n")
+    assert capfd.readouterr().err == "something else\n"
+
+
+def test_peak_memory_keeps_the_profilers_unknown_block_warning_quiet():
+    # The warning comes once per process: a fresh one sees the first.
+    script = (
+        "import torch\n"
+        "from efficient_attention import benchmark\n"
+        "held = [torch.ones(1 << 20)]\n"
+        "benchmark.peak_memory_bytes(held.clear)\n"
+        "print('measured')\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True,
+        timeout=120, check=True,
+    )
+    assert run.stdout == "measured\n"
+    assert "unknown size" not in run.stderr
 
 
 def test_cpu_peak_memory_sees_the_score_matrix():

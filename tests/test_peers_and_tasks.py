@@ -155,6 +155,33 @@ def test_train_on_task_learns_a_short_far_marker_reproducibly():
     assert sum(run.losses[-10:]) < sum(run.losses[:10]) / 4
 
 
+def test_trained_accuracies_on_two_cores_are_the_loops_in_job_order():
+    task = functools.partial(tasks.far_marker, length=16, classes=2)
+    held_out = task(64, generator=torch.Generator().manual_seed(9))
+    common = {"task": task, "held_out": held_out, "vocab": 16,
+              "classes": 2, "d_model": 16}
+    jobs = [{**common, "steps": 120}, {**common, "steps": 1},
+            {**common, "steps": 120, "init_seed": 1, "data_seed": 2}]
+    spread = tasks.trained_accuracies(jobs, processes=2)
+    loop = [tasks.trained_accuracy(**job) for job in jobs]
+    # one position of 64 apart at most: the loop scores on more threads
+    assert spread == pytest.approx(loop, abs=1.5 / 64)
+    assert spread[0] > 0.9 and spread[2] > 0.9 and spread[1] < 0.8
+
+
+@pytest.mark.parametrize(
+    "jobs, processes, message",
+    [
+        ([], None, "jobs is empty"),
+        ([{"steps": 1}], 0, "processes must be a positive int"),
+        ([{"task": lambda n, generator: None}] * 2, 2, "picklable"),
+    ],
+)
+def test_trained_accuracies_bad_input(jobs, processes, message):
+    with pytest.raises(ValueError, match=message):
+        tasks.trained_accuracies(jobs, processes=processes)
+
+
 def test_train_on_task_restores_the_thread_count():
     before = torch.get_num_threads()
     model = tasks.TaskModel(16, 2, d_model=8)

@@ -11,12 +11,14 @@ model, the training loop and the score those chapters share: token
 embeddings, ``EncoderLayer``s that run any attention function, and a
 linear readout at every position, trained with Adam on fresh batches.
 ``SequenceClassifier`` reads one answer per sequence instead, for the
-classification tasks of ``long_range``.
+classification tasks of ``long_range``. ``trained_accuracies`` trains
+several such models at once, one per CPU core.
 """
 
 from __future__ import annotations
 
 import numbers
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import check_positive_int, check_positive_real
+from ..parallel.launch import run_processes
 from .encoder import AttentionFn, EncoderLayer
 
 IGNORE = -100  # the target where there is nothing to copy (cross_entropy)
@@ -370,3 +373,65 @@ def task_accuracy(model: nn.Module, tokens: Tensor, targets: Tensor) -> float:
         raise ValueError("targets hold no position to score (all IGNORE).")
     hits = (logits.argmax(-1) == targets) & known
     return float(hits.sum() / known.sum())
+
+
+def trained_accuracy(
+    task: Callable[..., tuple[Tensor, Tensor]],
+    held_out: tuple[Tensor, Tensor],
+    *,
+    vocab: int,
+    classes: int,
+    steps: int,
+    init_seed: int = 0,
+    data_seed: int = 1000,
+    **model_options: object,
+) -> float:
+    """Held-out accuracy of a ``TaskModel`` trained on ``task``.
+
+    The model is ``TaskModel(vocab, classes, **model_options)`` built after
+    ``torch.manual_seed(init_seed)``, trained ``steps`` steps by
+    ``train_on_task(..., seed=data_seed)`` (on one thread) and scored by
+    ``task_accuracy(model, *held_out)``.
+    """
+    torch.manual_seed(init_seed)
+    model = TaskModel(vocab, classes, **model_options)
+    train_on_task(model, task, steps=steps, seed=data_seed)
+    return task_accuracy(model, *held_out)
+
+
+def trained_accuracies(
+    jobs: Sequence[dict[str, object]], *, processes: int | None = None
+) -> list[float]:
+    """``[trained_accuracy(**job) for job in jobs]``, one process per core.
+
+    Each model trains on one thread, so ``n`` cores train ``n`` models at
+    once: the same computations as the loop, in about ``1/n`` of its time
+    (plus seconds to start each process). The jobs' values must be
+    picklable: the package's functions, ``functools.partial`` of them,
+    tensors.
+
+    Args:
+        jobs: keyword arguments of ``trained_accuracy``, one dict per model.
+        processes: how many at once; None: one per CPU core, at most one
+            per job.
+
+    Raises:
+        ValueError: no job, a bad ``processes``, a job that cannot be
+            pickled. ``parallel.ProcessFailed``: a job raised (its
+            traceback in the message).
+    """
+    jobs = list(jobs)
+    if not jobs:
+        raise ValueError("jobs is empty: give one dict per model to train.")
+    if processes is None:
+        processes = min(len(jobs), os.cpu_count() or 1)
+    processes = check_positive_int("processes", processes)
+    if processes == 1:
+        return [trained_accuracy(**job) for job in jobs]
+    shares = run_processes(_train_share, processes, jobs, timeout_s=3600)
+    return [shares[i % processes][i // processes] for i in range(len(jobs))]
+
+
+def _train_share(rank: int, processes: int, jobs: list[dict]) -> list[float]:
+    """Process ``rank``'s jobs: every ``processes``-th from ``rank`` on."""
+    return [trained_accuracy(**job) for job in jobs[rank::processes]]
