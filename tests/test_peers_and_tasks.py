@@ -173,6 +173,7 @@ def test_trained_accuracies_on_two_cores_are_the_loops_in_job_order():
     "jobs, processes, message",
     [
         ([], None, "jobs is empty"),
+        ("abc", None, "each job must be a dict"),
         ([{"steps": 1}], 0, "processes must be a positive int"),
         ([{"task": lambda n, generator: None}] * 2, 2, "picklable"),
     ],

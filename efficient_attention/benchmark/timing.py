@@ -418,15 +418,11 @@ _UNKNOWN_BLOCK_WARNING = "Memory block of unknown size was allocated before"
 def native_stderr_without(message: str) -> Iterator[None]:
     """Pass native code's writes to file descriptor 2 on, less lines holding
     ``message``, when the block ends."""
-    sys.stderr.flush()
-    saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
         try:
-            yield
+            with _native_stderr_into(captured.fileno()):
+                yield
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
             captured.seek(0)
             lines = captured.read().decode(errors="replace").splitlines(True)
             kept = "".join(line for line in lines if message not in line)
@@ -438,16 +434,25 @@ def native_stderr_without(message: str) -> Iterator[None]:
 @contextlib.contextmanager
 def quiet_native_stderr() -> Iterator[None]:
     """Send native code's writes to file descriptor 2 to /dev/null, briefly."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        with _native_stderr_into(devnull):
+            yield
+    finally:
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def _native_stderr_into(descriptor: int) -> Iterator[None]:
+    """Point file descriptor 2 at ``descriptor`` for the block."""
     sys.stderr.flush()
     saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
+    os.dup2(descriptor, 2)
     try:
         yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-        os.close(devnull)
 
 
 def describe_hardware(

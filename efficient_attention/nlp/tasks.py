@@ -20,7 +20,7 @@ from __future__ import annotations
 import numbers
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -416,16 +416,22 @@ def trained_accuracies(
             per job.
 
     Raises:
-        ValueError: no job, a bad ``processes``, a job that cannot be
-            pickled. ``parallel.ProcessFailed``: a job raised (its
-            traceback in the message).
+        ValueError: no job, a job that is not a dict or cannot be
+            pickled, a bad ``processes``. ``parallel.ProcessFailed``: a
+            job raised (its traceback in the message).
     """
     jobs = list(jobs)
     if not jobs:
         raise ValueError("jobs is empty: give one dict per model to train.")
+    for job in jobs:
+        if not isinstance(job, Mapping):
+            raise ValueError(
+                f"each job must be a dict of trained_accuracy's keyword "
+                f"arguments; got {type(job).__name__} {job!r:.60}."
+            )
     if processes is None:
         processes = min(len(jobs), os.cpu_count() or 1)
-    processes = check_positive_int("processes", processes)
+    processes = min(check_positive_int("processes", processes), len(jobs))
     if processes == 1:
         return [trained_accuracy(**job) for job in jobs]
     shares = run_processes(_train_share, processes, jobs, timeout_s=3600)
