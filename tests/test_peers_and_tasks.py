@@ -137,6 +137,14 @@ def test_task_model_shapes_positions_and_bad_tokens():
         tasks.TaskModel(10, 3, d_model=8, heads=3)
 
 
+
+def test_task_model_positions_start_small_beside_the_tokens():
+    torch.manual_seed(0)
+    model = tasks.TaskModel(16, 4, d_model=64, max_length=1024)
+    positions = model.positions.weight.std().item()
+    assert positions == pytest.approx(tasks.POSITION_STD, rel=0.05)
+    assert positions < model.embedding.weight.std().item() / 10
+
 def test_train_on_task_learns_a_short_far_marker_reproducibly():
     task = functools.partial(tasks.far_marker, length=16, classes=2)
     runs = []
