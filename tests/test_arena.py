@@ -44,9 +44,34 @@ def test_the_command_writes_each_run_and_resumes(tmp_path, capsys):
     assert [(r["variant"], r["seed"]) for r in second[2:]] == [
         ("sdpa", 1), ("sliding-window", 1),
     ]  # fmt: skip
+    (resumed,) = json.loads(path.read_text())["provenance"]["resumed"]
+    assert resumed["command"].endswith(f"--seeds 0 1 --json {path}")
     table = capsys.readouterr().out
     assert "listops" in table and "sliding-window" in table
 
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda d: d["provenance"].update(git="0" * 40), "started with git"),
+        (lambda d: d["provenance"]["cpu"].update(model="Other"), "with cpu"),
+        (lambda d: d["records"][0].update(steps=1000), "--steps 1000"),
+    ],
+)
+def test_a_run_resumes_only_what_it_can_compare_with(
+    tmp_path, capsys, change, message
+):
+    path = tmp_path / "arena.json"
+    tiny = [*TINY, "--variants", "sdpa", "--seeds", "0", "--json", str(path)]
+    arena.main(tiny)
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+    with pytest.raises(SystemExit) as exit_info:
+        arena.main([*tiny[:-2], "--seeds", "0", "1", "--json", str(path)])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert json.loads(path.read_text()) == document  # nothing lost
 
 @pytest.mark.parametrize(
     "extra,message",

@@ -15,8 +15,10 @@ memory of one training step. The command line
 writes one record per run to the JSON file as soon as it is done, with the
 run's provenance as the benchmark's files carry it; run again with the
 same file, it skips the runs already recorded (an interrupted run keeps
-what it finished). It implements the protocol of "Long Range Arena" (Tay et
-al. 2020, arXiv:2011.04006) at a laptop's scale, not its models.
+what it finished); it resumes only with the same code, PyTorch, CPU,
+steps and batch, so that every record of a file compares. It implements
+the protocol of "Long Range Arena" (Tay et al. 2020, arXiv:2011.04006) at
+a laptop's scale, not its models.
 """
 
 from __future__ import annotations
@@ -388,15 +390,48 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace):
     return settings
 
 
+RESUMED_ALIKE = ("git", "torch", "cpu")
+"""What a resumed run must share with the file's first run, so that its
+records compare with the earlier ones: the code, PyTorch and the CPU."""
+
+
 def _done(
-    path: pathlib.Path, argv: Sequence[str] | None
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
 ) -> tuple[dict, list[dict]]:
-    """The document of an earlier run of this file, or a new one."""
-    if path.exists():
-        document = json.loads(path.read_text())
-        return document, document["records"]
+    """The document of an earlier run of the ``--json`` file, with this
+    run's date and command added to its provenance's ``resumed`` list, or
+    a new one; a usage error when the earlier run differs from this one in
+    what ``RESUMED_ALIKE`` names or in its steps or batch."""
+    path = pathlib.Path(args.json)
     provenance = results.provenance(argv, program=PROGRAM)
-    return {"provenance": provenance}, []
+    if not path.exists():
+        return {"provenance": provenance}, []
+    document = json.loads(path.read_text())
+    earlier = document["provenance"]
+    for key in RESUMED_ALIKE:
+        if earlier[key] != provenance[key]:
+            parser.error(
+                f"--json {path} was started with {key} {earlier[key]}; "
+                f"this run has {provenance[key]}. Its records would not "
+                f"compare: resume it where it was started (that commit, "
+                f"that machine) or write to another file."
+            )
+    for record in document["records"]:
+        if record.get("status") == "ok" and (
+            record["steps"], record["batch"]) != (args.steps, args.batch
+        ):  # fmt: skip
+            parser.error(
+                f"--json {path} holds runs of --steps {record['steps']} "
+                f"--batch {record['batch']}; this run asks for --steps "
+                f"{args.steps} --batch {args.batch}: use the same or "
+                f"another file."
+            )
+    earlier.setdefault("resumed", []).append(
+        {key: provenance[key] for key in ("date", "command")}
+    )
+    return document, document["records"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -405,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = _check(parser, args)
     path = None if args.json is None else pathlib.Path(args.json)
-    document, records = _done(path, argv) if path else ({}, [])
+    document, records = _done(parser, args, argv) if path else ({}, [])
     done = {(r["task"], r["variant"], r["L"], r["seed"]) for r in records}
     runs = [
         (task, variant, seed)
