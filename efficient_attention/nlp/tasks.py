@@ -152,8 +152,10 @@ POSITION_STD = 0.02
 initialisation, BERT's: small beside the tokens' embeddings (standard
 deviation 1), so that at first they do not hide which token stands where.
 Drawn as large as the tokens', they kept dense attention from finding
-``far_marker``'s marker at L = 1024 in 1000 steps (0.78); drawn small, it
-does in 700 (arena, seed 0)."""
+``far_marker``'s marker at L = 1024 in 1000 steps (0.78, arena, seed 0);
+drawn small, it does in 700 on one thread (on two, the same seed stops at
+0.76, two marker classes not yet told apart: small positions are needed,
+not sufficient)."""
 
 
 class TaskModel(nn.Module):
