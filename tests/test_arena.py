@@ -73,6 +73,37 @@ def test_a_run_resumes_only_what_it_can_compare_with(
     assert message in capsys.readouterr().err
     assert json.loads(path.read_text()) == document  # nothing lost
 
+
+@pytest.mark.parametrize(
+    "text",
+    ["not json", '{"records": []}', '{"provenance": {"git": "x"}}',
+     '{"provenance": {"git": 1, "torch": 2, "cpu": 3}, "records": [1]}'],
+)  # fmt: skip
+def test_a_file_the_arena_did_not_write_is_refused_and_kept(
+    tmp_path, capsys, text
+):
+    path = tmp_path / "notes.json"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        arena.main([*TINY, "--seeds", "0", "--json", str(path)])
+    assert exit_info.value.code == 2
+    assert "is not a file the arena wrote" in capsys.readouterr().err
+    assert path.read_text() == text
+
+
+def test_an_output_that_cannot_be_written_is_refused(
+    tmp_path, capsys, monkeypatch
+):
+    with pytest.raises(SystemExit):
+        arena.main([*TINY, "--json", str(tmp_path)])
+    assert "is a folder" in capsys.readouterr().err
+    monkeypatch.setattr(arena.os, "access", lambda path, mode: False)
+    with pytest.raises(SystemExit):
+        arena.main([*TINY, "--json", str(tmp_path / "a.json")])
+    assert "cannot be written" in capsys.readouterr().err
+    assert not (tmp_path / "a.json").exists()
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [

@@ -27,6 +27,7 @@ import argparse
 import functools
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -385,15 +386,39 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace):
         if problem is not None:
             parser.error(f"{variant} at --length {args.length}: {problem}")
     if args.json is not None:
-        folder = pathlib.Path(args.json).resolve().parent
-        if not folder.is_dir():
-            parser.error(f"--json: no folder {folder} to write into.")
+        path = pathlib.Path(args.json).resolve()
+        if not path.parent.is_dir():
+            parser.error(f"--json: no folder {path.parent} to write into.")
+        if path.is_dir():
+            parser.error(f"--json: {path} is a folder; name a file in it.")
+        if not os.access(path if path.exists() else path.parent, os.W_OK):
+            parser.error(f"--json: {path} cannot be written (permissions).")
     return settings
 
 
 RESUMED_ALIKE = ("git", "torch", "cpu")
 """What a resumed run must share with the file's first run, so that its
 records compare with the earlier ones: the code, PyTorch and the CPU."""
+
+
+def _arena_document(parser: argparse.ArgumentParser, path: pathlib.Path):
+    """The JSON document an earlier arena run wrote to ``path``; a usage
+    error when the file is not one (nothing is written to it)."""
+    try:
+        document = json.loads(path.read_text())
+        earlier, records = document["provenance"], document["records"]
+        readable = all(key in earlier for key in RESUMED_ALIKE) and all(
+            "task" in record for record in records
+        )
+    except (ValueError, KeyError, TypeError):  # not JSON, or not the arena's
+        readable = False
+    if not readable:
+        parser.error(
+            f"--json {path} is not a file the arena wrote (it needs a "
+            f"provenance with {', '.join(RESUMED_ALIKE)} and records of "
+            f"runs): name a new file, or the arena's own to resume it."
+        )
+    return document
 
 
 def _done(
@@ -409,7 +434,7 @@ def _done(
     provenance = results.provenance(argv, program=PROGRAM)
     if not path.exists():
         return {"provenance": provenance}, []
-    document = json.loads(path.read_text())
+    document = _arena_document(parser, path)
     earlier = document["provenance"]
     for key in RESUMED_ALIKE:
         if earlier[key] != provenance[key]:
