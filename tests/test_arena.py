@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from efficient_attention import variants
 from efficient_attention.benchmark import arena
@@ -155,7 +156,7 @@ def test_a_per_token_task_scores_only_the_positions_with_an_answer():
 def test_summarise_gives_the_mean_and_range_over_seeds_and_drops_skips():
     def run(seed, accuracy, speed, status="ok"):
         return {"task": "listops", "variant": "sdpa", "L": 64, "seed": seed,
-                "accuracy": accuracy, "majority": 0.2, "status": status,
+                "accuracy": accuracy, "majority": 0.1 * seed, "status": status,
                 "sequences_per_s": speed, "peak_bytes": 2**20 * seed}
 
     rows = arena.summarise([
@@ -167,6 +168,23 @@ def test_summarise_gives_the_mean_and_range_over_seeds_and_drops_skips():
     assert row["accuracy"] == pytest.approx(0.4)
     assert (row["low"], row["high"]) == (0.3, 0.5)
     assert row["sequences_per_s"] == pytest.approx(20.0)
+    # each seed's held-out set has its own majority: the mean, not the first
+    assert row["majority"] == pytest.approx(0.15)
+
+
+def test_the_held_out_set_is_the_seeds_own_and_never_a_training_batch():
+    tokens, labels = arena.held_out("listops", 64, 0)
+    again, _ = arena.held_out("listops", 64, 0)
+    other, _ = arena.held_out("listops", 64, 1)
+    assert tokens.shape == (arena.TEST_SIZE, 64) and len(labels) == len(tokens)
+    assert torch.equal(tokens, again)  # the same draw, twice
+    assert not torch.equal(tokens, other)
+    make = arena.TASKS["listops"].make(64)
+    first = torch.Generator().manual_seed(0)  # the training stream's seed
+    batch, _ = make(arena.TEST_SIZE, generator=first)
+    assert not torch.equal(tokens, batch)
+    with pytest.raises(ValueError, match="no task 'list'"):
+        arena.held_out("list", 64, 0)
 
 
 def test_the_pareto_front_keeps_what_nothing_beats_on_both_axes():
