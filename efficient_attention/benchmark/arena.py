@@ -148,11 +148,13 @@ def held_out(task: str, length: int, seed: int) -> tuple:
     labels)`` as the task's generator returns them.
 
     Raises:
-        ValueError: an unknown task, or a length it cannot take.
+        ValueError: an unknown task, a length it cannot take, or a seed
+            that is not an int of at least 0.
     """
     if task not in TASKS:
         raise ValueError(f"no task {task!r}; the tasks: {', '.join(TASKS)}.")
     make = TASKS[task].make(check_positive_int("length", length))
+    seed = check_non_negative_int("seed", seed)
     generator = torch.Generator().manual_seed(10_000 + seed)
     return make(TEST_SIZE, generator=generator)
 

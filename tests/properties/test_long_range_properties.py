@@ -6,7 +6,11 @@ from __future__ import annotations
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import not_positive_ints, raises_naming
+from strategies import (
+    not_non_negative_ints,
+    not_positive_ints,
+    raises_naming,
+)
 
 from efficient_attention import benchmark
 from efficient_attention.attention.online_softmax import (
@@ -139,3 +143,21 @@ def test_arena_settings_name_a_bad_length(length):
     from efficient_attention.benchmark import arena
 
     raises_naming("length", lambda: arena.arena_settings(length))
+
+
+@given(length=not_positive_ints(), seed=not_non_negative_ints())
+def test_the_held_out_set_names_a_bad_length_or_seed(length, seed):
+    from efficient_attention.benchmark import arena
+
+    raises_naming("length", lambda: arena.held_out("far-marker", length, 0))
+    raises_naming("seed", lambda: arena.held_out("far-marker", 16, seed))
+
+
+@given(length=st.integers(8, 64), seed=st.integers(0, 2**16))
+def test_the_held_out_set_is_one_draw_of_its_seed(length, seed):
+    from efficient_attention.benchmark import arena
+
+    tokens, labels = arena.held_out("far-marker", length, seed)
+    again, labels_again = arena.held_out("far-marker", length, seed)
+    assert tokens.shape == (arena.TEST_SIZE, length)
+    assert torch.equal(tokens, again) and torch.equal(labels, labels_again)
