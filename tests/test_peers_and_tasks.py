@@ -177,6 +177,18 @@ def test_trained_accuracies_on_two_cores_are_the_loops_in_job_order():
     assert spread[0] > 0.9 and spread[2] > 0.9 and spread[1] < 0.8
 
 
+def test_a_process_trains_only_the_jobs_no_other_has_claimed(tmp_path):
+    task = functools.partial(tasks.far_marker, length=8, classes=2)
+    held_out = task(8, generator=torch.Generator().manual_seed(9))
+    jobs = [{"task": task, "held_out": held_out, "vocab": 16,
+             "classes": 2, "d_model": 8, "steps": 1}] * 4
+    (tmp_path / "1").touch()  # job 1 is another process's
+    done = tasks._train_unclaimed(0, 2, jobs, str(tmp_path))
+    assert sorted(done) == [0, 2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "1", "2", "3"]
+    assert tasks._train_unclaimed(1, 2, jobs, str(tmp_path)) == {}
+
+
 @pytest.mark.parametrize(
     "jobs, processes, message",
     [

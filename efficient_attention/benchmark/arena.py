@@ -377,7 +377,9 @@ steps two (``arena-cpu-1024-2000-sdpa.json``: the third stays near 0.79).
 With 2000 steps BigBird and Linformer find it on one more seed each and
 Nystrom on none more (the others stay on their plateaus), and the pyramid,
 at the majority on every seed with 1000, rises above it on two of three
-(``arena-cpu-1024-2000.json``)."""
+(``arena-cpu-1024-2000.json``); Performer finds it on its last seed and
+block-sparse attention stays at what its layout joins
+(``arena-cpu-1024-2000-block-sparse-performer.json``)."""
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace):

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numbers
 import os
+import pathlib
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
@@ -420,9 +422,11 @@ def trained_accuracies(
 
     Each model trains on one thread, so ``n`` cores train ``n`` models at
     once: the same computations as the loop, in about ``1/n`` of its time
-    (plus seconds to start each process). The jobs' values must be
-    picklable: the package's functions, ``functools.partial`` of them,
-    tensors.
+    (plus seconds to start each process). A process that finishes takes
+    the next job nobody has taken, in the list's order, so slow and fast
+    jobs spread over the cores by themselves (list the slowest first). The
+    jobs' values must be picklable: the package's functions,
+    ``functools.partial`` of them, tensors.
 
     Args:
         jobs: keyword arguments of ``trained_accuracy``, one dict per model.
@@ -448,10 +452,27 @@ def trained_accuracies(
     processes = min(check_positive_int("processes", processes), len(jobs))
     if processes == 1:
         return [trained_accuracy(**job) for job in jobs]
-    shares = run_processes(_train_share, processes, jobs, timeout_s=3600)
-    return [shares[i % processes][i // processes] for i in range(len(jobs))]
+    with tempfile.TemporaryDirectory(prefix="ea-jobs-") as claims:
+        shares = run_processes(
+            _train_unclaimed, processes, jobs, claims, timeout_s=3600
+        )
+    done = {i: accuracy for share in shares for i, accuracy in share.items()}
+    return [done[i] for i in range(len(jobs))]
 
 
-def _train_share(rank: int, processes: int, jobs: list[dict]) -> list[float]:
-    """Process ``rank``'s jobs: every ``processes``-th from ``rank`` on."""
-    return [trained_accuracy(**job) for job in jobs[rank::processes]]
+def _train_unclaimed(
+    rank: int, processes: int, jobs: list[dict], claims: str
+) -> dict[int, float]:
+    """Train every job this process claims first: ``{job index: accuracy}``.
+
+    A job is claimed by creating the file ``claims/<index>``; creating a
+    file that exists fails, so each job is claimed by one process only.
+    """
+    done = {}
+    for i, job in enumerate(jobs):
+        try:
+            pathlib.Path(claims, str(i)).touch(exist_ok=False)  # O_EXCL
+        except FileExistsError:
+            continue  # another process has it
+        done[i] = trained_accuracy(**job)
+    return done
